@@ -1,0 +1,135 @@
+"""`medloop`: one verb per stage of the life cycle, each a thin shell over one function of its room."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from medloop.config import Settings
+
+app = typer.Typer(help="Keep a Qwen3 medical assistant current.", no_args_is_help=True, add_completion=False)
+index_app = typer.Typer(help="The retrieval index.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+console = Console(stderr=True)
+out = Console()
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def run_ingest(settings: Settings, paths: list[Path], recursive: bool, quiet: bool = False):
+    """Ingest files into the store, then bring the index up to date. Shared by the CLI and the scheduler."""
+    from medloop.knowledge import KnowledgeStore, ingest_paths
+    from medloop.retrieval import sync_index
+
+    store = KnowledgeStore(settings.knowledge_db)
+    try:
+        with _progress() as progress:
+            files = progress.add_task("ingest", total=None, visible=not quiet)
+            report = ingest_paths(
+                store, paths, recursive=recursive, chunk_size=settings.chunk_size,
+                chunk_overlap=settings.chunk_overlap,
+                on_start=lambda n: progress.update(files, total=n),
+                on_file=lambda r: progress.advance(files),
+            )
+            embed = progress.add_task("index", total=None, visible=not quiet)
+            synced = sync_index(settings, store,
+                                on_progress=lambda done, total: progress.update(embed, completed=done, total=total))
+        return report, synced
+    finally:
+        store.close()
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="guideline files or folders (md, txt, html, pdf, jsonl)")],
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="descend into sub-folders")] = False,
+) -> None:
+    """Ingest guideline files: parse, chunk, version (newest wins) and index them."""
+    settings = Settings()
+    report, synced = run_ingest(settings, paths, recursive)
+    for f in report.files:
+        for w in f.warnings:
+            console.print(f"[yellow]warning[/] {f.path}: {w}")
+        if f.outcome == "failed":
+            console.print(f"[red]failed[/]  {f.path}: {f.error}")
+    table = Table(title="ingest summary")
+    for col in ("added", "updated", "superseded", "unchanged", "failed"):
+        table.add_column(col, justify="right")
+    table.add_row(*(str(report.counts[c]) for c in ("added", "updated", "superseded", "unchanged", "failed")))
+    out.print(table)
+    out.print(f"index v{synced.version}: {synced.total} chunks (+{synced.added} -{synced.removed})")
+    raise typer.Exit(1 if report.failed else 0)
+
+
+@app.command()
+def search(
+    question: str,
+    k: Annotated[int, typer.Option("-k", help="how many chunks")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    include_superseded: Annotated[bool, typer.Option("--include-superseded", help="older versions too")] = False,
+) -> None:
+    """Search the guideline index."""
+    from medloop.retrieval import Retriever
+
+    hits = Retriever(Settings()).search(question, k, include_superseded=include_superseded)
+    if as_json:
+        out.print_json(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
+        return
+    if not hits:
+        console.print("no results (is the index empty? run `medloop ingest` first)")
+        raise typer.Exit(0)
+    table = Table(show_lines=True)
+    for col in ("#", "guideline", "issuer", "version", "date", "section", "score", "text"):
+        table.add_column(col, overflow="fold")
+    for i, h in enumerate(hits, 1):
+        c = h.chunk
+        mark = "" if h.relevant else " (weak)"
+        table.add_row(str(i), c.title + (" [superseded]" if c.superseded else ""), c.issuer, c.version,
+                      c.published, c.section, f"{h.score:.4f}{mark}", c.text[:200])
+    out.print(table)
+
+
+@index_app.command("rebuild")
+def index_rebuild() -> None:
+    """Re-embed every chunk and write a fresh index version (after changing the embedder or index type)."""
+    from medloop.knowledge import KnowledgeStore
+    from medloop.retrieval import sync_index
+
+    settings = Settings()
+    with _progress() as progress:
+        task = progress.add_task("embed", total=None)
+        result = sync_index(settings, KnowledgeStore(settings.knowledge_db), rebuild=True,
+                            on_progress=lambda d, t: progress.update(task, completed=d, total=t))
+    out.print(f"index v{result.version}: {result.total} chunks")
+
+
+@index_app.command("status")
+def index_status() -> None:
+    """Index version, size and whether it is behind the store."""
+    from medloop.knowledge import KnowledgeStore
+    from medloop.retrieval.index import current_version, load_index
+
+    settings = Settings()
+    version = current_version(settings.index_dir)
+    if version is None:
+        out.print("no index yet: run `medloop ingest`")
+        return
+    meta = load_index(settings.index_dir, version).meta
+    behind = KnowledgeStore(settings.knowledge_db).revision() != meta["store_revision"]
+    out.print_json(json.dumps({**meta, "behind_store": behind}, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    app()

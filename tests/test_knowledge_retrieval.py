@@ -1,0 +1,231 @@
+"""Ingestion, versioning and hybrid retrieval on the shared guideline fixtures."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import GUIDELINES
+from medloop.cli import app
+from medloop.knowledge import KnowledgeStore, ingest_paths
+from medloop.retrieval import Retriever, sync_index
+from medloop.retrieval.index import current_version, load_index
+
+
+@pytest.fixture
+def indexed(settings, embedder):
+    store = KnowledgeStore(settings.knowledge_db)
+    report = ingest_paths(store, [GUIDELINES])
+    sync_index(settings, store, embedder=embedder)
+    return store, report, Retriever(settings, store=store, embedder=embedder)
+
+
+@pytest.mark.parametrize(
+    "question, doc_id",
+    [
+        ("高血压患者的降压目标是多少？", "cn-hypertension"),
+        ("流感的抗病毒治疗应该什么时候开始", "cn-influenza"),
+        ("冠心病合并慢阻肺能用β受体阻滞剂吗", "comorbidity-notes"),
+        ("What is the HbA1c target for adults with diabetes?", "ada-standards-of-care"),
+        ("antiplatelet therapy after acute coronary syndrome", "acc-aha-acs"),
+    ],
+)
+def test_questions_reach_the_right_guideline(indexed, question, doc_id):
+    hits = indexed[2].search(question, k=3)
+    assert hits[0].chunk.doc_id == doc_id
+    assert hits[0].relevant
+
+
+def test_newest_version_wins_and_superseded_is_excluded(indexed):
+    _, report, retriever = indexed
+    assert report.counts["superseded"] == 2
+    bp = retriever.search("高血压 降压目标", k=10)
+    assert {h.chunk.version for h in bp if h.chunk.doc_id == "cn-hypertension"} == {"2024"}
+    ada = retriever.search("diabetes glycemic targets HbA1c", k=10)
+    assert {h.chunk.version for h in ada if h.chunk.doc_id == "ada-standards-of-care"} == {"2025"}
+    with_old = retriever.search("高血压 降压目标", k=20, include_superseded=True)
+    old = [h for h in with_old if h.chunk.version == "2018"]
+    assert old and all(h.chunk.superseded for h in old)
+
+
+def test_unrelated_question_has_no_relevant_evidence(indexed):
+    for q in ["骨折怎么处理", "How do I fix a broken leg?"]:
+        assert not any(h.relevant for h in indexed[2].search(q, k=3))
+
+
+def test_reingest_is_a_noop(indexed, settings, embedder):
+    store, _, _ = indexed
+    revision, chunks = store.revision(), len(store.chunks())
+    again = ingest_paths(store, [GUIDELINES])
+    assert again.counts["unchanged"] == 8 and again.counts["added"] == 0
+    assert store.revision() == revision and len(store.chunks()) == chunks
+    assert not sync_index(settings, store, embedder=embedder).changed
+
+
+def test_older_version_arriving_later_is_superseded_at_once(settings, embedder, tmp_path):
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES / "cn-hypertension-2024.md"])
+    late = ingest_paths(store, [GUIDELINES / "cn-hypertension-2018.md"])
+    assert late.files[0].outcome == "added" and late.superseded == 1
+    live = [v for v in store.versions("cn-hypertension") if not v["superseded"]]
+    assert [v["version"] for v in live] == ["2024"]
+
+
+def test_changed_file_same_version_is_updated_and_old_chunks_leave_the_index(settings, embedder, tmp_path):
+    store = KnowledgeStore(settings.knowledge_db)
+    doc = tmp_path / "g.md"
+    doc.write_text("---\nid: g\nversion: '1'\n---\n# G\n\n## A\nwarfarin dosing in atrial fibrillation\n")
+    ingest_paths(store, [doc])
+    sync_index(settings, store, embedder=embedder)
+    doc.write_text("---\nid: g\nversion: '1'\n---\n# G\n\n## A\napixaban dosing in atrial fibrillation\n")
+    assert ingest_paths(store, [doc]).files[0].outcome == "updated"
+    result = sync_index(settings, store, embedder=embedder)
+    assert (result.added, result.removed, result.total) == (1, 1, 1)
+    hit = Retriever(settings, store=store, embedder=embedder).search("apixaban", k=1)[0]
+    assert "apixaban" in hit.chunk.text
+
+
+def test_chunks_keep_metadata_and_follow_sections(indexed):
+    store = indexed[0]
+    chunks = [c for c in store.chunks() if c.doc_id == "cn-hypertension" and c.version == "2024"]
+    assert {c.section for c in chunks} >= {"降压目标", "药物治疗"}
+    c = chunks[0]
+    assert (c.title, c.issuer, c.published) == ("中国高血压防治指南", "中国高血压联盟", "2024-08-01")
+
+
+def test_long_chinese_text_is_split_with_overlap():
+    from medloop.knowledge.chunking import chunk_text, units
+
+    text = "## 长节\n" + "".join(f"第{i}句关于血压管理的建议。" for i in range(200))
+    chunks = chunk_text(text, max_units=100, overlap=20)
+    assert len(chunks) > 5 and all(units(c.text) <= 100 for c in chunks)
+    assert chunks[0].text.split("\n")[-1] in chunks[1].text  # the last sentence carries over
+
+
+def _bad_inputs(folder: Path) -> dict[str, str]:
+    folder.mkdir()
+    (folder / "binary.txt").write_bytes(b"\x00\x01\x02binary" * 10)
+    (folder / "empty.md").write_text("   \n")
+    (folder / "latin1.txt").write_bytes("Blutdruck über 140".encode("latin-1"))
+    (folder / "broken.md").write_text("---\nid: [unclosed\ntitle: x\n---\n# body\ntext\n")
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
+    (folder / "bad.jsonl").write_text('{"id": "a", "text": "fine"}\n{oops\n')
+    shutil.copy(GUIDELINES / "cn-influenza-2025.md", folder / "good.md")
+    (folder / "nometa.txt").write_text("Hand hygiene reduces hospital infections.\n")
+    return {"binary.txt": "binary", "empty.md": "empty", "latin1.txt": "UTF-8", "broken.md": "front matter",
+            "broken.pdf": "PDF", "bad.jsonl": "line 2"}
+
+
+def test_bad_inputs_fail_alone_with_clear_errors(settings, tmp_path):
+    expected = _bad_inputs(tmp_path / "in")
+    store = KnowledgeStore(settings.knowledge_db)
+    report = ingest_paths(store, [tmp_path / "in", tmp_path / "missing.md"])
+    errors = {f.path.name: f.error for f in report.failed}
+    for name, word in expected.items():
+        assert word in errors[name], errors[name]
+    assert "no such file" in errors["missing.md"]
+    assert {f.path.name for f in report.files if f.outcome == "added"} == {"good.md", "nometa.txt"}
+    nometa = next(f for f in report.files if f.path.name == "nometa.txt")
+    assert any("no 'id'" in w for w in nometa.warnings)
+    # nothing of a failed file reached the store (bad.jsonl's good first line included)
+    assert {v["doc_id"] for v in store.versions()} == {"cn-influenza", "nometa"}
+
+
+def test_cli_ingest_reports_and_exits_1_on_failure(settings, tmp_path):
+    _bad_inputs(tmp_path / "in")
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path / "in")])
+    assert result.exit_code == 1
+    assert "failed" in result.output and "broken.md" in result.output
+    search = CliRunner().invoke(app, ["search", "hand hygiene infections", "--json", "-k", "1"])
+    assert search.exit_code == 0
+    assert json.loads(search.stdout)[0]["doc_id"] == "nometa"
+
+
+def test_many_files_with_some_bad(settings, embedder, tmp_path):
+    folder = tmp_path / "many"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(600):
+        (folder / "sub" / f"g{i}.txt").write_text(f"Guideline {i}: drug{i} dose is {i} mg daily.\n")
+    for i in range(5):
+        (folder / "sub" / f"bad{i}.md").write_bytes(b"\xff\xfe\x00garbage")
+    store = KnowledgeStore(settings.knowledge_db)
+    assert ingest_paths(store, [folder]).files == []  # not recursive: the sub-folder is not entered
+    report = ingest_paths(store, [folder], recursive=True)
+    assert report.counts["added"] == 600 and report.counts["failed"] == 5
+    assert sync_index(settings, store, embedder=embedder).total == 600
+
+
+def test_crash_between_store_and_index_is_caught_up(settings, embedder, monkeypatch):
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES / "cn-hypertension-2018.md"])
+    sync_index(settings, store, embedder=embedder)
+    ingest_paths(store, [GUIDELINES / "cn-hypertension-2024.md"])
+
+    import medloop.retrieval.index as index_mod
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("simulated crash mid index write")
+
+    monkeypatch.setattr(index_mod, "_write_atomic", crash)
+    with pytest.raises(KeyboardInterrupt):
+        sync_index(settings, store, embedder=embedder)
+    # readers still see the last complete version
+    assert current_version(settings.index_dir) == 1 and load_index(settings.index_dir).meta["count"] > 0
+    monkeypatch.undo()
+    result = sync_index(settings, store, embedder=embedder)
+    assert result.changed and result.total == len(store.chunks())
+    assert not [p for p in settings.index_dir.iterdir() if p.name.startswith(".tmp-")]
+    hit = Retriever(settings, store=store, embedder=embedder).search("降压目标", k=1)[0]
+    assert hit.chunk.version == "2024"
+
+
+def test_kill_9_during_ingest_then_rerun_completes(settings, tmp_path):
+    folder = tmp_path / "bulk"
+    folder.mkdir()
+    for i in range(300):
+        (folder / f"g{i}.md").write_text(f"---\nid: g{i}\nversion: '1'\n---\n# G{i}\n\nstatin {i} mg therapy.\n")
+    env = {**os.environ, "MEDLOOP_HOME": str(settings.home)}
+    cmd = [sys.executable, "-m", "medloop.cli", "ingest", str(folder)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = settings.knowledge_db
+    deadline = time.time() + 120
+    while time.time() < deadline and not (db.exists() and KnowledgeStore(db).revision() > 20):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = KnowledgeStore(db)
+    stored = len(store.versions())
+    assert 0 < stored <= 300 and len(store.chunks()) == stored  # whole files only
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(store.versions()) == 300 and len(store.chunks()) == 300
+    assert load_index(settings.index_dir).meta["count"] == 300
+
+
+def test_server_side_retriever_reloads_new_index_version(settings, embedder):
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES / "cn-influenza-2025.md"])
+    sync_index(settings, store, embedder=embedder)
+    retriever = Retriever(settings, store=store, embedder=embedder)
+    assert retriever.search("奥司他韦", k=1)[0].chunk.doc_id == "cn-influenza"
+    assert not any(h.relevant for h in retriever.search("HbA1c target diabetes", k=3))
+    ingest_paths(store, [GUIDELINES / "ada-diabetes-2025.md"])
+    sync_index(settings, store, embedder=embedder)
+    assert retriever.search("HbA1c target diabetes", k=1)[0].chunk.doc_id == "ada-standards-of-care"
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
+def test_approximate_index_types(settings, embedder, index_type):
+    settings.index_type = index_type
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES])
+    sync_index(settings, store, embedder=embedder)
+    hits = Retriever(settings, store=store, embedder=embedder).search("acute coronary syndrome P2Y12", k=1)
+    assert hits[0].chunk.doc_id == "acc-aha-acs"
