@@ -19,6 +19,8 @@ from medloop.config import Settings
 app = typer.Typer(help="Keep a Qwen3 medical assistant current.", no_args_is_help=True, add_completion=False)
 index_app = typer.Typer(help="The retrieval index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+train_app = typer.Typer(help="QLoRA fine-tuning.", invoke_without_command=True)
+app.add_typer(train_app, name="train")
 console = Console(stderr=True)
 out = Console()
 
@@ -129,6 +131,64 @@ def index_status() -> None:
     meta = load_index(settings.index_dir, version).meta
     behind = KnowledgeStore(settings.knowledge_db).revision() != meta["store_revision"]
     out.print_json(json.dumps({**meta, "behind_store": behind}, ensure_ascii=False))
+
+
+@train_app.callback()
+def train_cmd(
+    ctx: typer.Context,
+    base_model: Annotated[str | None, typer.Option(help="base model: path or hub id")] = None,
+    data: Annotated[list[Path] | None, typer.Option(help="SFT JSONL/JSON file (repeatable)")] = None,
+    output: Annotated[Path | None, typer.Option(help="adapter output folder")] = None,
+    preset: Annotated[str, typer.Option(help="v1 | v2 | v3 | low-mem")] = "v1",
+    no_quant: Annotated[bool, typer.Option("--no-quant", help="plain LoRA instead of 4-bit QLoRA")] = False,
+    init_adapter: Annotated[Path | None, typer.Option(help="continue training this adapter")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="fail on the first malformed line")] = False,
+    epochs: Annotated[float | None, typer.Option()] = None,
+    max_steps: Annotated[int | None, typer.Option()] = None,
+    learning_rate: Annotated[float | None, typer.Option("--lr")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    grad_accum: Annotated[int | None, typer.Option()] = None,
+    max_length: Annotated[int | None, typer.Option()] = None,
+    lora_r: Annotated[int | None, typer.Option()] = None,
+    lora_alpha: Annotated[int | None, typer.Option()] = None,
+    val_size: Annotated[float | None, typer.Option(help="fraction (<1) or count of validation samples")] = None,
+    eval_steps: Annotated[int | None, typer.Option()] = None,
+    save_steps: Annotated[int | None, typer.Option()] = None,
+    logging_steps: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    swanlab: Annotated[str | None, typer.Option(help="offline | cloud | disabled")] = None,
+) -> None:
+    """Fine-tune a LoRA adapter on SFT data (QLoRA by default). `medloop train merge` folds one in."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not (base_model and data and output):
+        raise typer.BadParameter("--base-model, --data and --output are required")
+    from medloop.training import make_config, train
+    from medloop.training.data import BadSample
+
+    try:
+        config = make_config(
+            preset, base_model=base_model, data=data, output_dir=output, quantize=not no_quant,
+            init_adapter=init_adapter, resume=resume, strict=strict, epochs=epochs, max_steps=max_steps,
+            learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
+            lora_r=lora_r, lora_alpha=lora_alpha, val_size=val_size, eval_steps=eval_steps, save_steps=save_steps,
+            logging_steps=logging_steps, seed=seed, swanlab_mode=swanlab or Settings().swanlab_mode,
+        )
+        result = train(config, log=console.print)
+    except (ValueError, BadSample, FileNotFoundError) as e:
+        console.print(f"[red]error[/] {e}")
+        raise typer.Exit(2) from e
+    out.print(f"adapter: {result.output_dir}  train loss {result.train_loss:.4f}"
+              + (f"  eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""))
+
+
+@train_app.command("merge")
+def train_merge(adapter: Path, output: Path) -> None:
+    """Write full merged weights (base + adapter) for deployments that want no adapter."""
+    from medloop.training import merge
+
+    out.print(f"merged model: {merge(adapter, output)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,177 @@
+"""The QLoRA recipe on a tiny random Qwen3 with the real tokenizer: data, labels, training, resume, adapters."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from typer.testing import CliRunner
+
+from conftest import SFT, TOKENIZER
+from medloop.cli import app
+from medloop.training import make_config, merge, train
+from medloop.training.components import AdaptiveClip, TermMaskingCollator
+from medloop.training.data import IGNORE, BadSample, load_samples, render
+
+LAYOUTS = ["sharegpt_zh_en.jsonl", "alpaca_zh_en.jsonl", "messages_think_zh_en.jsonl"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(TOKENIZER)
+
+
+def test_all_three_layouts_read_the_same_conversations():
+    convs = {name: load_samples([SFT / name])[0] for name in LAYOUTS}
+    assert all(len(c) == 8 for c in convs.values())
+    first_user = {name: c[0][-2]["content"] for name, c in convs.items()}
+    assert len(set(first_user.values())) == 1
+
+
+def test_labels_are_exactly_the_assistant_turns(tokenizer):
+    messages = [
+        {"role": "system", "content": "你是医学助手。"},
+        {"role": "user", "content": "什么是高血压？"},
+        {"role": "assistant", "content": "血压持续升高。"},
+        {"role": "user", "content": "目标是多少？"},
+        {"role": "assistant", "content": "<think>\n看指南\n</think>\n\n一般<130/80 mmHg。"},
+    ]
+    row = render(tokenizer, messages, max_length=4096)
+    trained = [(i, t) for i, (t, lab) in enumerate(zip(row["input_ids"], row["labels"], strict=True)) if lab != IGNORE]
+    assert all(row["labels"][i] == t for i, t in trained)
+    text = tokenizer.decode([t for _, t in trained])
+    assert text == "血压持续升高。<|im_end|><think>\n看指南\n</think>\n\n一般<130/80 mmHg。<|im_end|>"
+    untrained = tokenizer.decode([t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab == IGNORE])
+    assert "什么是高血压" in untrained and "<|im_start|>assistant" in untrained and "血压持续升高" not in untrained
+
+
+def test_sample_without_reasoning_trains_non_thinking_form(tokenizer):
+    row = render(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+                 max_length=512)
+    trained = tokenizer.decode([t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != IGNORE])
+    assert trained == "<think>\n\n</think>\n\nhello<|im_end|>"
+
+
+def test_bad_lines_are_reported_with_line_numbers_and_skipped(tmp_path):
+    f = tmp_path / "mixed.jsonl"
+    good = (SFT / "alpaca_zh_en.jsonl").read_text().splitlines()[0]
+    f.write_text("\n".join([good, "{not json", '{"foo": 1}', '{"conversations": [{"from": "human", "value": "q"}]}',
+                            '{"messages": [{"role": "alien", "content": "x"}]}', good]) + "\n")
+    samples, report = load_samples([f])
+    assert len(samples) == 2
+    assert [line for _, line, _ in report.dropped] == [2, 3, 4, 5]
+    reasons = " ".join(r for _, _, r in report.dropped)
+    assert "invalid JSON" in reasons and "unknown layout" in reasons and "no assistant" in reasons
+    with pytest.raises(BadSample, match="mixed.jsonl:2"):
+        load_samples([f], strict=True)
+
+
+def test_presets_are_data_and_flags_override():
+    v3 = make_config("v3", base_model="m", data=[], output_dir="o")
+    assert (v3.lr_scheduler, v3.warmup_ratio, v3.modules_to_save, v3.adaptive_clip) == ("cosine", 0.1, ["embed_tokens"],
+                                                                                       True)
+    assert 0.10 <= v3.term_masking <= 0.15
+    low = make_config("low-mem", base_model="m", data=[], output_dir="o", lora_r=4)
+    assert (low.lora_r, low.use_rslora, low.max_length, low.target_modules) == (4, True, 384,
+                                                                               ["q_proj", "v_proj", "gate_proj",
+                                                                                "down_proj"])
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_config("v9", base_model="m", data=[], output_dir="o")
+
+
+def test_term_masking_masks_prompt_terms_only(tokenizer):
+    messages = [{"role": "user", "content": "高血压和糖尿病怎么办？"}, {"role": "assistant", "content": "高血压要控制。"}]
+    row = render(tokenizer, messages, max_length=512, terms=["高血压", "糖尿病"])
+    assert len({t for t in row["term_ids"] if t}) == 2  # two occurrences in the prompt, none in the answer
+    always = TermMaskingCollator(tokenizer.pad_token_id, 151662, probability=1.0)
+    batch = always([row])
+    masked = [i for i, t in enumerate(row["term_ids"]) if t]
+    assert all(batch["input_ids"][0, i] == 151662 for i in masked)
+    assert batch["labels"][0].tolist() == row["labels"]
+    never = TermMaskingCollator(tokenizer.pad_token_id, 151662, probability=0.0)
+    assert never([row])["input_ids"][0].tolist() == row["input_ids"]
+
+
+def test_adaptive_clip_follows_recent_norms():
+    clip = AdaptiveClip(percentile=50, window=20, warmup=5)
+    assert clip.threshold(0.3) == 0.3  # fixed until warmed up
+    for n in [1.0, 2.0, 3.0, 4.0, 5.0]:
+        clip.update(n)
+    assert clip.threshold(0.3) == 3.0
+    for _ in range(20):
+        clip.update(10.0)
+    assert clip.threshold(0.3) == 10.0  # the window forgot the old norms
+    clip.update(float("nan"))
+    assert clip.threshold(0.3) == 10.0
+
+
+def _config(tiny_qwen3, tmp_path, preset="v1", **kw):
+    base = dict(base_model=str(tiny_qwen3), data=[SFT / n for n in LAYOUTS], output_dir=tmp_path / "adapter",
+                max_steps=24, learning_rate=5e-3, batch_size=4, grad_accum=1, lora_r=16, lora_alpha=32,
+                logging_steps=4, eval_steps=12, save_steps=12, val_size=4, max_length=256)
+    return make_config(preset, **{**base, **kw})
+
+
+def test_qlora_lowers_training_loss_and_writes_a_loadable_adapter(tiny_qwen3, tmp_path):
+    result = train(_config(tiny_qwen3, tmp_path))
+    out = result.output_dir
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert losses[-1] < losses[0] - 0.3, losses
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_loss" in r and "eval_perplexity" in r for r in records)
+    assert any("tokens_per_s" in r and "peak_memory_mb" in r and "learning_rate" in r and "grad_norm" in r
+               for r in records)
+    run = json.loads((out / "medloop_run.json").read_text())
+    assert run["config"]["quantize"] and run["config"]["optim"] == "" and run["steps"] == 24
+    assert set(run["versions"]) >= {"torch", "transformers", "peft", "bitsandbytes"}
+    assert all(len(h) == 64 for h in run["data"].values())
+    assert (out / "loss.png").stat().st_size > 1000 and list((out / "swanlab").iterdir())
+    assert (out / "adapter_model.safetensors").exists() and (out / "tokenizer_config.json").exists()
+
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
+    ids = torch.tensor([[151644, 872, 198, 100, 151645]])
+    before = base(ids).logits
+    tuned = PeftModel.from_pretrained(base, out)(ids).logits
+    assert not torch.allclose(before, tuned)
+
+    merged = merge(out, tmp_path / "merged")
+    merged_logits = AutoModelForCausalLM.from_pretrained(merged)(ids).logits
+    assert torch.allclose(merged_logits, tuned, atol=1e-3)
+
+
+def test_v3_recipe_trains_with_masking_and_adaptive_clip(tiny_qwen3, tmp_path):
+    result = train(_config(tiny_qwen3, tmp_path, preset="v3", max_steps=14, save_steps=100, warmup_ratio=0.0,
+                           modules_to_save=[], quantize=False))
+    records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    thresholds = [r["clip_threshold"] for r in records if "clip_threshold" in r]
+    assert thresholds[0] == 0.3 and thresholds[-1] != 0.3  # fixed during warm-up, then the running percentile
+
+
+def test_resume_continues_the_step_count(tiny_qwen3, tmp_path):
+    train(_config(tiny_qwen3, tmp_path, max_steps=4, save_steps=2, eval_steps=100, logging_steps=1, quantize=False))
+    resumed = train(_config(tiny_qwen3, tmp_path, max_steps=6, save_steps=2, eval_steps=100, logging_steps=1,
+                            quantize=False, resume=True))
+    assert resumed.steps == 6
+    steps = [json.loads(line)["step"] for line in (tmp_path / "adapter" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps[:4] == [1, 2, 3, 4] and steps[4:] == [5, 6]  # the second run started at step 5
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_layout_trains_from_the_cli(tiny_qwen3, tmp_path, layout):
+    result = CliRunner().invoke(app, [
+        "train", "--base-model", str(tiny_qwen3), "--data", str(SFT / layout), "--output", str(tmp_path / "a"),
+        "--preset", "low-mem", "--max-steps", "2", "--val-size", "2", "--no-quant", "--swanlab", "disabled",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "adapter:" in result.output and (tmp_path / "a" / "adapter_config.json").exists()
+
+
+def test_cli_train_strict_fails_on_bad_line(tiny_qwen3, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text((SFT / "alpaca_zh_en.jsonl").read_text() + "{broken\n")
+    result = CliRunner().invoke(app, ["train", "--base-model", str(tiny_qwen3), "--data", str(bad), "--output",
+                                      str(tmp_path / "a"), "--strict", "--swanlab", "disabled"])
+    assert result.exit_code == 2 and "bad.jsonl:9" in result.output
