@@ -133,6 +133,83 @@ def index_status() -> None:
     out.print_json(json.dumps({**meta, "behind_store": behind}, ensure_ascii=False))
 
 
+SAMPLE_GUIDELINES = Path(__file__).parent / "data" / "guidelines"
+
+
+def _parse_adapters(values: list[str]) -> dict[str, str]:
+    adapters = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise typer.BadParameter(f"--adapter takes NAME=PATH, got '{v}'")
+        adapters[name] = path
+    return adapters
+
+
+def build_server(settings: Settings, *, engine: str, base_model: str, adapters: dict[str, str], rag: bool,
+                 vllm_url: str, launch_vllm: bool, port: int):
+    """Engine + retriever + app, as `medloop serve` runs them (tests and benches build the same way)."""
+    from medloop.retrieval import Retriever
+    from medloop.serving import LocalEngine, VLLMEngine, create_app
+
+    retriever = Retriever(settings) if rag else None
+    if retriever is not None:
+        retriever.embedder  # load now, not on the first question  # noqa: B018
+    live = settings.adapters_dir / "live.json"
+    if live.exists() and settings.served_adapter_name not in adapters:  # the registry's live adapter
+        record = json.loads(live.read_text())
+        adapters = {settings.served_adapter_name: record["path"], **adapters}
+    if engine == "vllm":
+        if launch_vllm:
+            from medloop.serving.vllm_engine import launch
+
+            upstream_port = port + 1
+            launch(base_model, port=upstream_port, adapters={}, served_name=settings.served_model_name or None)
+            vllm_url = f"http://127.0.0.1:{upstream_port}"
+        keys = [k.get_secret_value() for k in settings.api_keys]
+        eng = VLLMEngine(vllm_url, timeout=settings.upstream_timeout_s, served_name=settings.served_model_name,
+                         api_key=keys[0] if keys else None)
+        return create_app(settings, eng, retriever, adapters=adapters)
+    eng = LocalEngine(base_model, served_name=settings.served_model_name, adapters=adapters,
+                      max_batch_size=settings.max_batch_size)
+    return create_app(settings, eng, retriever, adapters=adapters)
+
+
+@app.command()
+def serve(
+    engine: Annotated[str, typer.Option(help="local (transformers+peft) or vllm")] = "",
+    base_model: Annotated[str, typer.Option(help="path, hub id or .gguf file")] = "",
+    adapter: Annotated[list[str] | None, typer.Option(help="NAME=PATH of a LoRA adapter (repeatable)")] = None,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    vllm_url: Annotated[str, typer.Option(help="a running `vllm serve --enable-lora` upstream")] = "",
+    launch: Annotated[bool, typer.Option("--launch", help="start vLLM with the right flags")] = False,
+    no_rag: Annotated[bool, typer.Option("--no-rag", help="serve without guideline evidence")] = False,
+    demo: Annotated[bool, typer.Option("--demo", help="ingest the sample guidelines if the index is empty")] = False,
+) -> None:
+    """Serve the OpenAI-compatible chat API with guideline evidence."""
+    import uvicorn
+
+    from medloop.retrieval.index import current_version
+
+    settings = Settings()
+    if demo and current_version(settings.index_dir) is None:
+        console.print(f"demo: ingesting the sample guidelines into {settings.home}")
+        run_ingest(settings, [SAMPLE_GUIDELINES], recursive=False, quiet=True)
+    if not settings.api_keys and host not in {"127.0.0.1", "localhost", "::1"}:
+        console.print(f"[yellow]no API key configured (MEDLOOP_API_KEYS): binding to 127.0.0.1, not {host}[/]")
+        host = "127.0.0.1"
+    elif not settings.api_keys:
+        console.print("[yellow]no API key configured: serving on loopback only[/]")
+    application = build_server(
+        settings, engine=engine or settings.engine, base_model=base_model or settings.base_model,
+        adapters={**settings.adapters, **_parse_adapters(adapter or [])}, rag=not no_rag,
+        vllm_url=vllm_url or settings.vllm_url, launch_vllm=launch, port=port,
+    )
+    console.print(f"medloop: OpenAI API on http://{host}:{port}/v1  (model: {application.state.engine.base_name})")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
 @train_app.callback()
 def train_cmd(
     ctx: typer.Context,

@@ -1,0 +1,318 @@
+"""The gateway, driven over loopback by the official openai client, on a tiny random Qwen3."""
+
+import asyncio
+import shutil
+import threading
+
+import httpx
+import openai
+import pytest
+
+from conftest import GUIDELINES, LiveServer, make_adapter
+from medloop.knowledge import KnowledgeStore, ingest_paths
+from medloop.retrieval import Retriever, sync_index
+from medloop.serving import LocalEngine, VLLMEngine, create_app
+from medloop.serving.local_engine import Delta
+from medloop.serving.reasoning import ReasoningParser, split_reasoning
+
+ZH_Q = "高血压患者的降压目标是多少？"
+EN_Q = "What HbA1c target do the diabetes standards recommend for adults?"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, tiny_qwen3, embedder):
+    from medloop.config import Settings
+
+    home = tmp_path_factory.mktemp("home")
+    settings = Settings(home=home)
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES])
+    sync_index(settings, store, embedder=embedder)
+    make_adapter(tiny_qwen3, settings.adapters_dir / "a", seed=1)
+    make_adapter(tiny_qwen3, settings.adapters_dir / "b", seed=2)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_qwen3, home):
+    return LocalEngine(str(tiny_qwen3), served_name="qwen3-tiny",
+                       adapters={"a": str(home.adapters_dir / "a"), "b": str(home.adapters_dir / "b")})
+
+
+@pytest.fixture(scope="module")
+def server(home, engine, embedder):
+    retriever = Retriever(home, embedder=embedder)
+    with LiveServer(create_app(home, engine, retriever)) as live:
+        yield live
+
+
+def ask(client, question, model="qwen3-tiny", **kw):
+    kw.setdefault("max_tokens", 12)
+    kw.setdefault("temperature", 0)
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], **kw)
+
+
+def test_models_lists_base_and_adapters(server):
+    models = {m.id: m for m in server.client().models.list().data}
+    assert set(models) == {"qwen3-tiny", "a", "b"}
+    assert models["a"].parent == "qwen3-tiny"
+
+
+def test_chat_answers_with_chinese_evidence_block(server):
+    r = ask(server.client(), ZH_Q)
+    content = r.choices[0].message.content
+    assert "最新临床依据" in content and "中国高血压防治指南" in content and "2024" in content
+    assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    evidence = r.model_extra["evidence"]
+    assert evidence[0]["guideline_id"] == "cn-hypertension"
+    assert {e["version"] for e in evidence if e["guideline_id"] == "cn-hypertension"} == {"2024"}
+    assert r.usage.prompt_tokens > 100  # the evidence went into the prompt, not only after the answer
+
+
+def test_english_question_gets_english_block_and_newest_version(server):
+    r = ask(server.client(), EN_Q)
+    content = r.choices[0].message.content
+    assert "Latest clinical evidence" in content and "最新临床依据" not in content
+    ada = [e for e in r.model_extra["evidence"] if e["guideline_id"] == "ada-standards-of-care"]
+    assert ada and {e["version"] for e in ada} == {"2025"}
+
+
+def test_no_block_without_relevant_evidence_or_when_disabled(server):
+    r = ask(server.client(), "骨折怎么处理？")
+    assert "最新临床依据" not in r.choices[0].message.content and r.model_extra["evidence"] == []
+    r = ask(server.client(), ZH_Q, extra_body={"medloop": {"rag": False}})
+    assert "最新临床依据" not in r.choices[0].message.content and r.model_extra["evidence"] == []
+    r = ask(server.client(), ZH_Q, extra_body={"medloop": {"k": 1}})
+    assert len(r.model_extra["evidence"]) == 1
+
+
+def test_streaming_matches_plain_and_ends_with_evidence_and_done(server):
+    client = server.client()
+    plain = ask(client, ZH_Q).choices[0].message.content
+    chunks = list(ask(client, ZH_Q, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and chunks[-1].usage.completion_tokens > 0
+    assert any((c.model_extra or {}).get("evidence") for c in chunks)
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json={
+        "model": "qwen3-tiny", "messages": [{"role": "user", "content": ZH_Q}], "max_tokens": 4, "stream": True,
+    }) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+
+
+def test_two_adapters_give_different_answers_for_the_same_seed(server):
+    client = server.client()
+    kw = {"temperature": 0.8, "seed": 7, "max_tokens": 16, "extra_body": {"medloop": {"rag": False}}}
+    a1 = ask(client, "hello", model="a", **kw).choices[0].message.content
+    a2 = ask(client, "hello", model="a", **kw).choices[0].message.content
+    b = ask(client, "hello", model="b", **kw).choices[0].message.content
+    base = ask(client, "hello", **kw).choices[0].message.content
+    assert a1 == a2  # same seed, same adapter: same answer
+    assert len({a1, b, base}) == 3
+
+
+def test_concurrent_requests_keep_their_own_adapter(server):
+    client = server.client()
+    kw = {"max_tokens": 10, "extra_body": {"medloop": {"rag": False}}}
+    expected = {m: ask(client, "hi", model=m, **kw).choices[0].message.content for m in ("a", "b", "qwen3-tiny")}
+    results, errors = [], []
+
+    def worker(model):
+        try:
+            results.append((model, ask(client, "hi", model=model, **kw).choices[0].message.content))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(m,)) for m in ["a", "b", "qwen3-tiny"] * 4]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and len(results) == 12
+    assert all(text == expected[model] for model, text in results)
+
+
+def test_unknown_model_is_a_404_in_openai_shape(server):
+    with pytest.raises(openai.NotFoundError) as e:
+        ask(server.client(), "hi", model="nope")
+    assert e.value.body["type"] == "not_found_error" and "nope" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError):
+        server.client().chat.completions.create(model="a", messages=[{"role": "user", "content": "x"}],
+                                                temperature=5)
+
+
+def test_hot_swap_under_load(server, home):
+    client = server.client()
+    kw = {"max_tokens": 10, "extra_body": {"medloop": {"rag": False}}}
+    b_answer = ask(client, "swap", model="b", **kw).choices[0].message.content
+    shutil.copytree(home.adapters_dir / "a", home.adapters_dir / "a-copy", dirs_exist_ok=True)
+    errors, stop = [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            try:
+                list(ask(client, "under load", model="a", stream=True, max_tokens=24))
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    [t.start() for t in threads]
+    r = httpx.post(server.url + "/admin/adapters", json={"action": "load", "name": "a",
+                                                         "path": str(home.adapters_dir / "b"), "version": "v2"},
+                   timeout=60)
+    stop.set()
+    [t.join() for t in threads]
+    assert r.status_code == 200 and not errors
+    assert ask(client, "swap", model="a", **kw).choices[0].message.content == b_answer
+    assert {m.id: m.model_extra.get("version") for m in client.models.list().data}["a"] == "v2"
+    httpx.post(server.url + "/admin/adapters", json={"action": "load", "name": "a",
+                                                     "path": str(home.adapters_dir / "a-copy")}, timeout=60)
+
+
+def test_admin_rejects_paths_outside_the_registry(server, tmp_path):
+    r = httpx.post(server.url + "/admin/adapters", json={"action": "load", "name": "x",
+                                                         "path": str(tmp_path)})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "path"
+    r = httpx.post(server.url + "/admin/adapters", json={"action": "load", "name": "../etc", "path": "/etc"})
+    assert r.status_code == 400
+
+
+def test_metrics_and_health(server):
+    ask(server.client(), ZH_Q)
+    text = httpx.get(server.url + "/metrics").text
+    assert 'medloop_requests_total{model="qwen3-tiny",status="ok"}' in text
+    assert "medloop_retrieval_seconds_count" in text and "medloop_tokens_total" in text
+    assert httpx.get(server.url + "/health").json()["index_version"] >= 1
+
+
+def test_new_guideline_is_cited_without_restart(tiny_qwen3, engine, embedder, settings):
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES / "cn-hypertension-2024.md"])
+    sync_index(settings, store, embedder=embedder)
+    with LiveServer(create_app(settings, engine, Retriever(settings, embedder=embedder))) as live:
+        assert ask(live.client(), "流感的抗病毒治疗").model_extra["evidence"] == []
+        ingest_paths(store, [GUIDELINES / "cn-influenza-2025.md"])
+        sync_index(settings, store, embedder=embedder)
+        evidence = ask(live.client(), "流感的抗病毒治疗").model_extra["evidence"]
+        assert evidence[0]["guideline_id"] == "cn-influenza"
+
+
+# ---- reasoning (Qwen3 <think>) ----
+
+def test_reasoning_parser_splits_whole_and_streamed_output():
+    text = "<think>\nfirst think\n</think>\n\nthe answer"
+    assert split_reasoning(text) == ("first think", "the answer")
+    assert split_reasoning("plain answer") == ("", "plain answer")
+    for size in (1, 2, 3, 5):
+        parser, r, c = ReasoningParser(), "", ""
+        for i in range(0, len(text), size):
+            dr, dc = parser.feed(text[i:i + size])
+            r, c = r + dr, c + dc
+        dr, dc = parser.flush()
+        assert (r + dr, c + dc) == ("first think", "the answer")
+
+
+class ScriptedEngine:
+    """Stands in for a model that thinks: emits fixed text in pieces through the engine interface."""
+
+    base_name = "thinker"
+
+    def __init__(self, text):
+        self.text = text
+
+    def models(self):
+        return [{"id": "thinker"}]
+
+    def has_model(self, name):
+        return name == "thinker"
+
+    async def stream(self, request):
+        for i in range(0, len(self.text), 3):
+            await asyncio.sleep(0)
+            yield Delta(text=self.text[i:i + 3])
+        yield Delta(finish_reason="stop", prompt_tokens=5, completion_tokens=9)
+
+    def close(self):
+        pass
+
+
+def test_reasoning_is_returned_apart_from_content(settings):
+    app = create_app(settings, ScriptedEngine("<think>\n先看指南\n</think>\n\n答案是130/80"), None)
+    with LiveServer(app) as live:
+        r = ask(live.client(), "q", model="thinker")
+        msg = r.choices[0].message
+        assert msg.content == "答案是130/80" and msg.model_extra["reasoning_content"] == "先看指南"
+        assert msg.model_extra["reasoning"] == "先看指南"
+        chunks = list(ask(live.client(), "q", model="thinker", stream=True))
+        content = "".join(c.choices[0].delta.content or "" for c in chunks)
+        reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in chunks)
+        assert (reasoning, content) == ("先看指南", "答案是130/80")
+
+
+def test_enable_thinking_false_reaches_the_chat_template(engine):
+    from medloop.serving.local_engine import GenerationRequest
+
+    msgs = [{"role": "user", "content": "hi"}]
+    off = engine.tokenizer.decode(engine.prompt_ids(GenerationRequest("qwen3-tiny", msgs,
+                                                                      chat_template_kwargs={"enable_thinking": False})))
+    on = engine.tokenizer.decode(engine.prompt_ids(GenerationRequest("qwen3-tiny", msgs)))
+    assert off.endswith("<think>\n\n</think>\n\n") and on.endswith("<|im_start|>assistant\n")
+
+
+# ---- the vLLM engine, against a stand-in upstream that speaks vLLM's OpenAI + LoRA API ----
+
+def test_vllm_engine_relays_and_loads_adapters(home, engine, embedder, tiny_qwen3):
+    upstream = LiveServer(create_app(home, engine, None)).__enter__()
+    gateway_engine = VLLMEngine(upstream.url, timeout=30, served_name="medloop-qwen3")
+    app = create_app(home, gateway_engine, Retriever(home, embedder=embedder),
+                     adapters={"med": str(home.adapters_dir / "b")})
+    with LiveServer(app) as gateway:
+        client = gateway.client()
+        assert {m.id for m in client.models.list().data} == {"medloop-qwen3", "med"}
+        assert "med@1" in {m.id for m in upstream.client().models.list().data}  # via /v1/load_lora_adapter
+        direct = ask(upstream.client(), "hi", model="b", max_tokens=8).choices[0].message.content
+        via = ask(client, "hi", model="med", max_tokens=8, extra_body={"medloop": {"rag": False}})
+        assert via.choices[0].message.content == direct and via.usage.completion_tokens > 0
+        r = ask(client, ZH_Q, model="med", stream=True)
+        assert "最新临床依据" in "".join(c.choices[0].delta.content or "" for c in r if c.choices)
+        # hot swap: the new version gets a new upstream name; the old one is unloaded once idle
+        httpx.post(gateway.url + "/admin/adapters", json={"action": "load", "name": "med",
+                                                          "path": str(home.adapters_dir / "a")}, timeout=60)
+        upstream_ids = {m.id for m in upstream.client().models.list().data}
+        assert "med@2" in upstream_ids and "med@1" not in upstream_ids
+        with pytest.raises(openai.NotFoundError):
+            ask(client, "hi", model="ghost")
+        # upstream down: a clear 503 in OpenAI's shape; back up on the same port: served again
+        upstream.__exit__(None, None, None)
+        with pytest.raises(openai.InternalServerError) as e:
+            ask(client, "hi", model="medloop-qwen3", extra_body={"medloop": {"rag": False}})
+        assert e.value.status_code == 503 and "upstream unavailable" in e.value.body["message"]
+        with LiveServer(create_app(home, engine, None), port=upstream.port):
+            r = ask(client, "hi", model="medloop-qwen3", extra_body={"medloop": {"rag": False}})
+            assert r.choices[0].finish_reason in {"stop", "length"}
+
+
+def test_vllm_engine_upstream_faults(home):
+    engine = VLLMEngine("http://127.0.0.1:9", timeout=2, served_name="m")
+    engine.upstream_base = "m"
+    from medloop.serving.local_engine import GenerationRequest
+
+    async def first(req):
+        async for d in engine.stream(req):
+            return d
+
+    from medloop.serving.local_engine import EngineError
+
+    with pytest.raises(EngineError) as e:
+        asyncio.run(first(GenerationRequest("m", [{"role": "user", "content": "x"}])))
+    assert e.value.status == 503
+
+
+def test_vllm_launch_command_has_lora_flags():
+    from medloop.serving.vllm_engine import launch_command
+
+    cmd = launch_command("Qwen/Qwen3-8B", port=8001, adapters={"medical": "/a/v3"}, max_loras=4, max_lora_rank=64)
+    assert cmd[:3] == ["vllm", "serve", "Qwen/Qwen3-8B"] and "--enable-lora" in cmd
+    assert cmd[cmd.index("--max-loras") + 1] == "4" and cmd[cmd.index("--max-lora-rank") + 1] == "64"
+    assert cmd[cmd.index("--lora-modules") + 1] == "medical=/a/v3"
