@@ -19,6 +19,10 @@ from medloop.config import Settings
 app = typer.Typer(help="Keep a Qwen3 medical assistant current.", no_args_is_help=True, add_completion=False)
 index_app = typer.Typer(help="The retrieval index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+scheduler_app = typer.Typer(help="The continual loop's scheduler service.", no_args_is_help=True)
+app.add_typer(scheduler_app, name="scheduler")
+adapters_app = typer.Typer(help="The adapter registry.", no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
 train_app = typer.Typer(help="QLoRA fine-tuning.", invoke_without_command=True)
 app.add_typer(train_app, name="train")
 console = Console(stderr=True)
@@ -31,26 +35,18 @@ def _progress() -> Progress:
 
 
 def run_ingest(settings: Settings, paths: list[Path], recursive: bool, quiet: bool = False):
-    """Ingest files into the store, then bring the index up to date. Shared by the CLI and the scheduler."""
-    from medloop.knowledge import KnowledgeStore, ingest_paths
-    from medloop.retrieval import sync_index
+    """Ingest with progress bars: files, then embedding of the new chunks."""
+    from medloop.retrieval.index import ingest_and_index
 
-    store = KnowledgeStore(settings.knowledge_db)
-    try:
-        with _progress() as progress:
-            files = progress.add_task("ingest", total=None, visible=not quiet)
-            report = ingest_paths(
-                store, paths, recursive=recursive, chunk_size=settings.chunk_size,
-                chunk_overlap=settings.chunk_overlap,
-                on_start=lambda n: progress.update(files, total=n),
-                on_file=lambda r: progress.advance(files),
-            )
-            embed = progress.add_task("index", total=None, visible=not quiet)
-            synced = sync_index(settings, store,
-                                on_progress=lambda done, total: progress.update(embed, completed=done, total=total))
-        return report, synced
-    finally:
-        store.close()
+    with _progress() as progress:
+        files = progress.add_task("ingest", total=None, visible=not quiet)
+        embed = progress.add_task("index", total=None, visible=not quiet)
+        return ingest_and_index(
+            settings, paths, recursive=recursive,
+            on_start=lambda n: progress.update(files, total=n),
+            on_file=lambda r: progress.advance(files),
+            on_progress=lambda done, total: progress.update(embed, completed=done, total=total),
+        )
 
 
 @app.command()
@@ -266,6 +262,110 @@ def train_merge(adapter: Path, output: Path) -> None:
     from medloop.training import merge
 
     out.print(f"merged model: {merge(adapter, output)}")
+
+
+@scheduler_app.command("start")
+def scheduler_start() -> None:
+    """Run the scheduler in the foreground (ingest hourly, retrain monthly); Ctrl-C or SIGTERM stops it."""
+    import logging
+
+    from medloop.continual import scheduler
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = Settings()
+
+    def ready(s):
+        for job in s.get_jobs():
+            out.print(f"{job.id}: {job.trigger}, next run {job.next_run_time}")
+
+    scheduler.start(settings, on_ready=ready)
+
+
+@scheduler_app.command("run")
+def scheduler_run(job: Annotated[str, typer.Argument(help="ingest | retrain")]) -> None:
+    """Run one job now, once."""
+    import logging
+
+    from medloop.continual import scheduler
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if job not in scheduler.JOBS:
+        raise typer.BadParameter(f"unknown job '{job}': choose ingest or retrain")
+    result = scheduler.run_job(job)
+    out.print_json(json.dumps({k: v for k, v in result.items() if k != "trace"}, default=str, ensure_ascii=False))
+    raise typer.Exit(1 if result.get("outcome") == "error" else 0)
+
+
+@scheduler_app.command("status")
+def scheduler_status() -> None:
+    """Next run times and the last outcome of each job."""
+    from medloop.continual import scheduler
+
+    table = Table()
+    for col in ("job", "schedule", "next run", "last run", "last outcome"):
+        table.add_column(col)
+    for row in scheduler.status(Settings()):
+        table.add_row(row["job"], row["schedule"], str(row["next_run"]), str(row["last_started"]),
+                      str(row["last_outcome"]))
+    out.print(table)
+
+
+@adapters_app.command("list")
+def adapters_list() -> None:
+    """Every adapter version with its status and figures."""
+    from medloop.continual import AdapterRegistry
+
+    table = Table()
+    for col in ("version", "status", "parent", "created", "train loss", "held-out loss", "data"):
+        table.add_column(col)
+    for r in AdapterRegistry(Settings().adapters_dir).versions():
+        counts = r.manifest.get("counts", {})
+        held = r.metrics.get("heldout_loss_candidate")
+        table.add_row(r.version, r.status, r.parent or "-", r.created,
+                      f"{r.metrics['train_loss']:.4f}" if "train_loss" in r.metrics else "-",
+                      f"{held:.4f}" if held is not None else "-",
+                      f"{counts.get('train_total', '-')} samples")
+    out.print(table)
+
+
+@adapters_app.command("show")
+def adapters_show(version: str) -> None:
+    """One version's full record: data manifest, metrics, gate decision."""
+    from dataclasses import asdict
+
+    from medloop.continual import AdapterRegistry
+
+    try:
+        record = AdapterRegistry(Settings().adapters_dir).get(version)
+    except KeyError as e:
+        console.print(f"[red]error[/] {e.args[0]}")
+        raise typer.Exit(2) from e
+    out.print_json(json.dumps(asdict(record), ensure_ascii=False, default=str))
+
+
+def _promote_or_rollback(action: str, version: str | None = None) -> None:
+    from medloop.continual import AdapterRegistry, hot_load
+
+    settings = Settings()
+    registry = AdapterRegistry(settings.adapters_dir)
+    try:
+        record = registry.promote(version) if action == "promote" else registry.rollback()
+    except (KeyError, ValueError) as e:
+        console.print(f"[red]error[/] {e.args[0]}")
+        raise typer.Exit(2) from e
+    out.print(f"live: {record.version}; {hot_load(settings, record)}")
+
+
+@adapters_app.command("promote")
+def adapters_promote(version: str) -> None:
+    """Make a version live (by hand) and hot-load it into the running server."""
+    _promote_or_rollback("promote", version)
+
+
+@adapters_app.command("rollback")
+def adapters_rollback() -> None:
+    """Make the previously live version live again, and hot-load it."""
+    _promote_or_rollback("rollback")
 
 
 if __name__ == "__main__":

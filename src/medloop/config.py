@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     sparse_weight: float = 1.0
     dense_weight_cjk: float = Field(0.2, description="dense weight for Chinese queries on an English embedder")
     rrf_k: int = 60
-    min_bm25: float = Field(1.5, description="a hit counts as relevant evidence above this BM25 score")
+    min_coverage: float = Field(0.5, description="relevant evidence holds more than this share of the query terms")
     min_cosine: float = Field(0.45, description="...or above this cosine, when the embedder knows the language")
 
     # serving
@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     gate_tolerance: float = 0.02
     train_preset: str = "low-mem"
     train_base_model: str = ""  # base model that adapters are trained on; default: base_model
+    train_overrides: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields over the preset")
+    holdout_fraction: float = 0.2
 
     # tracking
     swanlab_mode: Literal["offline", "cloud", "disabled"] = "offline"

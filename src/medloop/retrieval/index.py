@@ -63,6 +63,12 @@ class LoadedIndex:
     dense: faiss.Index
     sparse: bm25s.BM25 | None
 
+    def token_set(self, chunk_id: int) -> set[str]:
+        if not hasattr(self, "_rows"):
+            self._rows = {int(cid): row for row, cid in enumerate(self.ids.tolist())}
+        row = self._rows.get(chunk_id)
+        return set(self.tokens[row]) if row is not None else set()
+
 
 def current_version(index_dir: Path) -> int | None:
     try:
@@ -243,3 +249,17 @@ def _clean(index_dir: Path, live: int) -> None:
         stale_tmp = p.name.startswith(".tmp-") or p.name.startswith(".CURRENT.")
         if stale_tmp or (p.is_dir() and p.name.startswith("v") and _folder_version(p) <= live - KEEP_VERSIONS):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def ingest_and_index(settings: Settings, paths: list[Path], *, recursive: bool = False, on_start=None, on_file=None,
+                     on_progress=None):
+    """Files -> store -> index: what `medloop ingest` and the scheduler's ingest job both run."""
+    from medloop.knowledge.ingest import ingest_paths
+
+    store = KnowledgeStore(settings.knowledge_db)
+    try:
+        report = ingest_paths(store, paths, recursive=recursive, chunk_size=settings.chunk_size,
+                              chunk_overlap=settings.chunk_overlap, on_start=on_start, on_file=on_file)
+        return report, sync_index(settings, store, on_progress=on_progress)
+    finally:
+        store.close()

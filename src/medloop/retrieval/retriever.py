@@ -19,11 +19,12 @@ class Hit:
     score: float  # fused RRF score: ranks, not relevance
     dense_score: float  # cosine similarity, or nan when not in the dense list
     sparse_score: float  # BM25 score, 0 when no query term matched
+    coverage: float  # share of the question's terms found in the chunk
     relevant: bool  # passes the evidence thresholds
 
     def to_dict(self) -> dict:
         return {**asdict(self.chunk), "score": self.score, "dense_score": self.dense_score,
-                "sparse_score": self.sparse_score, "relevant": self.relevant}
+                "sparse_score": self.sparse_score, "coverage": self.coverage, "relevant": self.relevant}
 
 
 class Retriever:
@@ -79,14 +80,17 @@ class Retriever:
                 fused[cid] = fused.get(cid, 0.0) + weight / (s.rrf_k + rank + 1)
 
         records = {c.chunk_id: c for c in self.store.chunks(list(fused))}
+        query_terms = set(qtokens)
         hits = []
         for cid in sorted(fused, key=fused.get, reverse=True):
             chunk = records.get(cid)
             if chunk is None or (chunk.superseded and not include_superseded):
                 continue  # deleted since indexing, or an older version of a guideline
             d, sp = dense.get(cid, float("nan")), sparse.get(cid, 0.0)
-            relevant = sp >= s.min_bm25 or (dense_usable and d >= s.min_cosine)
-            hits.append(Hit(chunk, fused[cid], d, sp, relevant))
+            # Coverage, not a BM25 score, decides relevance: BM25 scores grow with corpus size, coverage does not.
+            cover = len(query_terms & index.token_set(cid)) / len(query_terms) if query_terms else 0.0
+            relevant = cover > s.min_coverage or (dense_usable and d >= s.min_cosine)
+            hits.append(Hit(chunk, fused[cid], d, sp, cover, relevant))
             if len(hits) == k:
                 break
         return hits

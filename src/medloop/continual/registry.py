@@ -1,0 +1,150 @@
+"""Adapter registry: versions with their records, and one atomic pointer to the live version.
+
+adapters/
+  v1/ v2/ ...        adapter files (from the training recipe) + record.json
+  live.json          {"version", "path", "history": [earlier live versions]}: replaced atomically
+  regression.jsonl   the fixed regression set, grown by each run's held-out data
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+STATUSES = ("training", "candidate", "live", "rejected", "retired", "failed")
+
+
+@dataclass
+class AdapterRecord:
+    version: str
+    path: str
+    parent: str | None
+    status: str
+    created: str
+    metrics: dict = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+    decision: dict = field(default_factory=dict)
+    pid: int | None = None  # the training process, while status is "training"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class AdapterRegistry:
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def live_file(self) -> Path:
+        return self.root / "live.json"
+
+    @property
+    def regression_file(self) -> Path:
+        return self.root / "regression.jsonl"
+
+    def versions(self) -> list[AdapterRecord]:
+        records = []
+        for p in self.root.glob("v*/record.json"):
+            records.append(AdapterRecord(**json.loads(p.read_text())))
+        return sorted(records, key=lambda r: int(r.version[1:]))
+
+    def get(self, version: str) -> AdapterRecord:
+        path = self.root / version / "record.json"
+        if not path.exists():
+            known = ", ".join(r.version for r in self.versions()) or "none"
+            raise KeyError(f"no adapter version '{version}' (known: {known})")
+        return AdapterRecord(**json.loads(path.read_text()))
+
+    def save(self, record: AdapterRecord) -> None:
+        write_json_atomic(self.root / record.version / "record.json", asdict(record))
+
+    def new_version(self, parent: str | None, manifest: dict) -> AdapterRecord:
+        numbers = [int(p.name[1:]) for p in self.root.glob("v*") if p.name[1:].isdigit()]
+        version = f"v{max(numbers, default=0) + 1}"
+        (self.root / version).mkdir()
+        record = AdapterRecord(version, str((self.root / version).resolve()), parent, "training", _now(),
+                               manifest=manifest, pid=os.getpid())
+        self.save(record)
+        return record
+
+    def live(self) -> AdapterRecord | None:
+        if not self.live_file.exists():
+            return None
+        return self.get(json.loads(self.live_file.read_text())["version"])
+
+    def _history(self) -> list[str]:
+        return json.loads(self.live_file.read_text()).get("history", []) if self.live_file.exists() else []
+
+    def promote(self, version: str) -> AdapterRecord:
+        record = self.get(version)
+        if record.status in {"training", "failed"}:
+            raise ValueError(f"{version} is {record.status}: only a finished adapter can go live")
+        old = self.live()
+        history = self._history()
+        if old is not None and old.version != version:
+            old.status = "retired"
+            self.save(old)
+            history = [*history, old.version]
+        record.status = "live"
+        self.save(record)
+        write_json_atomic(self.live_file, {"version": version, "path": record.path, "history": history})
+        return record
+
+    def rollback(self) -> AdapterRecord:
+        """Back to the version that was live before this one."""
+        history = self._history()
+        current = self.live()
+        if not history or current is None:
+            raise ValueError("nothing to roll back to")
+        previous = self.get(history[-1])
+        current.status = "retired"
+        self.save(current)
+        previous.status = "live"
+        self.save(previous)
+        write_json_atomic(self.live_file, {"version": previous.version, "path": previous.path,
+                                           "history": history[:-1]})
+        return previous
+
+    def clean_stale(self) -> list[str]:
+        """Runs killed mid-training leave a 'training' version whose process is gone: mark it failed."""
+        cleaned = []
+        for record in self.versions():
+            if record.status == "training" and not _alive(record.pid):
+                record.status = "failed"
+                record.decision = {"reason": "training process ended without finishing (crash or kill)"}
+                self.save(record)
+                shutil.rmtree(Path(record.path) / "checkpoints", ignore_errors=True)
+                cleaned.append(record.version)
+        return cleaned
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed, not yet reaped by its parent) is not alive for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,121 @@
+"""The scheduler service: APScheduler 3 with a persistent SQLite job store in the data home.
+
+Schedules survive restarts (the job store keeps each job's next run time); coalescing folds missed
+runs into one, one instance per job, and a misfire grace period lets a briefly-down service catch up.
+Each run's outcome goes into a `job_runs` table beside the job store, for `medloop scheduler status`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import signal
+import sqlite3
+import threading
+import traceback
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from medloop.config import Settings
+
+log = logging.getLogger("medloop.scheduler")
+JOBS = ("ingest", "retrain")
+
+
+def _runs_db(settings: Settings) -> sqlite3.Connection:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(settings.scheduler_db, timeout=30)
+    db.execute("CREATE TABLE IF NOT EXISTS job_runs (job TEXT, started TEXT, finished TEXT, outcome TEXT,"
+               " detail TEXT)")
+    return db
+
+
+def run_job(name: str) -> dict:
+    """Run one job now and record its outcome. Module-level, so the job store can reference it by name."""
+    from medloop.continual.loop import ingest_inbox, retrain
+
+    if name not in JOBS:
+        raise ValueError(f"unknown job '{name}': choose {' or '.join(JOBS)}")
+    settings = Settings()
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    try:
+        result = ingest_inbox(settings) if name == "ingest" else retrain(settings, log=log.info)
+    except Exception as e:  # noqa: BLE001 - recorded; the service keeps its schedule
+        result = {"outcome": "error", "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:]}
+    finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    with _runs_db(settings) as db:
+        db.execute("INSERT INTO job_runs VALUES (?,?,?,?,?)",
+                   (name, started, finished, result.get("outcome"), json.dumps(result, default=str)))
+    log.info("%s: %s", name, result.get("outcome"))
+    return result
+
+
+def make_scheduler(settings: Settings) -> BackgroundScheduler:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{settings.scheduler_db.resolve()}")},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+        timezone="UTC",
+    )
+
+
+def ensure_jobs(scheduler, settings: Settings) -> None:
+    """Add the jobs the first time; later starts keep the stored ones (and their next run times), unless the
+    configured schedule changed."""
+    triggers = {
+        "ingest": IntervalTrigger(minutes=settings.ingest_interval_minutes, timezone="UTC"),
+        "retrain": CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC"),
+    }
+    for name, trigger in triggers.items():
+        job = scheduler.get_job(name)
+        if job is not None and str(job.trigger) == str(trigger):
+            continue
+        scheduler.add_job(run_job, trigger, args=[name], id=name, name=name, replace_existing=True)
+
+
+def start(settings: Settings, on_ready=None) -> None:
+    """Foreground service; SIGTERM or SIGINT stops it cleanly after the running job."""
+    scheduler = make_scheduler(settings)
+    scheduler.start(paused=True)
+    ensure_jobs(scheduler, settings)
+    stopping = threading.Event()
+
+    def stop(signum, frame):
+        log.info("stopping on signal %s", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    scheduler.resume()
+    if on_ready:
+        on_ready(scheduler)
+    stopping.wait()
+    scheduler.shutdown(wait=True)
+
+
+def status(settings: Settings) -> list[dict]:
+    scheduler = make_scheduler(settings)
+    scheduler.start(paused=True)
+    try:
+        jobs = {j.id: j for j in scheduler.get_jobs()}
+    finally:
+        scheduler.shutdown(wait=False)
+    rows = []
+    with _runs_db(settings) as db:
+        for name in JOBS:
+            last = db.execute("SELECT started, finished, outcome, detail FROM job_runs WHERE job=? ORDER BY rowid"
+                              " DESC LIMIT 1", (name,)).fetchone()
+            job = jobs.get(name)
+            rows.append({
+                "job": name,
+                "schedule": str(job.trigger) if job else "not scheduled (run `medloop scheduler start`)",
+                "next_run": job.next_run_time.isoformat() if job and job.next_run_time else None,
+                "last_started": last[0] if last else None,
+                "last_outcome": last[2] if last else None,
+                "last_detail": json.loads(last[3]) if last else None,
+            })
+    return rows
