@@ -80,7 +80,8 @@ def test_presets_are_data_and_flags_override():
 
 
 def test_term_masking_masks_prompt_terms_only(tokenizer):
-    messages = [{"role": "user", "content": "高血压和糖尿病怎么办？"}, {"role": "assistant", "content": "高血压要控制。"}]
+    messages = [{"role": "user", "content": "高血压和糖尿病怎么办？"},
+                {"role": "assistant", "content": "高血压要控制。"}]
     row = render(tokenizer, messages, max_length=512, terms=["高血压", "糖尿病"])
     assert len({t for t in row["term_ids"] if t}) == 2  # two occurrences in the prompt, none in the answer
     always = TermMaskingCollator(tokenizer.pad_token_id, 151662, probability=1.0)

@@ -321,7 +321,8 @@ class LocalEngine:
 
             with torch.inference_mode():
                 self.model.generate(
-                    input_ids=input_ids, attention_mask=attention, max_new_tokens=max(j.request.max_tokens for j in jobs),
+                    input_ids=input_ids, attention_mask=attention,
+                    max_new_tokens=max(j.request.max_tokens for j in jobs),
                     streamer=streamer, stopping_criteria=StoppingCriteriaList([_RowsDone(streamer)]),
                     pad_token_id=pad, eos_token_id=list(self.eos_ids), **sampling, **extra,
                 )

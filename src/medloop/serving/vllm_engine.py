@@ -9,6 +9,7 @@ so a request in flight finishes on the adapter it started with.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -39,6 +40,11 @@ def launch(model: str, *, port: int, adapters: dict[str, str], **kwargs) -> subp
         raise RuntimeError("vLLM is not installed: pip install 'medloop[gpu]' (needs a CUDA GPU)")
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     return subprocess.Popen(launch_command(model, port=port, adapters=adapters, **kwargs), env=env)
+
+
+def upstream_error(status: int, text: str) -> EngineError:
+    """An upstream 4xx is the client's problem and keeps its status; an upstream 5xx is our 502."""
+    return EngineError(502 if status >= 500 else status, f"upstream {status}: {text[:300]}")
 
 
 class VLLMEngine:
@@ -73,30 +79,32 @@ class VLLMEngine:
         for name, path in (adapters or {}).items():
             await self.load_adapter(name, path)
 
-    async def _get_json(self, path: str) -> dict:
+    @contextlib.contextmanager
+    def _transport_errors(self):
+        """Network failures as the gateway reports them: 504 for a timeout, 503 for anything else."""
         try:
-            r = await self.client.get(path)
+            yield
         except httpx.TimeoutException as e:
             raise EngineError(504, f"upstream timed out: {self.url}") from e
         except httpx.HTTPError as e:
             raise EngineError(503, f"upstream unavailable: {self.url} ({type(e).__name__})") from e
+
+    async def _request(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+        with self._transport_errors():
+            r = await self.client.request(method, path, json=body)
         if r.status_code >= 400:
-            raise EngineError(502 if r.status_code >= 500 else r.status_code, f"upstream {r.status_code}: {r.text[:200]}")
+            raise upstream_error(r.status_code, r.text)
+        return r
+
+    async def _get_json(self, path: str) -> dict:
+        r = await self._request("GET", path)
         try:
             return r.json()
         except ValueError as e:
             raise EngineError(502, "upstream returned something that is not JSON") from e
 
     async def _post(self, path: str, body: dict) -> httpx.Response:
-        try:
-            r = await self.client.post(path, json=body)
-        except httpx.TimeoutException as e:
-            raise EngineError(504, f"upstream timed out: {self.url}") from e
-        except httpx.HTTPError as e:
-            raise EngineError(503, f"upstream unavailable: {self.url} ({type(e).__name__})") from e
-        if r.status_code >= 400:
-            raise EngineError(502 if r.status_code >= 500 else r.status_code, f"upstream {r.status_code}: {r.text[:300]}")
-        return r
+        return await self._request("POST", path, body)
 
     async def load_adapter(self, name: str, path: str, version: str | None = None) -> None:
         self._serial += 1
@@ -158,11 +166,10 @@ class VLLMEngine:
 
     async def _relay(self, body: dict) -> AsyncIterator[Delta]:
         finish, usage = None, {}
-        try:
+        with self._transport_errors():
             async with self.client.stream("POST", "/v1/chat/completions", json=body) as r:
                 if r.status_code >= 400:
-                    text = (await r.aread()).decode(errors="replace")
-                    raise EngineError(502 if r.status_code >= 500 else r.status_code, f"upstream {r.status_code}: {text[:300]}")
+                    raise upstream_error(r.status_code, (await r.aread()).decode(errors="replace"))
                 async for line in r.aiter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -180,10 +187,6 @@ class VLLMEngine:
                         if delta.get("content") or reasoning:
                             yield Delta(text=delta.get("content") or "", reasoning=reasoning)
                         finish = choice.get("finish_reason") or finish
-        except httpx.TimeoutException as e:
-            raise EngineError(504, f"upstream timed out: {self.url}") from e
-        except httpx.HTTPError as e:
-            raise EngineError(503, f"upstream unavailable: {self.url} ({type(e).__name__})") from e
         if finish is None:
             raise EngineError(502, "upstream stream ended without a finish reason")
         yield Delta(finish_reason=finish, prompt_tokens=usage.get("prompt_tokens", 0),

@@ -86,7 +86,8 @@ def load_preset(name: str) -> dict:
 
 def make_config(preset: str = "v1", **overrides) -> TrainConfig:
     """Preset values, then explicit overrides (None means 'not given')."""
-    return TrainConfig(preset=preset, **{**load_preset(preset), **{k: v for k, v in overrides.items() if v is not None}})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return TrainConfig(preset=preset, **{**load_preset(preset), **given})
 
 
 @dataclass
