@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -23,6 +24,8 @@ scheduler_app = typer.Typer(help="The continual loop's scheduler service.", no_a
 app.add_typer(scheduler_app, name="scheduler")
 adapters_app = typer.Typer(help="The adapter registry.", no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
+eval_app = typer.Typer(help="Evaluation and comparison reports.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 train_app = typer.Typer(help="QLoRA fine-tuning.", invoke_without_command=True)
 app.add_typer(train_app, name="train")
 console = Console(stderr=True)
@@ -366,6 +369,145 @@ def adapters_promote(version: str) -> None:
 def adapters_rollback() -> None:
     """Make the previously live version live again, and hot-load it."""
     _promote_or_rollback("rollback")
+
+
+@eval_app.command("compare")
+def eval_compare(
+    target: Annotated[list[str], typer.Option(help="base | ADAPTER | ADAPTER+rag | LABEL=URL#MODEL (repeatable)")],
+    base_model: Annotated[str, typer.Option(help="local base model for local targets")] = "",
+    adapter: Annotated[list[str] | None, typer.Option(help="NAME=PATH of a local adapter (repeatable)")] = None,
+    questions: Annotated[Path | None, typer.Option(help="JSONL with 'question' (default: the report's 10)")] = None,
+    max_tokens: Annotated[int, typer.Option()] = 256,
+    out_dir: Annotated[Path, typer.Option("--out", help="report folder")] = Path("eval-report"),
+) -> None:
+    """Answer a question set with several targets; write Markdown and HTML (with charts) side by side."""
+    import contextlib
+
+    from medloop.continual import evaluation
+
+    settings = Settings()
+    targets = [evaluation.parse_target(t) for t in target]
+    qs = evaluation.load_questions(questions or evaluation.DEFAULT_QUESTIONS)
+    local = [t for t in targets if t.url is None]
+    with contextlib.ExitStack() as stack:
+        local_url = None
+        if local:
+            model = base_model or settings.base_model
+            application = build_server(settings, engine="local", base_model=model,
+                                       adapters=_parse_adapters(adapter or []), rag=any(t.rag for t in local),
+                                       vllm_url="", launch_vllm=False, port=0)
+            for t in local:
+                if t.model == "base":
+                    t.model = application.state.engine.base_name
+            local_url = stack.enter_context(_background_server(application)) + "/v1"
+        with _progress() as progress:
+            task = progress.add_task("answering", total=len(targets) * len(qs))
+            results = evaluation.compare(targets, qs, local_url=local_url, max_tokens=max_tokens,
+                                         on_step=lambda: progress.advance(task))
+    md, page = evaluation.write_report(results, qs, out_dir)
+    table = Table()
+    for col in ("target", "total_s", "mean_s", "total_tokens", "mean_tokens", "tokens_per_s", "errors"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(*(str(v) for v in r.summary.values()))
+    out.print(table)
+    out.print(f"report: {md}  {page}")
+
+
+@contextlib.contextmanager
+def _background_server(application):
+    """The app on a free loopback port, in a thread, for the length of the block."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("local evaluation server failed to start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    file: Annotated[Path, typer.Argument(help="JSONL: question, guideline_id, version")],
+    k: Annotated[int, typer.Option("-k")] = 5,
+) -> None:
+    """recall@k, MRR and the share of hits on the newest guideline version."""
+    from medloop.continual import evaluation
+    from medloop.retrieval import Retriever
+
+    result = evaluation.retrieval_quality(Retriever(Settings()), file, k)
+    out.print(f"questions {result['questions']}  recall@{k} {result['recall_at_k']:.3f}  MRR {result['mrr']:.3f}"
+              f"  newest-version share {result['newest_version_share']:.3f}")
+    for q in result["per_question"]:
+        if q["rank"] is None:
+            console.print(f"[yellow]miss[/] {q['question']}")
+
+
+@eval_app.command("mcq")
+def eval_mcq(
+    file: Annotated[Path, typer.Argument(help="JSONL: question, options, answer (MedQA / MedMCQA style)")],
+    base_model: Annotated[str, typer.Option()] = "",
+    adapter: Annotated[Path | None, typer.Option()] = None,
+    no_evidence: Annotated[bool, typer.Option("--no-evidence", help="skip the with-evidence pass")] = False,
+) -> None:
+    """Multiple-choice accuracy by option log-likelihood, with and without evidence."""
+    from medloop.continual import evaluation
+    from medloop.retrieval import Retriever
+    from medloop.serving.local_engine import resolve_model
+    from medloop.training.evaluate import load_for_eval
+
+    settings = Settings()
+    folder, gguf = resolve_model(base_model or settings.base_model)
+    if gguf:
+        raise typer.BadParameter("mcq scoring needs a transformers checkpoint, not a GGUF file")
+    model, tokenizer = load_for_eval(folder, adapter)
+    result = evaluation.mcq_accuracy(model, tokenizer, file, None if no_evidence else Retriever(settings))
+    for mode in ("no_evidence", "evidence"):
+        if mode in result:
+            out.print(f"{mode:12s} accuracy {result[mode]['accuracy']:.3f} on {result['questions']} questions")
+
+
+@eval_app.command("loss")
+def eval_loss_cmd(
+    adapter: Annotated[Path, typer.Argument(help="adapter folder (its medloop_run.json names the base model)")],
+    data: Annotated[list[Path], typer.Argument(help="SFT files")],
+    base_model: Annotated[str, typer.Option(help="override the base model")] = "",
+) -> None:
+    """Eval loss and perplexity of an adapter on SFT data."""
+    from medloop.training.evaluate import eval_files
+
+    run = adapter / "medloop_run.json"
+    base = base_model or (json.loads(run.read_text())["base_model"] if run.exists() else "")
+    if not base:
+        raise typer.BadParameter("no medloop_run.json in the adapter folder: pass --base-model")
+    result = eval_files(base, adapter, data)
+    out.print(f"eval loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
+              f"({result['samples']} samples, {result['tokens']} tokens, {result['dropped']} lines dropped)")
+
+
+@eval_app.command("run")
+def eval_run(run_dir: Annotated[Path, typer.Argument(help="a training run / adapter folder")]) -> None:
+    """The run's loss curves as PNG, from its metrics.jsonl."""
+    from medloop.training.components import plot_losses, read_metrics
+
+    if not read_metrics(run_dir):
+        console.print(f"[red]error[/] no metrics.jsonl in {run_dir}")
+        raise typer.Exit(2)
+    out.print(f"loss curves: {plot_losses(run_dir)}")
 
 
 if __name__ == "__main__":

