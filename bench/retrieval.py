@@ -24,7 +24,6 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from medloop.config import Settings  # noqa: E402
-from medloop.knowledge import KnowledgeStore  # noqa: E402
 from medloop.retrieval import Retriever, load_embedder  # noqa: E402
 from medloop.retrieval.index import build_dense, chunk_index_text, ingest_and_index, load_index  # noqa: E402
 

@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from conftest import GUIDELINES, SFT, LiveServer, make_adapter
 from typer.testing import CliRunner
 
+from conftest import GUIDELINES, SFT, LiveServer, make_adapter
 from medloop.cli import app
 from medloop.continual import evaluation
 from medloop.knowledge import KnowledgeStore, ingest_paths
