@@ -30,7 +30,8 @@ from medloop.retrieval.index import build_dense, chunk_index_text, ingest_and_in
 EN = ("hypertension diabetes insulin metformin statin aspirin stroke asthma pneumonia influenza kidney heart "
       "failure dose daily target blood pressure glucose therapy first-line adults children elderly pregnancy "
       "monitoring screening risk lifestyle exercise diet sodium weight").split()
-ZH = "高血压 糖尿病 胰岛素 二甲双胍 他汀 阿司匹林 卒中 哮喘 肺炎 流感 肾病 心衰 剂量 目标 血压 血糖 治疗 一线 成人 儿童 老年 妊娠 监测 筛查 风险 生活方式 运动 饮食 钠盐 体重".split()
+ZH = ("高血压 糖尿病 胰岛素 二甲双胍 他汀 阿司匹林 卒中 哮喘 肺炎 流感 肾病 心衰 剂量 目标 血压 血糖 治疗 "
+      "一线 成人 儿童 老年 妊娠 监测 筛查 风险 生活方式 运动 饮食 钠盐 体重").split()
 
 
 def synthetic_docs(n: int, seed: int = 0) -> list[dict]:
@@ -103,7 +104,8 @@ def main() -> None:
     print(f"chunks: {args.n}  (faiss {faiss.__version__}, {os.cpu_count()} cores)")
     print(f"ingestion: pipeline {args.n / pipeline_s:.0f} chunks/s vs raw encode {args.n / raw_s:.0f} chunks/s"
           f"  -> ratio {raw_s / pipeline_s:.2f} (target >= 0.9)")
-    print(f"hybrid query latency (flat): p50 {percentile(latencies, 50):.1f} ms  p99 {percentile(latencies, 99):.1f} ms")
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    print(f"hybrid query latency (flat): p50 {p50:.1f} ms  p99 {p99:.1f} ms")
     for kind, (recall, build_s) in recalls.items():
         print(f"{kind}: recall@10 vs exact {recall:.3f}  (build {build_s:.1f} s)")
 
