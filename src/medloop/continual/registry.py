@@ -58,10 +58,21 @@ class AdapterRegistry:
     def regression_file(self) -> Path:
         return self.root / "regression.jsonl"
 
+    def _pointer(self) -> dict:
+        return json.loads(self.live_file.read_text()) if self.live_file.exists() else {}
+
+    def _read(self, path: Path, live_version: str | None) -> AdapterRecord:
+        record = AdapterRecord(**json.loads(path.read_text()))
+        # The pointer is the truth; a record's own status may lag it after a crash mid-promotion.
+        if record.version == live_version:
+            record.status = "live"
+        elif record.status == "live":
+            record.status = "retired"
+        return record
+
     def versions(self) -> list[AdapterRecord]:
-        records = []
-        for p in self.root.glob("v*/record.json"):
-            records.append(AdapterRecord(**json.loads(p.read_text())))
+        live = self._pointer().get("version")
+        records = [self._read(p, live) for p in self.root.glob("v*/record.json")]
         return sorted(records, key=lambda r: int(r.version[1:]))
 
     def get(self, version: str) -> AdapterRecord:
@@ -69,7 +80,7 @@ class AdapterRegistry:
         if not path.exists():
             known = ", ".join(r.version for r in self.versions()) or "none"
             raise KeyError(f"no adapter version '{version}' (known: {known})")
-        return AdapterRecord(**json.loads(path.read_text()))
+        return self._read(path, self._pointer().get("version"))
 
     def save(self, record: AdapterRecord) -> None:
         write_json_atomic(self.root / record.version / "record.json", asdict(record))
@@ -84,12 +95,11 @@ class AdapterRegistry:
         return record
 
     def live(self) -> AdapterRecord | None:
-        if not self.live_file.exists():
-            return None
-        return self.get(json.loads(self.live_file.read_text())["version"])
+        version = self._pointer().get("version")
+        return self.get(version) if version else None
 
     def _history(self) -> list[str]:
-        return json.loads(self.live_file.read_text()).get("history", []) if self.live_file.exists() else []
+        return self._pointer().get("history", [])
 
     def promote(self, version: str) -> AdapterRecord:
         record = self.get(version)
@@ -98,12 +108,14 @@ class AdapterRegistry:
         old = self.live()
         history = self._history()
         if old is not None and old.version != version:
+            history = [*history, old.version]
+        # The pointer first: it alone decides what serves; the records follow it.
+        write_json_atomic(self.live_file, {"version": version, "path": record.path, "history": history})
+        if old is not None and old.version != version:
             old.status = "retired"
             self.save(old)
-            history = [*history, old.version]
         record.status = "live"
         self.save(record)
-        write_json_atomic(self.live_file, {"version": version, "path": record.path, "history": history})
         return record
 
     def rollback(self) -> AdapterRecord:
@@ -113,12 +125,11 @@ class AdapterRegistry:
         if not history or current is None:
             raise ValueError("nothing to roll back to")
         previous = self.get(history[-1])
-        current.status = "retired"
-        self.save(current)
-        previous.status = "live"
-        self.save(previous)
         write_json_atomic(self.live_file, {"version": previous.version, "path": previous.path,
                                            "history": history[:-1]})
+        current.status, previous.status = "retired", "live"
+        self.save(current)
+        self.save(previous)
         return previous
 
     def clean_stale(self) -> list[str]:

@@ -1,0 +1,217 @@
+"""Hardening: auth, input limits, privacy, upstream faults, load, and crash safety of the loop."""
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from conftest import GUIDELINES, LiveServer, make_adapter
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from hypothesis import HealthCheck, settings as hsettings
+
+from medloop.knowledge import KnowledgeStore, ingest_paths
+from medloop.retrieval import Retriever, sync_index
+from medloop.serving import LocalEngine, VLLMEngine, create_app
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_qwen3):
+    return LocalEngine(str(tiny_qwen3), served_name="tiny", max_batch_size=16)
+
+
+def chat(**kw):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "患者血压160/100，怎么办？"}], "max_tokens": 4}
+    return {**body, **kw}
+
+
+def test_api_and_admin_keys(settings, engine):
+    from pydantic import SecretStr
+
+    settings.api_keys = [SecretStr("k-user")]
+    settings.admin_key = SecretStr("k-admin")
+    with LiveServer(create_app(settings, engine, None)) as live:
+        with pytest.raises(openai.AuthenticationError):
+            live.client("wrong").models.list()
+        assert live.client("k-user").models.list().data[0].id == "tiny"
+        r = httpx.post(live.url + "/v1/chat/completions", json=chat())
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        body = {"action": "unload", "name": "x"}
+        assert httpx.post(live.url + "/admin/adapters", json=body,
+                          headers={"Authorization": "Bearer k-user"}).status_code == 403
+        assert httpx.post(live.url + "/admin/adapters", json=body,
+                          headers={"Authorization": "Bearer k-admin"}).status_code == 404  # authorised; no such
+
+
+@pytest.mark.parametrize("body, param", [
+    (chat(messages=[{"role": "user", "content": "x"}] * 65), "messages"),
+    (chat(messages=[{"role": "user", "content": "长" * 40_000}]), "messages"),
+    (chat(max_tokens=100_000), "max_tokens"),
+    (chat(temperature=-1), "temperature"),
+    (chat(top_p=0), "top_p"),
+    (chat(messages=[{"role": "tool", "content": "x"}]), "messages.0.role"),
+    (chat(messages=[]), "messages"),
+    (chat(messages=[{"role": "system", "content": "only a system prompt"}]), "messages"),
+    (chat(n=3), "n"),
+    (chat(medloop={"k": 500}), "medloop.k"),
+])
+def test_bad_requests_get_400_in_openai_shape(settings, engine, body, param):
+    with LiveServer(create_app(settings, engine, None)) as live:
+        r = httpx.post(live.url + "/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["param"] == param
+
+
+def test_not_json_and_wrong_types_are_400(settings, engine):
+    with LiveServer(create_app(settings, engine, None)) as live:
+        assert httpx.post(live.url + "/v1/chat/completions", content=b"{not json").status_code == 400
+        assert httpx.post(live.url + "/v1/chat/completions", json=[1, 2]).status_code == 400
+        assert httpx.post(live.url + "/v1/chat/completions", json=chat(stop=5)).status_code == 400
+
+
+def test_audit_log_records_ids_not_text_and_logs_carry_no_text(settings, engine, embedder, caplog):
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES])
+    sync_index(settings, store, embedder=embedder)
+    settings.audit_log = True
+    secret = "患者张三血压160/100"
+    with LiveServer(create_app(settings, engine, Retriever(settings, embedder=embedder))) as live:
+        caplog.set_level("DEBUG")
+        httpx.post(live.url + "/v1/chat/completions", json=chat(messages=[{"role": "user", "content": secret}]))
+    record = json.loads((settings.home / "audit.jsonl").read_text().splitlines()[-1])
+    assert set(record) == {"time", "model", "adapter_version", "evidence"}
+    assert record["model"] == "tiny" and record["evidence"] and all(isinstance(i, int) for i in record["evidence"])
+    assert secret not in (settings.home / "audit.jsonl").read_text()
+    assert "张三" not in caplog.text
+
+
+def test_fuzz_the_api_from_its_openapi_schema(settings, engine):
+    import schemathesis
+
+    settings.max_tokens_limit = 4  # fuzzed valid requests stay cheap
+    app = create_app(settings, engine, None)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    server_errors, calls = [], []
+    for operation in schema.get_all_operations():
+        op = operation.ok()
+
+        @hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def fuzz(case):
+            calls.append(op.path)
+            response = case.call()
+            if response.status_code >= 500:
+                server_errors.append((op.path, response.status_code, response.text[:200]))
+
+        op.as_strategy()  # builds; hypothesis drives it below
+        from hypothesis import given
+
+        given(op.as_strategy())(fuzz)()
+    assert server_errors == []
+    assert calls.count("/v1/chat/completions") >= 20 and calls.count("/admin/adapters") >= 20
+
+
+class _Upstream:
+    """A misbehaving vLLM stand-in: slow, or answering garbage."""
+
+    def __init__(self, mode):
+        self.app = FastAPI()
+
+        @self.app.get("/v1/models")
+        async def models():
+            return {"object": "list", "data": [{"id": "up", "object": "model"}]}
+
+        @self.app.post("/v1/chat/completions")
+        async def completions():
+            if mode == "slow":
+                await asyncio.sleep(5)
+            return PlainTextResponse("<html>502 bad gateway from a proxy</html>")
+
+
+@pytest.mark.parametrize("mode, status", [("slow", 504), ("garbage", 502)])
+def test_slow_or_garbage_upstream_gives_clear_5xx(settings, mode, status):
+    with LiveServer(_Upstream(mode).app) as upstream:
+        gateway = create_app(settings, VLLMEngine(upstream.url, timeout=1.0, served_name="m"), None)
+        with LiveServer(gateway) as live:
+            t0 = time.time()
+            r = httpx.post(live.url + "/v1/chat/completions", json=chat(model="m"), timeout=30)
+            assert r.status_code == status and r.json()["error"]["type"] == "server_error"
+            assert time.time() - t0 < 4  # the configured timeout, not the upstream's pace
+
+
+def test_64_concurrent_streaming_clients(settings, engine):
+    with LiveServer(create_app(settings, engine, None)) as live:
+        async def one(client, i):
+            body = chat(max_tokens=12, stream=True, messages=[{"role": "user", "content": f"question {i}"}])
+            async with client.stream("POST", live.url + "/v1/chat/completions", json=body) as r:
+                lines = [line async for line in r.aiter_lines() if line]
+            return r.status_code, lines[-1]
+
+        async def run():
+            async with httpx.AsyncClient(timeout=120) as client:
+                return await asyncio.gather(*(one(client, i) for i in range(64)), return_exceptions=True)
+
+        results = asyncio.run(run())
+    errors = [r for r in results if isinstance(r, Exception) or r != (200, "data: [DONE]")]
+    assert errors == []
+
+
+def test_ingestion_during_queries_never_fails_a_query(settings, embedder, tmp_path):
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES / "cn-hypertension-2024.md"])
+    sync_index(settings, store, embedder=embedder)
+    retriever = Retriever(settings, embedder=embedder)
+    stop, failures, queries = threading.Event(), [], [0]
+
+    def query():
+        while not stop.is_set():
+            try:
+                hits = retriever.search("降压目标", k=3)
+                assert hits and hits[0].chunk.doc_id == "cn-hypertension"
+                queries[0] += 1
+            except Exception as e:  # noqa: BLE001
+                failures.append(repr(e))
+
+    threads = [threading.Thread(target=query) for _ in range(2)]
+    [t.start() for t in threads]
+    writer_store = KnowledgeStore(settings.knowledge_db)
+    for round_ in range(6):
+        folder = tmp_path / f"batch{round_}"
+        folder.mkdir()
+        for i in range(20):
+            (folder / f"d{i}.md").write_text(f"---\nid: d{round_}-{i}\nversion: '1'\n---\n# D\n\nnote {i} on asthma.\n")
+        ingest_paths(writer_store, [folder])
+        sync_index(settings, writer_store, embedder=embedder)
+    stop.set()
+    [t.join() for t in threads]
+    assert failures == [] and queries[0] > 10
+    assert retriever.index().meta["count"] == len(store.chunks())
+
+
+def test_crash_during_promotion_keeps_the_old_live_adapter(settings, tiny_qwen3, monkeypatch):
+    from medloop.continual import AdapterRegistry, registry as registry_mod
+
+    reg = AdapterRegistry(settings.adapters_dir)
+    for seed in (1, 2):
+        record = reg.new_version(None, {})
+        make_adapter(tiny_qwen3, settings.adapters_dir / record.version, seed)
+        record.status, record.pid = "candidate", None
+        reg.save(record)
+    reg.promote("v1")
+    real = registry_mod.write_json_atomic
+
+    def crash(path, data):
+        if path.name == "live.json":
+            raise KeyboardInterrupt("killed while promoting")
+        real(path, data)
+
+    monkeypatch.setattr(registry_mod, "write_json_atomic", crash)
+    with pytest.raises(KeyboardInterrupt):
+        reg.promote("v2")
+    monkeypatch.undo()
+    assert reg.live().version == "v1"  # the pointer is the truth: v1 still serves
+    assert {r.version: r.status for r in reg.versions()} == {"v1": "live", "v2": "candidate"}
+    assert reg.promote("v2").version == "v2" and reg.live().version == "v2"
+    assert not [p for p in settings.adapters_dir.iterdir() if p.name.startswith(".live.json.")]
