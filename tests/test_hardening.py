@@ -8,11 +8,12 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import GUIDELINES, LiveServer, make_adapter
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
-from hypothesis import HealthCheck, settings as hsettings
+from hypothesis import HealthCheck
+from hypothesis import settings as hsettings
 
+from conftest import GUIDELINES, LiveServer, make_adapter
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
 from medloop.serving import LocalEngine, VLLMEngine, create_app
@@ -95,20 +96,16 @@ def test_fuzz_the_api_from_its_openapi_schema(settings, engine):
     app = create_app(settings, engine, None)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     server_errors, calls = [], []
+
+    @hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def fuzz(case):
+        calls.append(case.operation.path)
+        response = case.call()
+        if response.status_code >= 500:
+            server_errors.append((case.operation.path, response.status_code, response.text[:200]))
+
     for operation in schema.get_all_operations():
-        op = operation.ok()
-
-        @hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        def fuzz(case):
-            calls.append(op.path)
-            response = case.call()
-            if response.status_code >= 500:
-                server_errors.append((op.path, response.status_code, response.text[:200]))
-
-        op.as_strategy()  # builds; hypothesis drives it below
-        from hypothesis import given
-
-        given(op.as_strategy())(fuzz)()
+        given(operation.ok().as_strategy())(fuzz)()
     assert server_errors == []
     assert calls.count("/v1/chat/completions") >= 20 and calls.count("/admin/adapters") >= 20
 
@@ -191,7 +188,8 @@ def test_ingestion_during_queries_never_fails_a_query(settings, embedder, tmp_pa
 
 
 def test_crash_during_promotion_keeps_the_old_live_adapter(settings, tiny_qwen3, monkeypatch):
-    from medloop.continual import AdapterRegistry, registry as registry_mod
+    from medloop.continual import AdapterRegistry
+    from medloop.continual import registry as registry_mod
 
     reg = AdapterRegistry(settings.adapters_dir)
     for seed in (1, 2):
