@@ -10,7 +10,7 @@ import openai
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
-from hypothesis import HealthCheck
+from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 
 from conftest import GUIDELINES, LiveServer, make_adapter
