@@ -90,24 +90,31 @@ def test_audit_log_records_ids_not_text_and_logs_carry_no_text(settings, engine,
 
 
 def test_fuzz_the_api_from_its_openapi_schema(settings, engine):
+    """Requests generated from the server's own OpenAPI schema, sent over loopback: no 5xx, ever."""
     import schemathesis
 
     settings.max_tokens_limit = 4  # fuzzed valid requests stay cheap
     app = create_app(settings, engine, None)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    server_errors, calls = [], []
+    server_errors, calls, unsendable = [], [], []
 
     @hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def fuzz(case):
         calls.append(case.operation.path)
-        response = case.call()
+        try:
+            response = case.call(base_url=live.url)
+        except (ValueError, TypeError, UnicodeError) as e:  # the generator made a body no client can send
+            unsendable.append(repr(e))
+            return
         if response.status_code >= 500:
             server_errors.append((case.operation.path, response.status_code, response.text[:200]))
 
-    for operation in schema.get_all_operations():
-        given(operation.ok().as_strategy())(fuzz)()
+    with LiveServer(app) as live:
+        for operation in schema.get_all_operations():
+            given(operation.ok().as_strategy())(fuzz)()
     assert server_errors == []
     assert calls.count("/v1/chat/completions") >= 20 and calls.count("/admin/adapters") >= 20
+    assert len(unsendable) < len(calls) / 10
 
 
 class _Upstream:
