@@ -88,6 +88,11 @@ def test_the_loop_end_to_end(loop_settings, tiny_qwen3, embedder):
         # 4. nothing new: nothing to do
         assert retrain(s, retriever=retriever)["outcome"] == "nothing-new"
 
+    from medloop.continual.registry import plot_loop
+
+    picture = plot_loop(registry, s.home / "loop.png")
+    assert picture.stat().st_size > 5000
+
 
 def test_kill_during_training_leaves_live_adapter_and_recoverable_lock(loop_settings, tmp_path):
     s = loop_settings

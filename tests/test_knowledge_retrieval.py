@@ -146,6 +146,8 @@ def test_cli_ingest_reports_and_exits_1_on_failure(settings, tmp_path):
     search = CliRunner().invoke(app, ["search", "hand hygiene infections", "--json", "-k", "1"])
     assert search.exit_code == 0
     assert json.loads(search.stdout)[0]["doc_id"] == "nometa"
+    status = json.loads(CliRunner().invoke(app, ["index", "status"]).stdout)
+    assert status["count"] == len(KnowledgeStore(settings.knowledge_db).chunks()) and not status["behind_store"]
 
 
 def test_many_files_with_some_bad(settings, embedder, tmp_path):

@@ -120,14 +120,13 @@ def index_rebuild() -> None:
 def index_status() -> None:
     """Index version, size and whether it is behind the store."""
     from medloop.knowledge import KnowledgeStore
-    from medloop.retrieval.index import current_version, load_index
+    from medloop.retrieval.index import read_meta
 
     settings = Settings()
-    version = current_version(settings.index_dir)
-    if version is None:
+    meta = read_meta(settings.index_dir)
+    if meta is None:
         out.print("no index yet: run `medloop ingest`")
         return
-    meta = load_index(settings.index_dir, version).meta
     behind = KnowledgeStore(settings.knowledge_db).revision() != meta["store_revision"]
     out.print_json(json.dumps({**meta, "behind_store": behind}, ensure_ascii=False))
 
@@ -159,15 +158,18 @@ def build_server(settings: Settings, *, engine: str, base_model: str, adapters: 
         record = json.loads(live.read_text())
         adapters = {settings.served_adapter_name: record["path"], **adapters}
     if engine == "vllm":
-        if launch_vllm:
+        process = None
+        if launch_vllm:  # adapters are then loaded at run time, like every later hot swap
             from medloop.serving.vllm_engine import launch
 
             upstream_port = port + 1
-            launch(base_model, port=upstream_port, adapters={}, served_name=settings.served_model_name or None)
+            process = launch(base_model, port=upstream_port, adapters={},
+                             served_name=settings.served_model_name or None)
             vllm_url = f"http://127.0.0.1:{upstream_port}"
         keys = [k.get_secret_value() for k in settings.api_keys]
         eng = VLLMEngine(vllm_url, timeout=settings.upstream_timeout_s, served_name=settings.served_model_name,
-                         api_key=keys[0] if keys else None)
+                         api_key=keys[0] if keys else None, process=process,
+                         startup_wait_s=900 if process else None)  # model download and CUDA graphs take minutes
         return create_app(settings, eng, retriever, adapters=adapters)
     eng = LocalEngine(base_model, served_name=settings.served_model_name, adapters=adapters,
                       max_batch_size=settings.max_batch_size)
@@ -357,6 +359,18 @@ def _promote_or_rollback(action: str, version: str | None = None) -> None:
         console.print(f"[red]error[/] {e.args[0]}")
         raise typer.Exit(2) from e
     out.print(f"live: {record.version}; {hot_load(settings, record)}")
+
+
+@adapters_app.command("plot")
+def adapters_plot(out_file: Annotated[Path, typer.Argument(help="PNG to write")] = Path("loop.png")) -> None:
+    """A picture of the loop: each version's gate figures (held-out and regression loss, decision)."""
+    from medloop.continual.registry import AdapterRegistry, plot_loop
+
+    try:
+        out.print(f"loop metrics: {plot_loop(AdapterRegistry(Settings().adapters_dir), out_file)}")
+    except ValueError as e:
+        console.print(f"[red]error[/] {e}")
+        raise typer.Exit(2) from e
 
 
 @adapters_app.command("promote")

@@ -159,3 +159,32 @@ def _alive(pid: int | None) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def plot_loop(registry: AdapterRegistry, out: Path) -> Path:
+    """One bar pair per retraining: held-out loss of the candidate vs the adapter it had to beat, and the
+    regression-set losses; the bar's label says what the gate decided."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in registry.versions() if r.decision.get("new_data")]
+    if not records:
+        raise ValueError("no gated versions yet: run `medloop scheduler run retrain` first")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    width = 0.38
+    for ax, key, title in ((axes[0], "new_data", "held-out new data"), (axes[1], "regression", "regression set")):
+        xs = range(len(records))
+        live = [r.decision[key].get("live") or 0 for r in records]
+        cand = [r.decision[key].get("candidate") or 0 for r in records]
+        ax.bar([x - width / 2 for x in xs], live, width, label="live before", color="#999999")
+        ax.bar([x + width / 2 for x in xs], cand, width, label="candidate", color="#4C72B0")
+        ax.set_xticks(list(xs), [f"{r.version}\n{r.status}" for r in records])
+        ax.set_title(f"eval loss: {title}")
+        ax.legend(fontsize=8)
+    fig.suptitle("medloop: each retraining, gated")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -81,11 +81,11 @@ def ingest_file(
         docs = parse_file(path)
     except ParseError as e:
         return FileResult(path, "failed", error=str(e))
-    outcomes = []
     result = FileResult(path, "unchanged")
-    for doc in docs:
-        chunks = chunk_text(doc.text, max_units=chunk_size, overlap=chunk_overlap, is_markdown=doc.is_markdown)
-        outcome, superseded = store.upsert(doc, chunks)
+    items = [(doc, chunk_text(doc.text, max_units=chunk_size, overlap=chunk_overlap, is_markdown=doc.is_markdown))
+             for doc in docs]
+    outcomes = []
+    for doc, (outcome, superseded) in zip(docs, store.upsert_many(items), strict=True):
         report.superseded += superseded
         outcomes.append(outcome)
         result.warnings += doc.warnings

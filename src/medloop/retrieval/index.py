@@ -77,6 +77,11 @@ def current_version(index_dir: Path) -> int | None:
         return None
 
 
+def read_meta(index_dir: Path) -> dict | None:
+    version = current_version(index_dir)
+    return json.loads((index_dir / f"v{version}" / "meta.json").read_text()) if version is not None else None
+
+
 def load_index(index_dir: Path, version: int | None = None) -> LoadedIndex | None:
     version = current_version(index_dir) if version is None else version
     if version is None:

@@ -84,7 +84,7 @@ def create_app(settings: Settings, engine, retriever=None, *, adapters: dict[str
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if hasattr(engine, "start"):
-            await engine.start(adapters or {}, wait_s=settings.upstream_timeout_s)
+            await engine.start(adapters or {})
         yield
         engine.close()
 

@@ -48,8 +48,11 @@ def upstream_error(status: int, text: str) -> EngineError:
 
 
 class VLLMEngine:
-    def __init__(self, url: str, *, timeout: float = 60.0, served_name: str = "", api_key: str | None = None):
+    def __init__(self, url: str, *, timeout: float = 60.0, served_name: str = "", api_key: str | None = None,
+                 process: subprocess.Popen | None = None, startup_wait_s: float | None = None):
         self.url = url.rstrip("/")
+        self.process = process  # a vLLM we launched: stopped with us
+        self.startup_wait_s = startup_wait_s if startup_wait_s is not None else timeout
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(timeout, connect=5.0),
                                         headers=headers)
@@ -60,15 +63,15 @@ class VLLMEngine:
         self.retired: set[str] = set()  # replaced versions waiting for their last request
         self._serial = 0
 
-    async def start(self, adapters: dict[str, str] | None = None, wait_s: float = 0.0) -> None:
-        """Find the upstream's base model (waiting up to wait_s for it to come up), then load adapters."""
-        deadline = time.monotonic() + wait_s
+    async def start(self, adapters: dict[str, str] | None = None) -> None:
+        """Find the upstream's base model (waiting up to startup_wait_s for it to come up), then load adapters."""
+        deadline = time.monotonic() + self.startup_wait_s
         while True:
             try:
                 data = await self._get_json("/v1/models")
                 break
             except EngineError:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or (self.process and self.process.poll() is not None):
                     raise
                 await asyncio.sleep(2)
         bases = [m["id"] for m in data["data"] if not m.get("parent")]
@@ -193,4 +196,9 @@ class VLLMEngine:
                     completion_tokens=usage.get("completion_tokens", 0))
 
     def close(self) -> None:
-        pass
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
