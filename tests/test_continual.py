@@ -182,3 +182,17 @@ def test_adapters_cli_and_server_pick_up_live_adapter(loop_settings, tiny_qwen3)
         assert "live: v1; hot-loaded" in out
         assert httpx.get(live.url + "/v1/models").json()["data"][1]["version"] == "v1"
     assert runner.invoke(app, ["adapters", "show", "v9"]).exit_code == 2
+
+
+def test_scheduler_service_stops_cleanly_on_sigterm(loop_settings):
+    env = {**os.environ, "MEDLOOP_HOME": str(loop_settings.home), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "medloop.cli", "scheduler", "start"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(line.startswith("retrain:") for line in lines):
+        lines.append(proc.stdout.readline())
+    assert any("next run" in line for line in lines), lines
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert {r["job"] for r in status(loop_settings) if r["next_run"]} == {"ingest", "retrain"}

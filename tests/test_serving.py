@@ -103,6 +103,18 @@ def test_streaming_matches_plain_and_ends_with_evidence_and_done(server):
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
 
 
+def test_stop_strings_and_max_tokens(server):
+    client = server.client()
+    kw = {"extra_body": {"medloop": {"rag": False}}, "max_tokens": 12}
+    full = ask(client, "hi", model="a", **kw)
+    assert full.choices[0].finish_reason == "length" and full.usage.completion_tokens == 12
+    text = full.choices[0].message.content
+    stop = text[len(text) // 2:][:2]  # a piece from the middle of the answer
+    cut = ask(client, "hi", model="a", stop=[stop], **kw)
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+
+
 def test_two_adapters_give_different_answers_for_the_same_seed(server):
     client = server.client()
     kw = {"temperature": 0.8, "seed": 7, "max_tokens": 16, "extra_body": {"medloop": {"rag": False}}}

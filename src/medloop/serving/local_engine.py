@@ -118,7 +118,7 @@ class _BatchStreamer:
                 self._finish(row, "stop")
                 continue
             self.tokens[row].append(token)
-            text = self.engine.tokenizer.decode(self.tokens[row], skip_special_tokens=False)
+            text = self.engine.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
             stop_at = min((i for i in (text.find(s) for s in job.request.stop) if i >= 0), default=-1)
             if stop_at >= 0:
                 self._emit(row, text[:stop_at])
@@ -144,7 +144,7 @@ class _BatchStreamer:
     def end(self) -> None:
         for row in range(len(self.jobs)):
             if not self.done[row]:
-                text = self.engine.tokenizer.decode(self.tokens[row], skip_special_tokens=False)
+                text = self.engine.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
                 self._emit(row, text)
                 self._finish(row, "length")
 
