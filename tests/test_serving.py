@@ -12,7 +12,7 @@ from conftest import GUIDELINES, LiveServer, make_adapter
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
 from medloop.serving import LocalEngine, VLLMEngine, create_app
-from medloop.serving.local_engine import Delta
+from medloop.serving.local_engine import Delta, GenerationRequest
 from medloop.serving.reasoning import ReasoningParser, split_reasoning
 
 ZH_Q = "高血压患者的降压目标是多少？"
@@ -328,3 +328,37 @@ def test_vllm_launch_command_has_lora_flags():
     assert cmd[:3] == ["vllm", "serve", "Qwen/Qwen3-8B"] and "--enable-lora" in cmd
     assert cmd[cmd.index("--max-loras") + 1] == "4" and cmd[cmd.index("--max-lora-rank") + 1] == "64"
     assert cmd[cmd.index("--lora-modules") + 1] == "medical=/a/v3"
+
+
+def test_incremental_decoding_reassembles_multibyte_text_exactly():
+    import torch
+    from transformers import AutoTokenizer
+
+    from conftest import TOKENIZER
+    from medloop.serving.local_engine import _BatchStreamer, _Job
+
+    class Out:
+        def __init__(self):
+            self.deltas = []
+
+        def put_nowait(self, d):
+            self.deltas.append(d)
+
+    class Loop:
+        def call_soon_threadsafe(self, fn, arg):
+            fn(arg)
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    text = "高血压患者的降压目标是<130/80 mmHg 🩺，β受体阻滞剂 ok。"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    engine = type("E", (), {"tokenizer": tok, "eos_ids": {151645}})()
+    out = Out()
+    job = _Job(GenerationRequest("m", [], max_tokens=len(ids) + 5), "", Loop(), out)
+    streamer = _BatchStreamer(engine, [job], [3])
+    streamer.put(torch.tensor([[1, 2, 3]]))
+    for i in ids:
+        streamer.put(torch.tensor([i]))
+    streamer.put(torch.tensor([151645]))
+    pieces = [d.text for d in out.deltas if d.text]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    assert out.deltas[-1].finish_reason == "stop" and out.deltas[-1].completion_tokens == len(ids) + 1

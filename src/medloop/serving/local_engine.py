@@ -99,6 +99,8 @@ class _BatchStreamer:
     def __init__(self, engine: LocalEngine, jobs: list[_Job], prompt_lens: list[int]):
         self.engine, self.jobs, self.prompt_lens = engine, jobs, prompt_lens
         self.tokens: list[list[int]] = [[] for _ in jobs]
+        self.text = [""] * len(jobs)  # decoded so far
+        self.offsets = [(0, 0)] * len(jobs)  # (prefix, read) token offsets of incremental decoding
         self.sent = [0] * len(jobs)  # characters already emitted
         self.done = [False] * len(jobs)
         self.first = True
@@ -118,7 +120,7 @@ class _BatchStreamer:
                 self._finish(row, "stop")
                 continue
             self.tokens[row].append(token)
-            text = self.engine.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+            text = self._decode(row)
             stop_at = min((i for i in (text.find(s) for s in job.request.stop) if i >= 0), default=-1)
             if stop_at >= 0:
                 self._emit(row, text[:stop_at])
@@ -126,10 +128,21 @@ class _BatchStreamer:
             elif len(self.tokens[row]) >= job.request.max_tokens:
                 self._emit(row, text)
                 self._finish(row, "length")
-            elif not text.endswith("\ufffd"):  # hold back half a multi-byte character
-                # Hold back a tail that may be the start of a stop string.
+            else:  # hold back a tail that may be the start of a stop string
                 hold = max((_overlap(text, s) for s in job.request.stop), default=0)
                 self._emit(row, text[: len(text) - hold])
+
+    def _decode(self, row: int, final: bool = False) -> str:
+        """Incremental detokenisation (as vLLM does it): decode a short window, not the whole answer again,
+        and wait while the window ends in half a multi-byte character."""
+        tokens, (prefix, read) = self.tokens[row], self.offsets[row]
+        decode = self.engine.tokenizer.decode
+        before = decode(tokens[prefix:read], skip_special_tokens=True)
+        after = decode(tokens[prefix:], skip_special_tokens=True)
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.text[row] += after[len(before):]
+            self.offsets[row] = (read, len(tokens))
+        return self.text[row]
 
     def _emit(self, row: int, text: str) -> None:
         if len(text) > self.sent[row]:
@@ -144,8 +157,7 @@ class _BatchStreamer:
     def end(self) -> None:
         for row in range(len(self.jobs)):
             if not self.done[row]:
-                text = self.engine.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-                self._emit(row, text)
+                self._emit(row, self._decode(row, final=True))
                 self._finish(row, "length")
 
 
