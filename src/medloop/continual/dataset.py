@@ -9,7 +9,7 @@ from pathlib import Path
 
 from medloop.config import Settings
 from medloop.knowledge.store import KnowledgeStore
-from medloop.retrieval.evidence import evidence_language, prompt_context
+from medloop.serving import rag
 from medloop.training.data import load_samples, split
 
 
@@ -32,18 +32,6 @@ class IncrementalDataset:
         return paths
 
 
-def _question(messages: list[dict]) -> str:
-    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
-
-
-def with_evidence(messages: list[dict], hits) -> list[dict]:
-    """A copy of the sample with the evidence placed in the prompt, as serving places it."""
-    context = prompt_context(hits, evidence_language(_question(messages)))
-    if messages[0]["role"] == "system":
-        return [{"role": "system", "content": messages[0]["content"] + "\n\n" + context}, *messages[1:]]
-    return [{"role": "system", "content": context}, *messages]
-
-
 def build(settings: Settings, *, since: str, retriever=None, seed: int = 0) -> IncrementalDataset | None:
     """Everything new since `since` (the live adapter's creation time). None when there is nothing new."""
     inbox = settings.inbox_dir / "sft"
@@ -60,9 +48,10 @@ def build(settings: Settings, *, since: str, retriever=None, seed: int = 0) -> I
     augmented = []
     if retriever is not None and fresh:
         for messages in train_new:
-            hits = [h for h in retriever.search(_question(messages), settings.evidence_k) if h.relevant]
+            # Only the prompt is grounded: the answer (last turn) stays the sample's own.
+            grounded, hits, _ = rag.ground(retriever, messages[:-1], settings.evidence_k)
             if any(h.chunk.doc_id in fresh for h in hits):
-                augmented.append(with_evidence(messages, hits))
+                augmented.append([*grounded, messages[-1]])
 
     # Replay earlier data against forgetting, and hold a fixed regression set of it.
     earlier_files = sorted((settings.processed_dir / "sft").glob("*.json*"))

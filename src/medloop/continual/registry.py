@@ -162,8 +162,8 @@ def _alive(pid: int | None) -> bool:
 
 
 def plot_loop(registry: AdapterRegistry, out: Path) -> Path:
-    """One bar pair per retraining: held-out loss of the candidate vs the adapter it had to beat, and the
-    regression-set losses; the bar's label says what the gate decided."""
+    """What the gate saw at each retraining: the candidate's eval-loss change against the adapter it had to
+    beat, on held-out new data (must go down) and on the regression set (may rise at most the tolerance)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,18 +172,25 @@ def plot_loop(registry: AdapterRegistry, out: Path) -> Path:
     records = [r for r in registry.versions() if r.decision.get("new_data")]
     if not records:
         raise ValueError("no gated versions yet: run `medloop scheduler run retrain` first")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+
+    def change(r: AdapterRecord, key: str) -> float:
+        d = r.decision[key]
+        return 100 * (d["candidate"] / d["live"] - 1) if d.get("candidate") is not None and d.get("live") else 0.0
+
+    xs = range(len(records))
     width = 0.38
-    for ax, key, title in ((axes[0], "new_data", "held-out new data"), (axes[1], "regression", "regression set")):
-        xs = range(len(records))
-        live = [r.decision[key].get("live") or 0 for r in records]
-        cand = [r.decision[key].get("candidate") or 0 for r in records]
-        ax.bar([x - width / 2 for x in xs], live, width, label="live before", color="#999999")
-        ax.bar([x + width / 2 for x in xs], cand, width, label="candidate", color="#4C72B0")
-        ax.set_xticks(list(xs), [f"{r.version}\n{r.status}" for r in records])
-        ax.set_title(f"eval loss: {title}")
-        ax.legend(fontsize=8)
-    fig.suptitle("medloop: each retraining, gated")
+    fig, ax = plt.subplots(figsize=(8, 3.8), dpi=100)
+    new = [change(r, "new_data") for r in records]
+    reg = [change(r, "regression") for r in records]
+    ax.bar([x - width / 2 for x in xs], new, width, label="held-out new data (must fall)", color="#4C72B0")
+    ax.bar([x + width / 2 for x in xs], reg, width, label="regression set (may rise ≤ tolerance)", color="#DD8452")
+    tolerance = 100 * records[-1].decision["regression"].get("tolerance", 0.02)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.axhline(tolerance, color="#DD8452", linestyle="--", linewidth=0.8, label=f"tolerance +{tolerance:.0f}%")
+    ax.set_xticks(list(xs), [f"{r.version}\n{r.status}" for r in records])
+    ax.set_ylabel("candidate vs live eval loss (%)")
+    ax.set_title("medloop: each retraining, gated")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

@@ -19,7 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medloop.config import Settings
-from medloop.retrieval.evidence import evidence_block, evidence_language, prompt_context, quote
+from medloop.retrieval.evidence import evidence_block, evidence_language, quote
+from medloop.serving import rag
 from medloop.serving.local_engine import Delta, EngineError, GenerationRequest
 from medloop.serving.protocol import (
     AdapterRequest,
@@ -190,22 +191,14 @@ def create_app(settings: Settings, engine, retriever=None, *, adapters: dict[str
         """Messages for the engine (evidence in the system prompt), the cited hits, and the language."""
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
-        question = next(m.text() for m in reversed(body.messages) if m.role == "user")
-        language = evidence_language(question)
         options = body.medloop
         if retriever is None or (options is not None and not options.rag):
-            return messages, [], language
+            return messages, [], evidence_language(rag.latest_question(messages))
         k = (options.k if options and options.k else None) or settings.evidence_k
         t0 = time.perf_counter()
-        hits = [h for h in await asyncio.to_thread(retriever.search, question, k) if h.relevant]
+        grounded = await asyncio.to_thread(rag.ground, retriever, messages, k)
         metrics.retrieval.observe(time.perf_counter() - t0)
-        if hits:
-            context = prompt_context(hits, language)
-            if messages[0]["role"] == "system":
-                messages[0] = {"role": "system", "content": messages[0]["content"] + "\n\n" + context}
-            else:
-                messages.insert(0, {"role": "system", "content": context})
-        return messages, hits, language
+        return grounded
 
     def evidence_items(hits) -> list[Evidence]:
         return [Evidence(index=i, guideline_id=h.chunk.doc_id, title=h.chunk.title, issuer=h.chunk.issuer,
