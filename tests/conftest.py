@@ -107,3 +107,16 @@ def make_adapter(base: Path, out: Path, seed: int) -> Path:
                                             init_lora_weights=False))
     peft.save_pretrained(out)
     return out
+
+
+def registry_with_candidates(adapters_dir: Path, base: Path, seeds=(1, 2)):
+    """An adapter registry holding one finished candidate version (random LoRA weights) per seed."""
+    from medloop.continual import AdapterRegistry
+
+    registry = AdapterRegistry(adapters_dir)
+    for seed in seeds:
+        record = registry.new_version(None, {})
+        make_adapter(base, adapters_dir / record.version, seed)
+        record.status, record.pid = "candidate", None
+        registry.save(record)
+    return registry

@@ -154,16 +154,11 @@ def test_registry_promote_and_rollback(tmp_path):
 def test_adapters_cli_and_server_pick_up_live_adapter(loop_settings, tiny_qwen3):
     from typer.testing import CliRunner
 
-    from conftest import make_adapter
+    from conftest import registry_with_candidates
     from medloop.cli import app, build_server
 
     s = loop_settings
-    registry = AdapterRegistry(s.adapters_dir)
-    for seed in (1, 2):
-        record = registry.new_version(None, {})
-        make_adapter(tiny_qwen3, s.adapters_dir / record.version, seed)
-        record.status, record.pid = "candidate", None
-        registry.save(record)
+    registry_with_candidates(s.adapters_dir, tiny_qwen3)
     runner = CliRunner()
     assert "live: v1" in runner.invoke(app, ["adapters", "promote", "v1"]).output
     assert "live: v2" in runner.invoke(app, ["adapters", "promote", "v2"]).output

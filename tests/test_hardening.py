@@ -13,7 +13,7 @@ from fastapi.responses import PlainTextResponse
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 
-from conftest import GUIDELINES, LiveServer, make_adapter
+from conftest import GUIDELINES, LiveServer, registry_with_candidates
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
 from medloop.serving import LocalEngine, VLLMEngine, create_app
@@ -195,15 +195,9 @@ def test_ingestion_during_queries_never_fails_a_query(settings, embedder, tmp_pa
 
 
 def test_crash_during_promotion_keeps_the_old_live_adapter(settings, tiny_qwen3, monkeypatch):
-    from medloop.continual import AdapterRegistry
     from medloop.continual import registry as registry_mod
 
-    reg = AdapterRegistry(settings.adapters_dir)
-    for seed in (1, 2):
-        record = reg.new_version(None, {})
-        make_adapter(tiny_qwen3, settings.adapters_dir / record.version, seed)
-        record.status, record.pid = "candidate", None
-        reg.save(record)
+    reg = registry_with_candidates(settings.adapters_dir, tiny_qwen3)
     reg.promote("v1")
     real = registry_mod.write_json_atomic
 
