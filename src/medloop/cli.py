@@ -153,10 +153,11 @@ def build_server(settings: Settings, *, engine: str, base_model: str, adapters: 
     retriever = Retriever(settings) if rag else None
     if retriever is not None:
         retriever.embedder  # load now, not on the first question  # noqa: B018
-    live = settings.adapters_dir / "live.json"
-    if live.exists() and settings.served_adapter_name not in adapters:  # the registry's live adapter
-        record = json.loads(live.read_text())
-        adapters = {settings.served_adapter_name: record["path"], **adapters}
+    from medloop.continual import AdapterRegistry
+
+    live = AdapterRegistry(settings.adapters_dir).live() if settings.adapters_dir.exists() else None
+    if live is not None and settings.served_adapter_name not in adapters:  # the registry's live adapter
+        adapters = {settings.served_adapter_name: live.path, **adapters}
     if engine == "vllm":
         process = None
         if launch_vllm:  # adapters are then loaded at run time, like every later hot swap
