@@ -103,10 +103,6 @@ class Settings(BaseSettings):
         return self.home / "adapters"
 
     @cached_property
-    def runs_dir(self) -> Path:
-        return self.home / "runs"
-
-    @cached_property
     def scheduler_db(self) -> Path:
         return self.home / "scheduler.db"
 
@@ -122,6 +118,3 @@ class Settings(BaseSettings):
     def failed_dir(self) -> Path:
         return self.home / "failed"
 
-
-def get_settings(**overrides) -> Settings:
-    return Settings(**overrides)

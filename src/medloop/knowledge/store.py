@@ -86,12 +86,9 @@ class KnowledgeStore:
     def revision(self) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0])
 
-    def upsert(self, doc: Document, chunks: list[Chunk]) -> tuple[str, int]:
-        """Store one document version atomically. Returns (outcome, versions newly superseded)."""
-        return self.upsert_many([(doc, chunks)])[0]
-
     def upsert_many(self, items: list[tuple[Document, list[Chunk]]]) -> list[tuple[str, int]]:
-        """Store the documents of one file in one transaction: all of the file or nothing."""
+        """Store the documents of one file in one transaction: all of the file or nothing.
+        Returns (outcome, versions newly superseded) per document."""
         with self.db:
             results = [self._upsert(doc, chunks) for doc, chunks in items]
             if any(outcome != "unchanged" for outcome, _ in results):
