@@ -34,10 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def start_tiny_server() -> tuple[str, str]:
     import uvicorn
 
-    sys.path.insert(0, str(ROOT / "bench"))
     from medloop.config import Settings
     from medloop.serving import LocalEngine, create_app
-    from training import tiny_qwen3
+    from medloop.testing import tiny_qwen3
 
     work = Path(tempfile.mkdtemp(prefix="medloop-load-"))
     engine = LocalEngine(str(tiny_qwen3(work / "model")), served_name="tiny", max_batch_size=32)

@@ -21,22 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-SFT = ROOT.parent / "shared" / "data" / "sft"
-TOKENIZER = ROOT.parent / "shared" / "models" / "qwen3-tokenizer"
 
-
-def tiny_qwen3(folder: Path) -> Path:
-    import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    config = Qwen3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
-                         eos_token_id=[151645, 151643], pad_token_id=151643)
-    Qwen3ForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+from medloop.testing import SFT, tiny_qwen3  # noqa: E402
 
 
 def data_file(folder: Path, copies: int) -> Path:

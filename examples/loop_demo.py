@@ -1,4 +1,4 @@
-"""The continual loop on a laptop in about two minutes: a tiny random Qwen3 (real tokenizer), the shared
+"""The continual loop on a laptop in about two minutes: a tiny random Qwen3 (real tokenizer), the repo's
 fixtures as the month's new guidelines and SFT samples, one promoted and one rejected retraining.
 
     .venv/bin/python examples/loop_demo.py [OUT.png]     # default docs/loop.png
@@ -12,13 +12,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT / "bench"))
 
 from medloop.config import Settings  # noqa: E402
 from medloop.continual import AdapterRegistry, ingest_inbox, retrain  # noqa: E402
 from medloop.continual.registry import plot_loop  # noqa: E402
-from training import tiny_qwen3  # noqa: E402
+from medloop.testing import GUIDELINES, SFT, tiny_qwen3  # noqa: E402
 
 home = Path(tempfile.mkdtemp(prefix="medloop-loop-"))
 model = str(tiny_qwen3(home / "model"))
@@ -27,13 +25,13 @@ settings = Settings(home=home / "data", base_model=model, train_preset="low-mem"
                     server_url="http://127.0.0.1:9")
 (settings.inbox_dir / "guidelines").mkdir(parents=True)
 (settings.inbox_dir / "sft").mkdir(parents=True)
-for f in (SHARED / "guidelines").glob("*.md"):
+for f in GUIDELINES.glob("*.md"):
     shutil.copy(f, settings.inbox_dir / "guidelines")
 print("ingest:", ingest_inbox(settings))
-shutil.copy(SHARED / "sft" / "sharegpt_zh_en.jsonl", settings.inbox_dir / "sft")
-shutil.copy(SHARED / "sft" / "alpaca_zh_en.jsonl", settings.inbox_dir / "sft")
+shutil.copy(SFT / "sharegpt_zh_en.jsonl", settings.inbox_dir / "sft")
+shutil.copy(SFT / "alpaca_zh_en.jsonl", settings.inbox_dir / "sft")
 print("month 1:", retrain(settings)["outcome"])
-shutil.copy(SHARED / "sft" / "messages_think_zh_en.jsonl", settings.inbox_dir / "sft")
+shutil.copy(SFT / "messages_think_zh_en.jsonl", settings.inbox_dir / "sft")
 settings.train_overrides = {**fast, "learning_rate": 30.0}  # a bad month: the gate must say no
 print("month 2:", retrain(settings)["outcome"])
 out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "loop.png"

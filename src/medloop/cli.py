@@ -399,6 +399,7 @@ def eval_compare(
     import contextlib
 
     from medloop.continual import evaluation
+    from medloop.serving.live import LiveServer
 
     settings = Settings()
     targets = [evaluation.parse_target(t) for t in target]
@@ -414,7 +415,7 @@ def eval_compare(
             for t in local:
                 if t.model == "base":
                     t.model = application.state.engine.base_name
-            local_url = stack.enter_context(_background_server(application)) + "/v1"
+            local_url = stack.enter_context(LiveServer(application)).url + "/v1"
         with _progress() as progress:
             task = progress.add_task("answering", total=len(targets) * len(qs))
             results = evaluation.compare(targets, qs, local_url=local_url, max_tokens=max_tokens,
@@ -427,32 +428,6 @@ def eval_compare(
         table.add_row(*(str(v) for v in r.summary.values()))
     out.print(table)
     out.print(f"report: {md}  {page}")
-
-
-@contextlib.contextmanager
-def _background_server(application):
-    """The app on a free loopback port, in a thread, for the length of the block."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("local evaluation server failed to start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @eval_app.command("retrieval")
