@@ -24,8 +24,9 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from medloop.config import Settings  # noqa: E402
+from medloop.continual.loop import ingest_and_index  # noqa: E402
 from medloop.retrieval import Retriever, load_embedder  # noqa: E402
-from medloop.retrieval.index import build_dense, chunk_index_text, ingest_and_index, load_index  # noqa: E402
+from medloop.retrieval.index import build_dense, chunk_index_text, load_index  # noqa: E402
 
 EN = ("hypertension diabetes insulin metformin statin aspirin stroke asthma pneumonia influenza kidney heart "
       "failure dose daily target blood pressure glucose therapy first-line adults children elderly pregnancy "

@@ -28,10 +28,14 @@ import torch  # noqa: E402
 import uvicorn  # noqa: E402
 
 from medloop.config import Settings  # noqa: E402
-from medloop.retrieval import Retriever  # noqa: E402
-from medloop.retrieval.index import ingest_and_index  # noqa: E402
-from medloop.serving import LocalEngine, create_app, rag  # noqa: E402
-from medloop.serving.local_engine import GenerationRequest  # noqa: E402
+from medloop.continual.loop import ingest_and_index  # noqa: E402
+from medloop.retrieval import (
+    Retriever,  # noqa: E402
+    grounding,  # noqa: E402
+)
+from medloop.serving import build_app  # noqa: E402
+from medloop.serving.engine import GenerationRequest  # noqa: E402
+from medloop.serving.local_engine import LocalEngine  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "medloop" / "data" / "guidelines"
 QUESTIONS = [
@@ -83,7 +87,7 @@ def main() -> None:
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.requests)]
 
     # 1. gateway with evidence vs the engine directly
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine, retriever), port=8765, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(build_app(settings, engine, retriever), port=8765, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
@@ -91,7 +95,8 @@ def main() -> None:
     direct = [asyncio.run(engine_run(engine, engine.base_name, q, args.max_tokens)) for q in questions]
     # The same grounded prompt the gateway builds, straight to the engine: separates the gateway's own
     # cost (retrieval, HTTP, formatting) from the longer prompt that grounding means.
-    grounded = [rag.ground(retriever, [{"role": "user", "content": q}], settings.evidence_k)[0] for q in questions]
+    grounded = [grounding.ground(retriever, [{"role": "user", "content": q}], settings.evidence_k)[0]
+                for q in questions]
     direct_grounded = [asyncio.run(engine_run(engine, engine.base_name, m, args.max_tokens)) for m in grounded]
     via, cited = [], 0
     with httpx.Client(base_url="http://127.0.0.1:8765", timeout=300) as client:

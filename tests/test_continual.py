@@ -10,23 +10,27 @@ import time
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from conftest import GUIDELINES, SFT, LiveServer
 from medloop.continual import AdapterRegistry, ingest_inbox, retrain
 from medloop.continual.loop import training_lock
 from medloop.continual.scheduler import ensure_jobs, make_scheduler, run_job, status
 from medloop.retrieval import Retriever
-from medloop.serving import LocalEngine, create_app
+from medloop.serving import build_app
+from medloop.serving.local_engine import LocalEngine
 
 FAST_TRAINING = {"max_steps": 8, "learning_rate": 5e-3, "batch_size": 4, "grad_accum": 1, "logging_steps": 2,
                  "max_length": 256, "save_steps": 4}
 
 
 @pytest.fixture
-def loop_settings(settings, tiny_qwen3):
+def loop_settings(settings, tiny_qwen3, monkeypatch):
     settings.base_model = settings.train_base_model = str(tiny_qwen3)
     settings.train_preset = "low-mem"
     settings.train_overrides = dict(FAST_TRAINING)
+    settings.admin_key = SecretStr("k-admin")  # the loop hot-loads through the server's admin endpoint
+    monkeypatch.setenv("MEDLOOP_ADMIN_KEY", "k-admin")  # the CLI reads it from the environment
     (settings.inbox_dir / "guidelines").mkdir(parents=True)
     (settings.inbox_dir / "sft").mkdir(parents=True)
     return settings
@@ -41,7 +45,7 @@ def test_the_loop_end_to_end(loop_settings, tiny_qwen3, embedder):
     s = loop_settings
     retriever = Retriever(s, embedder=embedder)
     engine = LocalEngine(str(tiny_qwen3), served_name="qwen3-tiny")
-    with LiveServer(create_app(s, engine, retriever)) as server:
+    with LiveServer(build_app(s, engine, retriever)) as server:
         s.server_url = server.url
         client = server.client()
 

@@ -10,7 +10,8 @@ from medloop.cli import app
 from medloop.continual import evaluation
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
-from medloop.serving import LocalEngine, create_app
+from medloop.serving import build_app
+from medloop.serving.local_engine import LocalEngine
 
 DATA = Path(evaluation.__file__).resolve().parents[1] / "data"
 
@@ -23,7 +24,7 @@ def test_compare_writes_markdown_and_html_with_every_target(settings, tiny_qwen3
     questions = tmp_path / "q.jsonl"
     questions.write_text("\n".join(json.dumps({"question": q}, ensure_ascii=False)
                                    for q in ["高血压患者的降压目标是多少？", "What is the A1C goal for adults?"]))
-    external = LiveServer(create_app(settings, LocalEngine(str(tiny_qwen3), served_name="ext"), None)).__enter__()
+    external = LiveServer(build_app(settings, LocalEngine(str(tiny_qwen3), served_name="ext"), None)).__enter__()
     try:
         result = CliRunner().invoke(app, [
             "eval", "compare", "--base-model", str(tiny_qwen3), "--adapter", f"med={adapter}",

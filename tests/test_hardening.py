@@ -16,7 +16,10 @@ from hypothesis import settings as hsettings
 from conftest import GUIDELINES, LiveServer, registry_with_candidates
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
-from medloop.serving import LocalEngine, VLLMEngine, create_app
+from medloop.serving import build_app
+from medloop.serving.local_engine import LocalEngine
+from medloop.serving.vllm_engine import VLLMEngine
+from medloop.testing import stream_succeeded
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def test_api_and_admin_keys(settings, engine):
 
     settings.api_keys = [SecretStr("k-user")]
     settings.admin_key = SecretStr("k-admin")
-    with LiveServer(create_app(settings, engine, None)) as live:
+    with LiveServer(build_app(settings, engine, None)) as live:
         with pytest.raises(openai.AuthenticationError):
             live.client("wrong").models.list()
         assert live.client("k-user").models.list().data[0].id == "tiny"
@@ -45,6 +48,32 @@ def test_api_and_admin_keys(settings, engine):
                           headers={"Authorization": "Bearer k-user"}).status_code == 403
         assert httpx.post(live.url + "/admin/adapters", json=body,
                           headers={"Authorization": "Bearer k-admin"}).status_code == 404  # authorised; no such
+
+
+ADMIN_CALLS = [("/admin/adapters", {"action": "unload", "name": "x"}),
+               ("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/tmp"}),
+               ("/v1/unload_lora_adapter", {"lora_name": "x"})]
+
+
+@pytest.mark.parametrize("admin_key", [None, ""])
+def test_admin_is_closed_by_default_and_a_client_key_never_opens_it(settings, engine, admin_key):
+    from pydantic import SecretStr
+
+    settings.admin_key = None if admin_key is None else SecretStr(admin_key)
+    settings.api_keys = [SecretStr("k-user")]
+    with LiveServer(build_app(settings, engine, None)) as live:
+        for path, body in ADMIN_CALLS:
+            for headers in ({}, {"Authorization": "Bearer k-user"}, {"Authorization": "Bearer"}):
+                r = httpx.post(live.url + path, json=body, headers=headers)
+                assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error", (path, headers)
+    settings.admin_key = SecretStr("k-admin")
+    with LiveServer(build_app(settings, engine, None)) as live:
+        for path, body in ADMIN_CALLS:
+            assert httpx.post(live.url + path, json=body).status_code == 401
+            assert httpx.post(live.url + path, json=body, headers={"Authorization": "Bearer k-user"}).status_code == 403
+    settings.api_keys = [SecretStr("k-admin")]
+    with pytest.raises(ValueError, match="admin key"):
+        build_app(settings, engine, None)
 
 
 @pytest.mark.parametrize("body, param", [
@@ -58,16 +87,22 @@ def test_api_and_admin_keys(settings, engine):
     (chat(messages=[{"role": "system", "content": "only a system prompt"}]), "messages"),
     (chat(n=3), "n"),
     (chat(medloop={"k": 500}), "medloop.k"),
+    (chat(chat_template_kwargs={"tokenize": True}), "chat_template_kwargs.tokenize"),
+    (chat(chat_template_kwargs={"add_generation_prompt": False}), "chat_template_kwargs.add_generation_prompt"),
+    (chat(messages=[{"role": "user", "content": [{"type": "text", "text": 123}]}]), "messages.0.content"),
+    (chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]), "messages.0.content"),
+    (chat(seed=2**70), "seed"),
+    (chat(max_tokens=4096), "messages"),  # prompt + max_tokens beyond the model's context: the engine says so
 ])
 def test_bad_requests_get_400_in_openai_shape(settings, engine, body, param):
-    with LiveServer(create_app(settings, engine, None)) as live:
+    with LiveServer(build_app(settings, engine, None)) as live:
         r = httpx.post(live.url + "/v1/chat/completions", json=body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["param"] == param
 
 
 def test_not_json_and_wrong_types_are_400(settings, engine):
-    with LiveServer(create_app(settings, engine, None)) as live:
+    with LiveServer(build_app(settings, engine, None)) as live:
         assert httpx.post(live.url + "/v1/chat/completions", content=b"{not json").status_code == 400
         assert httpx.post(live.url + "/v1/chat/completions", json=[1, 2]).status_code == 400
         assert httpx.post(live.url + "/v1/chat/completions", json=chat(stop=5)).status_code == 400
@@ -79,7 +114,7 @@ def test_audit_log_records_ids_not_text_and_logs_carry_no_text(settings, engine,
     sync_index(settings, store, embedder=embedder)
     settings.audit_log = True
     secret = "患者张三血压160/100"
-    with LiveServer(create_app(settings, engine, Retriever(settings, embedder=embedder))) as live:
+    with LiveServer(build_app(settings, engine, Retriever(settings, embedder=embedder))) as live:
         caplog.set_level("DEBUG")
         httpx.post(live.url + "/v1/chat/completions", json=chat(messages=[{"role": "user", "content": secret}]))
     record = json.loads((settings.home / "audit.jsonl").read_text().splitlines()[-1])
@@ -89,32 +124,56 @@ def test_audit_log_records_ids_not_text_and_logs_carry_no_text(settings, engine,
     assert "张三" not in caplog.text
 
 
-def test_fuzz_the_api_from_its_openapi_schema(settings, engine):
-    """Requests generated from the server's own OpenAPI schema, sent over loopback: no 5xx, ever."""
+def test_fuzz_the_api_from_its_openapi_schema_valid_and_invalid_bodies(settings, engine):
+    """Requests generated from the server's own OpenAPI schema, schema-valid and schema-violating, sent over
+    loopback with the admin key: no 5xx, ever. Valid chat bodies name the served model and carry a user turn
+    half the time, so they reach the engine instead of stopping at a 404."""
     import schemathesis
+    from hypothesis import strategies as st
+    from pydantic import SecretStr
+    from schemathesis import GenerationMode
 
     settings.max_tokens_limit = 4  # fuzzed valid requests stay cheap
-    app = create_app(settings, engine, None)
+    settings.admin_key = SecretStr("k-admin")
+    app = build_app(settings, engine, None)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    server_errors, calls, unsendable = [], [], []
+    server_errors, calls, unsendable, statuses = [], [], [], []
 
-    @hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def aim(case_and_user):
+        case, with_user = case_and_user
+        if case.operation.path == "/v1/chat/completions" and isinstance(case.body, dict):
+            case.body["model"] = "tiny"
+            if with_user and isinstance(case.body.get("messages"), list):
+                case.body["messages"].append({"role": "user", "content": "血压"})
+                case.body["max_tokens"] = 2
+                case.body.pop("max_completion_tokens", None)
+        return case
+
+    @hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+               derandomize=True)
     def fuzz(case):
         calls.append(case.operation.path)
         try:
-            response = case.call(base_url=live.url)
+            response = case.call(base_url=live.url, headers={"Authorization": "Bearer k-admin"})
         except (ValueError, TypeError, UnicodeError) as e:  # the generator made a body no client can send
             unsendable.append(repr(e))
             return
+        statuses.append((case.operation.path, response.status_code))
         if response.status_code >= 500:
             server_errors.append((case.operation.path, response.status_code, response.text[:200]))
 
     with LiveServer(app) as live:
         for operation in schema.get_all_operations():
-            given(operation.ok().as_strategy())(fuzz)()
+            op = operation.ok()
+            modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if op.method.upper() == "POST" else [])
+            for mode in modes:
+                strategy = st.tuples(op.as_strategy(generation_mode=mode), st.booleans()).map(aim)
+                given(strategy)(fuzz)()
     assert server_errors == []
-    assert calls.count("/v1/chat/completions") >= 20 and calls.count("/admin/adapters") >= 20
+    assert calls.count("/v1/chat/completions") >= 40 and calls.count("/admin/adapters") >= 40
     assert len(unsendable) < len(calls) / 10
+    chat_statuses = {code for path, code in statuses if path == "/v1/chat/completions"}
+    assert 200 in chat_statuses and 400 in chat_statuses  # valid bodies reached the engine; invalid were refused
 
 
 class _Upstream:
@@ -137,7 +196,7 @@ class _Upstream:
 @pytest.mark.parametrize("mode, status", [("slow", 504), ("garbage", 502)])
 def test_slow_or_garbage_upstream_gives_clear_5xx(settings, mode, status):
     with LiveServer(_Upstream(mode).app) as upstream:
-        gateway = create_app(settings, VLLMEngine(upstream.url, timeout=1.0, served_name="m"), None)
+        gateway = build_app(settings, VLLMEngine(upstream.url, timeout=1.0, served_name="m"), None)
         with LiveServer(gateway) as live:
             t0 = time.time()
             r = httpx.post(live.url + "/v1/chat/completions", json=chat(model="m"), timeout=30)
@@ -146,19 +205,19 @@ def test_slow_or_garbage_upstream_gives_clear_5xx(settings, mode, status):
 
 
 def test_64_concurrent_streaming_clients(settings, engine):
-    with LiveServer(create_app(settings, engine, None)) as live:
+    with LiveServer(build_app(settings, engine, None)) as live:
         async def one(client, i):
             body = chat(max_tokens=12, stream=True, messages=[{"role": "user", "content": f"question {i}"}])
             async with client.stream("POST", live.url + "/v1/chat/completions", json=body) as r:
                 lines = [line async for line in r.aiter_lines() if line]
-            return r.status_code, lines[-1]
+            return stream_succeeded(r.status_code, lines)
 
         async def run():
             async with httpx.AsyncClient(timeout=120) as client:
                 return await asyncio.gather(*(one(client, i) for i in range(64)), return_exceptions=True)
 
         results = asyncio.run(run())
-    errors = [r for r in results if isinstance(r, Exception) or r != (200, "data: [DONE]")]
+    errors = [r for r in results if r is not True]
     assert errors == []
 
 

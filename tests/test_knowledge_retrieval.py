@@ -175,7 +175,7 @@ def test_crash_between_store_and_index_is_caught_up(settings, embedder, monkeypa
     def crash(*a, **k):
         raise KeyboardInterrupt("simulated crash mid index write")
 
-    monkeypatch.setattr(index_mod, "_write_atomic", crash)
+    monkeypatch.setattr(index_mod, "write_text_atomic", crash)
     with pytest.raises(KeyboardInterrupt):
         sync_index(settings, store, embedder=embedder)
     # readers still see the last complete version

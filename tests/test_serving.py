@@ -8,13 +8,17 @@ import httpx
 import openai
 import pytest
 
-from conftest import GUIDELINES, LiveServer, make_adapter
+from conftest import GUIDELINES, LiveServer, free_port, make_adapter
+from fake_vllm import fake_vllm
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
-from medloop.serving import LocalEngine, VLLMEngine, create_app
-from medloop.serving.local_engine import Delta, GenerationRequest
+from medloop.serving import build_app
+from medloop.serving.engine import Delta, GenerationRequest
+from medloop.serving.local_engine import LocalEngine
 from medloop.serving.reasoning import ReasoningParser, split_reasoning
+from medloop.serving.vllm_engine import VLLMEngine
 
+ADMIN = {"Authorization": "Bearer k-admin"}
 ZH_Q = "高血压患者的降压目标是多少？"
 EN_Q = "What HbA1c target do the diabetes standards recommend for adults?"
 
@@ -24,7 +28,7 @@ def home(tmp_path_factory, tiny_qwen3, embedder):
     from medloop.config import Settings
 
     home = tmp_path_factory.mktemp("home")
-    settings = Settings(home=home)
+    settings = Settings(home=home, admin_key="k-admin")
     store = KnowledgeStore(settings.knowledge_db)
     ingest_paths(store, [GUIDELINES])
     sync_index(settings, store, embedder=embedder)
@@ -42,7 +46,7 @@ def engine(tiny_qwen3, home):
 @pytest.fixture(scope="module")
 def server(home, engine, embedder):
     retriever = Retriever(home, embedder=embedder)
-    with LiveServer(create_app(home, engine, retriever)) as live:
+    with LiveServer(build_app(home, engine, retriever)) as live:
         yield live
 
 
@@ -172,21 +176,23 @@ def test_hot_swap_under_load(server, home):
     [t.start() for t in threads]
     r = httpx.post(server.url + "/admin/adapters", json={"action": "load", "name": "a",
                                                          "path": str(home.adapters_dir / "b"), "version": "v2"},
-                   timeout=60)
+                   headers=ADMIN, timeout=60)
     stop.set()
     [t.join() for t in threads]
     assert r.status_code == 200 and not errors
     assert ask(client, "swap", model="a", **kw).choices[0].message.content == b_answer
     assert {m.id: m.model_extra.get("version") for m in client.models.list().data}["a"] == "v2"
     httpx.post(server.url + "/admin/adapters", json={"action": "load", "name": "a",
-                                                     "path": str(home.adapters_dir / "a-copy")}, timeout=60)
+                                                     "path": str(home.adapters_dir / "a-copy")},
+               headers=ADMIN, timeout=60)
 
 
 def test_admin_rejects_paths_outside_the_registry(server, tmp_path):
     r = httpx.post(server.url + "/admin/adapters", json={"action": "load", "name": "x",
-                                                         "path": str(tmp_path)})
+                                                         "path": str(tmp_path)}, headers=ADMIN)
     assert r.status_code == 400 and r.json()["error"]["param"] == "path"
-    r = httpx.post(server.url + "/admin/adapters", json={"action": "load", "name": "../etc", "path": "/etc"})
+    r = httpx.post(server.url + "/admin/adapters", json={"action": "load", "name": "../etc", "path": "/etc"},
+                   headers=ADMIN)
     assert r.status_code == 400
 
 
@@ -202,7 +208,7 @@ def test_new_guideline_is_cited_without_restart(tiny_qwen3, engine, embedder, se
     store = KnowledgeStore(settings.knowledge_db)
     ingest_paths(store, [GUIDELINES / "cn-hypertension-2024.md"])
     sync_index(settings, store, embedder=embedder)
-    with LiveServer(create_app(settings, engine, Retriever(settings, embedder=embedder))) as live:
+    with LiveServer(build_app(settings, engine, Retriever(settings, embedder=embedder))) as live:
         assert ask(live.client(), "流感的抗病毒治疗").model_extra["evidence"] == []
         ingest_paths(store, [GUIDELINES / "cn-influenza-2025.md"])
         sync_index(settings, store, embedder=embedder)
@@ -233,6 +239,12 @@ class ScriptedEngine:
     def __init__(self, text):
         self.text = text
 
+    async def start(self, adapters):
+        pass
+
+    async def close(self):
+        pass
+
     def models(self):
         return [{"id": "thinker"}]
 
@@ -245,12 +257,9 @@ class ScriptedEngine:
             yield Delta(text=self.text[i:i + 3])
         yield Delta(finish_reason="stop", prompt_tokens=5, completion_tokens=9)
 
-    def close(self):
-        pass
-
 
 def test_reasoning_is_returned_apart_from_content(settings):
-    app = create_app(settings, ScriptedEngine("<think>\n先看指南\n</think>\n\n答案是130/80"), None)
+    app = build_app(settings, ScriptedEngine("<think>\n先看指南\n</think>\n\n答案是130/80"), None)
     with LiveServer(app) as live:
         r = ask(live.client(), "q", model="thinker")
         msg = r.choices[0].message
@@ -263,7 +272,7 @@ def test_reasoning_is_returned_apart_from_content(settings):
 
 
 def test_enable_thinking_false_reaches_the_chat_template(engine):
-    from medloop.serving.local_engine import GenerationRequest
+    from medloop.serving.engine import GenerationRequest
 
     msgs = [{"role": "user", "content": "hi"}]
     off = engine.tokenizer.decode(engine.prompt_ids(GenerationRequest("qwen3-tiny", msgs,
@@ -272,62 +281,165 @@ def test_enable_thinking_false_reaches_the_chat_template(engine):
     assert off.endswith("<think>\n\n</think>\n\n") and on.endswith("<|im_start|>assistant\n")
 
 
-# ---- the vLLM engine, against a stand-in upstream that speaks vLLM's OpenAI + LoRA API ----
+# ---- the vLLM engine, against a stand-in that keeps to vLLM's documented behaviour (tests/fake_vllm.py) ----
 
-def test_vllm_engine_relays_and_loads_adapters(home, engine, embedder, tiny_qwen3):
-    upstream = LiveServer(create_app(home, engine, None)).__enter__()
-    gateway_engine = VLLMEngine(upstream.url, timeout=30, served_name="medloop-qwen3")
-    app = create_app(home, gateway_engine, Retriever(home, embedder=embedder),
-                     adapters={"med": str(home.adapters_dir / "b")})
-    with LiveServer(app) as gateway:
-        client = gateway.client()
-        assert {m.id for m in client.models.list().data} == {"medloop-qwen3", "med"}
-        assert "med@1" in {m.id for m in upstream.client().models.list().data}  # via /v1/load_lora_adapter
-        direct = ask(upstream.client(), "hi", model="b", max_tokens=8).choices[0].message.content
-        via = ask(client, "hi", model="med", max_tokens=8, extra_body={"medloop": {"rag": False}})
-        assert via.choices[0].message.content == direct and via.usage.completion_tokens > 0
-        r = ask(client, ZH_Q, model="med", stream=True)
-        assert "最新临床依据" in "".join(c.choices[0].delta.content or "" for c in r if c.choices)
-        # hot swap: the new version gets a new upstream name; the old one is unloaded once idle
-        httpx.post(gateway.url + "/admin/adapters", json={"action": "load", "name": "med",
-                                                          "path": str(home.adapters_dir / "a")}, timeout=60)
-        upstream_ids = {m.id for m in upstream.client().models.list().data}
-        assert "med@2" in upstream_ids and "med@1" not in upstream_ids
-        with pytest.raises(openai.NotFoundError):
-            ask(client, "hi", model="ghost")
-        # upstream down: a clear 503 in OpenAI's shape; back up on the same port: served again
-        upstream.__exit__(None, None, None)
-        with pytest.raises(openai.InternalServerError) as e:
-            ask(client, "hi", model="medloop-qwen3", extra_body={"medloop": {"rag": False}})
-        assert e.value.status_code == 503 and "upstream unavailable" in e.value.body["message"]
-        with LiveServer(create_app(home, engine, None), port=upstream.port):
-            r = ask(client, "hi", model="medloop-qwen3", extra_body={"medloop": {"rag": False}})
-            assert r.choices[0].finish_reason in {"stop", "length"}
+def reasoning_of(message) -> tuple[str | None, str | None]:
+    extra = message.model_extra or {}
+    return extra.get("reasoning"), extra.get("reasoning_content")
+
+
+def test_vllm_engine_relays_reasoning_and_hot_swaps_adapters(home, embedder):
+    fake = fake_vllm()
+    with LiveServer(fake) as upstream:
+        app = build_app(home, VLLMEngine(upstream.url, timeout=30, served_name="medloop-qwen3"),
+                        Retriever(home, embedder=embedder), adapters={"med": str(home.adapters_dir / "b")})
+        with LiveServer(app) as gateway:
+            client = gateway.client()
+            assert {m.id for m in client.models.list().data} == {"medloop-qwen3", "med"}
+            assert set(fake.state.loras) == {"med@1"}  # loaded through /v1/load_lora_adapter
+            msg = ask(client, "hi", model="med", extra_body={"medloop": {"rag": False}}).choices[0].message
+            assert msg.content.startswith("answer-med from b") and "thinking" not in msg.content
+            assert reasoning_of(msg) == ("thinking-med about it", "thinking-med about it")
+            assert fake.state.requests[-1]["model"] == "med@1"
+            chunks = list(ask(client, ZH_Q, model="med", stream=True))
+            content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            streamed = "".join(reasoning_of(c.choices[0].delta)[0] or "" for c in chunks if c.choices)
+            assert "thinking" not in content and "最新临床依据" in content
+            assert streamed.split() == ["thinking-med", "about", "it"]
+            off = ask(client, "hi", model="med", extra_body={"chat_template_kwargs": {"enable_thinking": False},
+                                                              "medloop": {"rag": False}}).choices[0].message
+            assert reasoning_of(off) == (None, None) and off.content.startswith("answer-med")
+            r = httpx.post(gateway.url + "/admin/adapters", json={"action": "load", "name": "med",
+                                                                  "path": str(home.adapters_dir / "a")},
+                           headers=ADMIN, timeout=60)
+            assert r.status_code == 200 and set(fake.state.loras) == {"med@2"}  # the old one unloaded once idle
+            assert "from a" in ask(client, "hi", model="med", extra_body={"medloop": {"rag": False}}
+                                   ).choices[0].message.content
+            with pytest.raises(openai.NotFoundError):
+                ask(client, "hi", model="ghost")
+
+
+def test_vllm_engine_relays_older_reasoning_content_field(home):
+    with LiveServer(fake_vllm("m", reasoning_field="reasoning_content")) as upstream:
+        with LiveServer(build_app(home, VLLMEngine(upstream.url, served_name="m"), None)) as gateway:
+            msg = ask(gateway.client(), "hi", model="m").choices[0].message
+            assert reasoning_of(msg) == ("thinking-m about it", "thinking-m about it")
+            chunks = list(ask(gateway.client(), "hi", model="m", stream=True))
+            assert "".join(reasoning_of(c.choices[0].delta)[1] or "" for c in chunks if c.choices).split() == [
+                "thinking-m", "about", "it"]
+
+
+def test_gateway_restarted_against_a_long_running_vllm_starts_cleanly(home):
+    a, b = str(home.adapters_dir / "a"), str(home.adapters_dir / "b")
+    fake = fake_vllm()
+    with LiveServer(fake) as upstream:
+        def gateway(path):
+            return LiveServer(build_app(home, VLLMEngine(upstream.url, served_name="m"), None,
+                                        adapters={"med": path}))
+
+        with gateway(b) as g1:
+            httpx.post(g1.url + "/admin/adapters", json={"action": "load", "name": "med", "path": a},
+                       headers=ADMIN, timeout=60)
+        assert set(fake.state.loras) == {"med@2"}
+        with gateway(b) as g2:  # a new name past every name the upstream has seen: no 400 for a loaded name
+            assert set(fake.state.loras) == {"med@2", "med@3"}
+            assert "from b" in ask(g2.client(), "hi", model="med").choices[0].message.content
+        with gateway(a) as g3:  # the same folder already served upstream: adopted, not loaded twice
+            assert set(fake.state.loras) == {"med@2", "med@3"}
+            assert "from a" in ask(g3.client(), "hi", model="med").choices[0].message.content
+
+
+def test_vllm_upstream_down_then_back(home):
+    with LiveServer(fake_vllm()) as upstream:
+        port = upstream.port
+        with LiveServer(build_app(home, VLLMEngine(upstream.url, timeout=5, served_name="m"), None)) as gateway:
+            assert ask(gateway.client(), "hi", model="m").choices[0].finish_reason == "stop"
+            upstream.__exit__(None, None, None)
+            with pytest.raises(openai.InternalServerError) as e:
+                ask(gateway.client(), "hi", model="m")
+            assert e.value.status_code == 503 and "upstream unavailable" in e.value.body["message"]
+            with LiveServer(fake_vllm(), port=port):
+                assert ask(gateway.client(), "hi", model="m").choices[0].finish_reason == "stop"
+
+
+def test_upstream_gets_its_own_key_never_a_client_key(home, monkeypatch):
+    from pydantic import SecretStr
+
+    fake = fake_vllm()
+    settings = home.model_copy(update={"api_keys": [SecretStr("client-key")], "vllm_api_key": SecretStr("up-key")})
+    with LiveServer(fake) as upstream:
+        engine = VLLMEngine(upstream.url, served_name="m", api_key=settings.vllm_api_key.get_secret_value())
+        with LiveServer(build_app(settings, engine, None)) as gateway:
+            ask(gateway.client("client-key"), "hi", model="m")
+    assert fake.state.requests[-1]["authorization"] == "Bearer up-key"
+
+
+def test_launch_passes_lora_flags_and_configured_adapters_are_adopted(home, monkeypatch):
+    from medloop import cli
+    from medloop.serving import vllm_engine
+
+    path = str((home.adapters_dir / "a").resolve())
+    seen = {}
+
+    class Process:
+        def poll(self):
+            return None
+
+        def terminate(self):
+            seen["terminated"] = True
+
+        def wait(self, timeout=None):
+            return 0
+
+    def popen(cmd, env):
+        seen["cmd"], seen["env"] = cmd, env
+        return Process()
+
+    monkeypatch.setattr(vllm_engine.shutil, "which", lambda name: "/usr/bin/vllm")
+    monkeypatch.setattr(vllm_engine.subprocess, "Popen", popen)
+    port = free_port()
+    fake = fake_vllm("Qwen/Qwen3-8B", lora_modules={"medical": path})  # what vLLM serves after that launch
+    with LiveServer(fake, port=port + 1):
+        app = cli.build_server(home, engine="vllm", base_model="Qwen/Qwen3-8B", adapters={"medical": path},
+                               rag=False, vllm_url="", launch_vllm=True, port=port)
+        with LiveServer(app) as gateway:
+            assert {m.id for m in gateway.client().models.list().data} == {"Qwen/Qwen3-8B", "medical"}
+            assert "from a" in ask(gateway.client(), "hi", model="medical").choices[0].message.content
+    cmd = seen["cmd"]
+    assert cmd[:3] == ["vllm", "serve", "Qwen/Qwen3-8B"] and "--enable-lora" in cmd
+    assert cmd[cmd.index("--max-loras") + 1] == "4" and cmd[cmd.index("--max-lora-rank") + 1] == "64"
+    assert cmd[cmd.index("--reasoning-parser") + 1] == "qwen3"
+    assert cmd[cmd.index("--lora-modules") + 1] == f"medical={path}"
+    assert seen["env"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert set(fake.state.loras) == {"medical"} and seen["terminated"]  # adopted, not loaded again
+
+
+def test_medloop_speaks_vllms_lora_api_with_vllms_refusals(server, home):
+    url = server.url + "/v1/load_lora_adapter"
+    body = {"lora_name": "c", "lora_path": str(home.adapters_dir / "a")}
+    assert httpx.post(url, json=body, headers=ADMIN).status_code == 200
+    again = httpx.post(url, json=body, headers=ADMIN)
+    assert again.status_code == 400 and "already been loaded" in again.json()["error"]["message"]
+    assert httpx.post(url, json={**body, "load_inplace": True}, headers=ADMIN).status_code == 200
+    unload = server.url + "/v1/unload_lora_adapter"
+    assert httpx.post(unload, json={"lora_name": "c"}, headers=ADMIN).status_code == 200
+    assert httpx.post(unload, json={"lora_name": "c"}, headers=ADMIN).status_code == 404
 
 
 def test_vllm_engine_upstream_faults(home):
     engine = VLLMEngine("http://127.0.0.1:9", timeout=2, served_name="m")
     engine.upstream_base = "m"
-    from medloop.serving.local_engine import GenerationRequest
+    from medloop.serving.engine import GenerationRequest
 
     async def first(req):
         async for d in engine.stream(req):
             return d
 
-    from medloop.serving.local_engine import EngineError
+    from medloop.serving.engine import EngineError
 
     with pytest.raises(EngineError) as e:
         asyncio.run(first(GenerationRequest("m", [{"role": "user", "content": "x"}])))
     assert e.value.status == 503
-
-
-def test_vllm_launch_command_has_lora_flags():
-    from medloop.serving.vllm_engine import launch_command
-
-    cmd = launch_command("Qwen/Qwen3-8B", port=8001, adapters={"medical": "/a/v3"}, max_loras=4, max_lora_rank=64)
-    assert cmd[:3] == ["vllm", "serve", "Qwen/Qwen3-8B"] and "--enable-lora" in cmd
-    assert cmd[cmd.index("--max-loras") + 1] == "4" and cmd[cmd.index("--max-lora-rank") + 1] == "64"
-    assert cmd[cmd.index("--lora-modules") + 1] == "medical=/a/v3"
 
 
 def test_incremental_decoding_reassembles_multibyte_text_exactly():
@@ -353,8 +465,8 @@ def test_incremental_decoding_reassembles_multibyte_text_exactly():
     ids = tok(text, add_special_tokens=False)["input_ids"]
     engine = type("E", (), {"tokenizer": tok, "eos_ids": {151645}})()
     out = Out()
-    job = _Job(GenerationRequest("m", [], max_tokens=len(ids) + 5), "", Loop(), out)
-    streamer = _BatchStreamer(engine, [job], [3])
+    job = _Job(GenerationRequest("m", [], max_tokens=len(ids) + 5), [1, 2, 3], Loop(), out)
+    streamer = _BatchStreamer(engine, [job])
     streamer.put(torch.tensor([[1, 2, 3]]))
     for i in ids:
         streamer.put(torch.tensor([i]))

@@ -120,6 +120,7 @@ def test_qlora_lowers_training_loss_and_writes_a_loadable_adapter(tiny_qwen3, tm
     assert losses[-1] < losses[0] - 0.3, losses
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_loss" in r and "eval_perplexity" in r for r in records)
+    assert [r["step"] for r in records if "eval_loss" in r] == [12, 24]  # the last step is evaluated once
     assert any("tokens_per_s" in r and "peak_memory_mb" in r and "learning_rate" in r and "grad_norm" in r
                for r in records)
     run = json.loads((out / "medloop_run.json").read_text())
@@ -163,8 +164,8 @@ def test_resume_continues_the_step_count(tiny_qwen3, tmp_path):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_each_layout_trains_from_the_cli(tiny_qwen3, tmp_path, layout):
     result = CliRunner().invoke(app, [
-        "train", "--base-model", str(tiny_qwen3), "--data", str(SFT / layout), "--output", str(tmp_path / "a"),
-        "--preset", "low-mem", "--max-steps", "2", "--val-size", "2", "--no-quant", "--swanlab", "disabled",
+        "train", "--base-model", str(tiny_qwen3), "--data", str(SFT / layout), "--output-dir", str(tmp_path / "a"),
+        "--preset", "low-mem", "--max-steps", "2", "--val-size", "2", "--no-quantize", "--swanlab-mode", "disabled",
     ])
     assert result.exit_code == 0, result.output
     assert "adapter:" in result.output and (tmp_path / "a" / "adapter_config.json").exists()
@@ -173,6 +174,34 @@ def test_each_layout_trains_from_the_cli(tiny_qwen3, tmp_path, layout):
 def test_cli_train_strict_fails_on_bad_line(tiny_qwen3, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text((SFT / "alpaca_zh_en.jsonl").read_text() + "{broken\n")
-    result = CliRunner().invoke(app, ["train", "--base-model", str(tiny_qwen3), "--data", str(bad), "--output",
-                                      str(tmp_path / "a"), "--strict", "--swanlab", "disabled"])
+    result = CliRunner().invoke(app, ["train", "--base-model", str(tiny_qwen3), "--data", str(bad), "--output-dir",
+                                      str(tmp_path / "a"), "--strict", "--swanlab-mode", "disabled"])
     assert result.exit_code == 2 and "bad.jsonl:9" in result.output
+
+
+def test_every_config_field_is_a_flag_validated_by_the_config(tiny_qwen3, tmp_path):
+    from medloop.training import TrainConfig
+
+    import typer
+
+    train_group = typer.main.get_command(app).commands["train"]
+    flags = {opt for param in train_group.params for opt in param.opts + param.secondary_opts}
+    for name in TrainConfig.model_fields:
+        assert "--" + name.replace("_", "-") in flags, name
+    out = tmp_path / "a"
+    result = CliRunner().invoke(app, [
+        "train", "--base-model", str(tiny_qwen3), "--data", str(SFT / "alpaca_zh_en.jsonl"), "--output-dir", str(out),
+        "--preset", "v1", "--no-quantize", "--swanlab-mode", "disabled", "--max-steps", "2", "--val-size", "0",
+        "--lora-r", "4", "--lora-dropout", "0.05", "--target-modules", "q_proj", "--target-modules", "v_proj",
+        "--warmup-ratio", "0.1", "--term-masking", "0.2", "--adaptive-clip", "--no-gradient-checkpointing",
+    ])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "medloop_run.json").read_text())["config"]
+    assert (config["lora_r"], config["lora_dropout"], config["target_modules"]) == (4, 0.05, ["q_proj", "v_proj"])
+    assert (config["warmup_ratio"], config["term_masking"], config["adaptive_clip"]) == (0.1, 0.2, True)
+    assert config["gradient_checkpointing"] is False and config["max_grad_norm"] == 0.3  # the preset's value stands
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert set(adapter["target_modules"]) == {"q_proj", "v_proj"} and adapter["r"] == 4
+    bad = CliRunner().invoke(app, ["train", "--base-model", "x", "--data", "x.jsonl", "--output-dir", str(out),
+                                   "--lora-dropout", "2"])
+    assert bad.exit_code == 2 and "--lora-dropout" in bad.output

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Annotated
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from medloop.config import Settings
+from medloop.training.config import TrainConfig
 
 app = typer.Typer(help="Keep a Qwen3 medical assistant current.", no_args_is_help=True, add_completion=False)
 index_app = typer.Typer(help="The retrieval index.", no_args_is_help=True)
@@ -39,7 +44,7 @@ def _progress() -> Progress:
 
 def run_ingest(settings: Settings, paths: list[Path], recursive: bool, quiet: bool = False):
     """Ingest with progress bars: files, then embedding of the new chunks."""
-    from medloop.retrieval.index import ingest_and_index
+    from medloop.continual.loop import ingest_and_index
 
     with _progress() as progress:
         files = progress.add_task("ingest", total=None, visible=not quiet)
@@ -58,12 +63,14 @@ def ingest(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="descend into sub-folders")] = False,
 ) -> None:
     """Ingest guideline files: parse, chunk, version (newest wins) and index them."""
+    from medloop.knowledge.ingest import FileOutcome
+
     settings = Settings()
     report, synced = run_ingest(settings, paths, recursive)
     for f in report.files:
         for w in f.warnings:
             console.print(f"[yellow]warning[/] {f.path}: {w}")
-        if f.outcome == "failed":
+        if f.outcome == FileOutcome.FAILED:
             console.print(f"[red]failed[/]  {f.path}: {f.error}")
     table = Table(title="ingest summary")
     for col in ("added", "updated", "superseded", "unchanged", "failed"):
@@ -111,8 +118,9 @@ def index_rebuild() -> None:
     settings = Settings()
     with _progress() as progress:
         task = progress.add_task("embed", total=None)
-        result = sync_index(settings, KnowledgeStore(settings.knowledge_db), rebuild=True,
-                            on_progress=lambda d, t: progress.update(task, completed=d, total=t))
+        with KnowledgeStore(settings.knowledge_db) as store:
+            result = sync_index(settings, store, rebuild=True,
+                                on_progress=lambda d, t: progress.update(task, completed=d, total=t))
     out.print(f"index v{result.version}: {result.total} chunks")
 
 
@@ -127,7 +135,8 @@ def index_status() -> None:
     if meta is None:
         out.print("no index yet: run `medloop ingest`")
         return
-    behind = KnowledgeStore(settings.knowledge_db).revision() != meta["store_revision"]
+    with KnowledgeStore(settings.knowledge_db) as store:
+        behind = store.revision() != meta["store_revision"]
     out.print_json(json.dumps({**meta, "behind_store": behind}, ensure_ascii=False))
 
 
@@ -147,34 +156,35 @@ def _parse_adapters(values: list[str]) -> dict[str, str]:
 def build_server(settings: Settings, *, engine: str, base_model: str, adapters: dict[str, str], rag: bool,
                  vllm_url: str, launch_vllm: bool, port: int):
     """Engine + retriever + app, as `medloop serve` runs them (tests and benches build the same way)."""
+    from medloop.continual import AdapterRegistry
     from medloop.retrieval import Retriever
-    from medloop.serving import LocalEngine, VLLMEngine, create_app
+    from medloop.serving import build_app
 
     retriever = Retriever(settings) if rag else None
     if retriever is not None:
         retriever.embedder  # load now, not on the first question  # noqa: B018
-    from medloop.continual import AdapterRegistry
-
     live = AdapterRegistry(settings.adapters_dir).live() if settings.adapters_dir.exists() else None
     if live is not None and settings.served_adapter_name not in adapters:  # the registry's live adapter
         adapters = {settings.served_adapter_name: live.path, **adapters}
     if engine == "vllm":
-        process = None
-        if launch_vllm:  # adapters are then loaded at run time, like every later hot swap
-            from medloop.serving.vllm_engine import launch
+        from medloop.serving.vllm_engine import VLLMEngine, launch
 
+        process = None
+        if launch_vllm:  # vLLM loads the configured adapters itself; the engine adopts them at start
             upstream_port = port + 1
-            process = launch(base_model, port=upstream_port, adapters={},
-                             served_name=settings.served_model_name or None)
+            process = launch(base_model, port=upstream_port, adapters=adapters,
+                             served_name=settings.served_model_name or None, max_loras=settings.vllm_max_loras,
+                             max_lora_rank=settings.vllm_max_lora_rank)
             vllm_url = f"http://127.0.0.1:{upstream_port}"
-        keys = [k.get_secret_value() for k in settings.api_keys]
+        upstream_key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
         eng = VLLMEngine(vllm_url, timeout=settings.upstream_timeout_s, served_name=settings.served_model_name,
-                         api_key=keys[0] if keys else None, process=process,
+                         api_key=upstream_key, process=process,
                          startup_wait_s=900 if process else None)  # model download and CUDA graphs take minutes
-        return create_app(settings, eng, retriever, adapters=adapters)
-    eng = LocalEngine(base_model, served_name=settings.served_model_name, adapters=adapters,
-                      max_batch_size=settings.max_batch_size)
-    return create_app(settings, eng, retriever, adapters=adapters)
+        return build_app(settings, eng, retriever, adapters=adapters)
+    from medloop.serving.local_engine import LocalEngine
+
+    eng = LocalEngine(base_model, served_name=settings.served_model_name, max_batch_size=settings.max_batch_size)
+    return build_app(settings, eng, retriever, adapters=adapters)
 
 
 @app.command()
@@ -212,49 +222,95 @@ def serve(
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
-@train_app.callback()
-def train_cmd(
-    ctx: typer.Context,
-    base_model: Annotated[str | None, typer.Option(help="base model: path or hub id")] = None,
-    data: Annotated[list[Path] | None, typer.Option(help="SFT JSONL/JSON file (repeatable)")] = None,
-    output: Annotated[Path | None, typer.Option(help="adapter output folder")] = None,
-    preset: Annotated[str, typer.Option(help="v1 | v2 | v3 | low-mem")] = "v1",
-    no_quant: Annotated[bool, typer.Option("--no-quant", help="plain LoRA instead of 4-bit QLoRA")] = False,
-    init_adapter: Annotated[Path | None, typer.Option(help="continue training this adapter")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="fail on the first malformed line")] = False,
-    epochs: Annotated[float | None, typer.Option()] = None,
-    max_steps: Annotated[int | None, typer.Option()] = None,
-    learning_rate: Annotated[float | None, typer.Option("--lr")] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    grad_accum: Annotated[int | None, typer.Option()] = None,
-    max_length: Annotated[int | None, typer.Option()] = None,
-    lora_r: Annotated[int | None, typer.Option()] = None,
-    lora_alpha: Annotated[int | None, typer.Option()] = None,
-    val_size: Annotated[float | None, typer.Option(help="fraction (<1) or count of validation samples")] = None,
-    eval_steps: Annotated[int | None, typer.Option()] = None,
-    save_steps: Annotated[int | None, typer.Option()] = None,
-    logging_steps: Annotated[int | None, typer.Option()] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    swanlab: Annotated[str | None, typer.Option(help="offline | cloud | disabled")] = None,
+DEMO_QUESTIONS = ["What HbA1c target is recommended for most adults with diabetes?", "高血压患者的降压目标是多少？"]
+
+
+@app.command()
+def demo(
+    question: Annotated[list[str] | None, typer.Option(help="ask this instead of the two sample questions")] = None,
+    max_tokens: Annotated[int, typer.Option()] = 96,
 ) -> None:
-    """Fine-tune a LoRA adapter on SFT data (QLoRA by default). `medloop train merge` folds one in."""
+    """The whole serving path on the embedded defaults, then exit: ingest the sample guidelines (if the index is
+    empty), start the API on loopback, ask through the official `openai` client, print answers and evidence."""
+    import openai
+
+    from medloop.retrieval.index import current_version
+    from medloop.serving.live import LiveServer
+
+    settings = Settings()
+    if current_version(settings.index_dir) is None:
+        console.print(f"demo: ingesting the sample guidelines into {settings.home}")
+        run_ingest(settings, [SAMPLE_GUIDELINES], recursive=False, quiet=True)
+    application = build_server(settings, engine="local", base_model=settings.base_model, adapters={}, rag=True,
+                               vllm_url="", launch_vllm=False, port=0)
+    with LiveServer(application) as live:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0, timeout=600)
+        model = application.state.engine.base_name
+        console.print(f"demo: {model} at {live.url}/v1")
+        for q in question or DEMO_QUESTIONS:
+            r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}],
+                                               max_tokens=max_tokens, temperature=0)
+            out.rule(q)
+            out.print(r.choices[0].message.content, markup=False, highlight=False)
+            cited = ", ".join(f"{e['guideline_id']}@{e['version']}" for e in r.model_extra.get("evidence", []))
+            out.print(f"[dim]{r.usage.completion_tokens} tokens; evidence: {cited or 'none'}[/]")
+
+
+def _options_from(model: type[BaseModel]):
+    """Turn a pydantic model's fields into this command's flags (`lora_dropout` -> `--lora-dropout`,
+    lists repeatable, booleans as `--x/--no-x`), so that a new field is a new flag with no list to keep in step.
+    Every flag defaults to None, meaning "not given": the preset's value stands."""
+
+    def decorate(fn):
+        params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+        for name, field in model.model_fields.items():
+            flag = "--" + name.replace("_", "-")
+            kind = field.annotation
+            args = typing.get_args(kind)
+            if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+                kind = next(a for a in args if a is not type(None))
+            default = "" if field.is_required() else f" [default: {field.default}]"
+            help_ = (field.description or "") + default
+            if kind is bool:
+                hint, option = bool | None, typer.Option(f"{flag}/--no-{flag[2:]}", help=help_, show_default=False)
+            elif typing.get_origin(kind) is list:
+                item = typing.get_args(kind)[0]
+                hint, option = list[item] | None, typer.Option(flag, help=help_ + " (repeatable)", show_default=False)
+            elif typing.get_origin(kind) is typing.Literal:
+                choices = " | ".join(map(str, typing.get_args(kind)))
+                hint, option = str | None, typer.Option(flag, help=f"{choices}{help_}", show_default=False)
+            else:
+                hint, option = kind | None, typer.Option(flag, help=help_, show_default=False)
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=Annotated[hint, option]))
+        fn.__signature__ = inspect.Signature(params)
+        fn.__annotations__ = {p.name: p.annotation for p in params}
+        return fn
+
+    return decorate
+
+
+@train_app.callback()
+@_options_from(TrainConfig)
+def train_cmd(ctx: typer.Context, **given) -> None:
+    """Fine-tune a LoRA adapter on SFT data (QLoRA by default): a preset, then any field as a flag.
+    `medloop train merge` folds an adapter into the base weights."""
     if ctx.invoked_subcommand is not None:
         return
-    if not (base_model and data and output):
-        raise typer.BadParameter("--base-model, --data and --output are required")
+    from pydantic import ValidationError
+
     from medloop.training import make_config, train
     from medloop.training.data import BadSample
 
+    given = {k: v for k, v in given.items() if v is not None}
+    given.setdefault("swanlab_mode", Settings().swanlab_mode)
     try:
-        config = make_config(
-            preset, base_model=base_model, data=data, output_dir=output, quantize=not no_quant,
-            init_adapter=init_adapter, resume=resume, strict=strict, epochs=epochs, max_steps=max_steps,
-            learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
-            lora_r=lora_r, lora_alpha=lora_alpha, val_size=val_size, eval_steps=eval_steps, save_steps=save_steps,
-            logging_steps=logging_steps, seed=seed, swanlab_mode=swanlab or Settings().swanlab_mode,
-        )
+        config = make_config(given.pop("preset", "v1"), **given)
         result = train(config, log=console.print)
+    except ValidationError as e:
+        for err in e.errors():
+            console.print(f"[red]error[/] --{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}")
+        raise typer.Exit(2) from e
     except (ValueError, BadSample, FileNotFoundError) as e:
         console.print(f"[red]error[/] {e}")
         raise typer.Exit(2) from e
@@ -396,7 +452,6 @@ def eval_compare(
     out_dir: Annotated[Path, typer.Option("--out", help="report folder")] = Path("eval-report"),
 ) -> None:
     """Answer a question set with several targets; write Markdown and HTML (with charts) side by side."""
-    import contextlib
 
     from medloop.continual import evaluation
     from medloop.serving.live import LiveServer

@@ -53,11 +53,14 @@ class Settings(BaseSettings):
     served_model_name: str = ""  # default: derived from base_model
     adapters: dict[str, str] = Field(default_factory=dict, description="served name -> adapter folder")
     vllm_url: str = "http://127.0.0.1:8001"
+    vllm_api_key: SecretStr | None = Field(None, description="the upstream's own key (vllm serve --api-key)")
+    vllm_max_loras: int = Field(4, description="--max-loras for --launch: room for hot-swapped versions")
+    vllm_max_lora_rank: int = Field(64, description="--max-lora-rank for --launch")
     upstream_timeout_s: float = 60.0
     evidence_k: int = 3
     max_batch_size: int = 16
     api_keys: list[SecretStr] = Field(default_factory=list)
-    admin_key: SecretStr | None = None
+    admin_key: SecretStr | None = Field(None, description="admin endpoints are closed unless this is set")
     audit_log: bool = False
     max_messages: int = 64
     max_chars: int = 32_000

@@ -49,3 +49,21 @@ def make_adapter(base: Path, out: Path, seed: int) -> Path:
                                             init_lora_weights=False))
     peft.save_pretrained(out)
     return out
+
+
+def stream_succeeded(status: int, lines: list[str]) -> bool:
+    """Did a streamed chat answer succeed? Only with status 200, a finish_reason, no error chunk and a final
+    `data: [DONE]`: an error after the stream started arrives as an error chunk and then [DONE] (as in vLLM),
+    and counts as a failure."""
+    import json
+
+    data = [line[5:].strip() for line in lines if line.startswith("data:")]
+    if status != 200 or not data or data[-1] != "[DONE]":
+        return False
+    finished = False
+    for item in data[:-1]:
+        payload = json.loads(item)
+        if "error" in payload:
+            return False
+        finished = finished or any(c.get("finish_reason") for c in payload.get("choices") or [])
+    return finished

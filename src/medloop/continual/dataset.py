@@ -9,7 +9,7 @@ from pathlib import Path
 
 from medloop.config import Settings
 from medloop.knowledge.store import KnowledgeStore
-from medloop.serving import rag
+from medloop.retrieval import grounding
 from medloop.training.data import load_samples, split
 
 
@@ -43,13 +43,13 @@ def build(settings: Settings, *, since: str, retriever=None, seed: int = 0) -> I
     train_new, heldout = split(new, settings.holdout_fraction if len(new) >= 2 else 0, seed)
 
     # Samples that touch guidelines ingested since the live adapter: learn to use the new evidence.
-    store = KnowledgeStore(settings.knowledge_db)
-    fresh = {v["doc_id"] for v in store.versions_ingested_since(since)}
+    with KnowledgeStore(settings.knowledge_db) as store:
+        fresh = {v["doc_id"] for v in store.versions_ingested_since(since)}
     augmented = []
     if retriever is not None and fresh:
         for messages in train_new:
             # Only the prompt is grounded: the answer (last turn) stays the sample's own.
-            grounded, hits, _ = rag.ground(retriever, messages[:-1], settings.evidence_k)
+            grounded, hits, _ = grounding.ground(retriever, messages[:-1], settings.evidence_k)
             if any(h.chunk.doc_id in fresh for h in hits):
                 augmented.append([*grounded, messages[-1]])
 

@@ -8,7 +8,6 @@ OpenAI-compatible endpoint. So every row is measured the same way, HTTP included
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import time
@@ -117,6 +116,13 @@ def _bar_chart(results: list[TargetResult], key: str, title: str) -> bytes:
     return buf.getvalue()
 
 
+def _templates(autoescape: bool):
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("medloop.continual", "templates"), autoescape=autoescape,
+                              keep_trailing_newline=True)
+
+
 CHARTS = (("mean_s", "mean time per answer (s)"), ("mean_tokens", "mean tokens per answer"),
           ("tokens_per_s", "tokens/s"))
 
@@ -125,34 +131,15 @@ def write_report(results: list[TargetResult], questions: list[str], out: Path) -
     """report.md, report.html (self-contained: charts inlined as PNG) and the charts as PNG files."""
     out.mkdir(parents=True, exist_ok=True)
     cols = ["target", "total_s", "mean_s", "total_tokens", "mean_tokens", "tokens_per_s", "errors"]
-    md = ["# medloop comparison", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r.summary[c]) for c in cols) + " |" for r in results]
-    md += ["", "## Answers", ""]
-    for i, q in enumerate(questions):
-        md += [f"### {i + 1}. {q}", ""]
-        md += [f"**{r.target.name}**: {r.answers[i]}".replace("\n", "  \n") + "\n" for r in results]
-    md_path = out / "report.md"
-    md_path.write_text("\n".join(md), encoding="utf-8")
-
     charts = []
     for key, title in CHARTS:
         png = _bar_chart(results, key, title)
         (out / f"{key}.png").write_bytes(png)
-        charts.append(f'<img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.summary[c]))}</td>" for c in cols) + "</tr>"
-                   for r in results)
-    answers = "".join(
-        f"<h3>{i + 1}. {html.escape(q)}</h3><table class=answers><tr>"
-        + "".join(f"<th>{html.escape(r.target.name)}</th>" for r in results) + "</tr><tr>"
-        + "".join(f"<td>{html.escape(r.answers[i])}</td>" for r in results) + "</tr></table>"
-        for i, q in enumerate(questions))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medloop comparison</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}.answers td{{white-space:pre-wrap;width:30em}}</style>
-</head><body><h1>medloop comparison</h1><table id=summary><tr>{"".join(f"<th>{c}</th>" for c in cols)}</tr>{rows}
-</table><div class=charts>{"".join(charts)}</div><h2>Answers</h2>{answers}</body></html>"""
-    html_path = out / "report.html"
-    html_path.write_text(page, encoding="utf-8")
+        charts.append((title, base64.b64encode(png).decode()))
+    context = {"cols": cols, "results": results, "questions": questions, "charts": charts}
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text(_templates(autoescape=False).get_template("report.md.j2").render(context), encoding="utf-8")
+    html_path.write_text(_templates(autoescape=True).get_template("report.html.j2").render(context), encoding="utf-8")
     return md_path, html_path
 
 

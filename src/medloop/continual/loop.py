@@ -3,18 +3,41 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import shutil
 import time
+from enum import StrEnum
 from pathlib import Path
 
 import httpx
+from filelock import FileLock, Timeout
 
 from medloop.config import Settings
 from medloop.continual import dataset as incremental
-from medloop.continual.registry import AdapterRecord, AdapterRegistry
-from medloop.retrieval.index import ingest_and_index
+from medloop.continual.registry import AdapterRecord, AdapterRegistry, Status
+from medloop.knowledge import KnowledgeStore, ingest_paths
+from medloop.knowledge.ingest import FileOutcome
+from medloop.retrieval import sync_index
+
+
+class Outcome(StrEnum):
+    """What one run of a job did (`medloop scheduler status`, the job's JSON)."""
+
+    OK = "ok"
+    FAILED_SOME = "failed-some"  # ingest: some files failed, the rest went in
+    NOTHING_NEW = "nothing-new"
+    SKIPPED = "skipped"  # another retraining holds the lock
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+
+
+def ingest_and_index(settings: Settings, paths: list[Path], *, recursive: bool = False, on_start=None, on_file=None,
+                     on_progress=None):
+    """Files -> store -> index: what `medloop ingest` and the scheduler's ingest job both run."""
+    with KnowledgeStore(settings.knowledge_db) as store:
+        report = ingest_paths(store, paths, recursive=recursive, chunk_size=settings.chunk_size,
+                              chunk_overlap=settings.chunk_overlap, on_start=on_start, on_file=on_file)
+        return report, sync_index(settings, store, on_progress=on_progress)
 
 
 def _move(path: Path, folder: Path) -> Path:
@@ -32,16 +55,16 @@ def ingest_inbox(settings: Settings) -> dict:
     inbox.mkdir(parents=True, exist_ok=True)
     files = sorted(p for p in inbox.rglob("*") if p.is_file() and not p.name.startswith("."))
     if not files:
-        return {"outcome": "nothing-new", "files": 0}
+        return {"outcome": Outcome.NOTHING_NEW, "files": 0}
     report, synced = ingest_and_index(settings, files)
     for result in report.files:
-        if result.outcome == "failed":
+        if result.outcome == FileOutcome.FAILED:
             moved = _move(result.path, settings.failed_dir)
             moved.with_name(moved.name + ".error.txt").write_text(result.error + "\n")
         elif result.path.exists():
             _move(result.path, settings.processed_dir / "guidelines")
     counts = dict(report.counts)
-    return {"outcome": "failed-some" if report.failed else "ok", "files": len(files), **counts,
+    return {"outcome": Outcome.FAILED_SOME if report.failed else Outcome.OK, "files": len(files), **counts,
             "index_version": synced.version}
 
 
@@ -49,16 +72,16 @@ def ingest_inbox(settings: Settings) -> dict:
 def training_lock(settings: Settings):
     """One retraining at a time. A killed holder's lock is released by the OS, so it never goes stale."""
     settings.adapters_dir.mkdir(parents=True, exist_ok=True)
-    with open(settings.adapters_dir / ".train.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    lock = FileLock(settings.adapters_dir / ".train.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def gate(base_model: str, candidate: Path, live: Path | None, heldout: list, regression: list,
@@ -102,7 +125,7 @@ def retrain(settings: Settings, *, retriever=None, log=print) -> dict:
     registry = AdapterRegistry(settings.adapters_dir)
     with training_lock(settings) as acquired:
         if not acquired:
-            return {"outcome": "skipped", "reason": "another retraining holds the lock"}
+            return {"outcome": Outcome.SKIPPED, "reason": "another retraining holds the lock"}
         stale = registry.clean_stale()
         if stale:
             log(f"cleaned up interrupted runs: {', '.join(stale)}")
@@ -113,13 +136,13 @@ def retrain(settings: Settings, *, retriever=None, log=print) -> dict:
             retriever = Retriever(settings)
         data = incremental.build(settings, since=live.created if live else "", retriever=retriever)
         if data is None:
-            return {"outcome": "nothing-new"}
+            return {"outcome": Outcome.NOTHING_NEW}
         record = registry.new_version(live.version if live else None, data.manifest)
         log(f"{record.version}: training on {data.manifest['counts']} from {live.version if live else 'scratch'}")
         try:
             return _train_gate_promote(settings, registry, record, live, data, log)
         except Exception as e:
-            record.status, record.pid = "failed", None
+            record.status, record.pid = Status.FAILED, None
             record.decision = {"reason": f"{type(e).__name__}: {e}"}
             registry.save(record)
             raise
@@ -146,15 +169,15 @@ def _train_gate_promote(settings, registry, record, live, data, log) -> dict:
         f"heldout_loss_{k}": v for k, v in decision["new_data"].items() if k != "improves"}}
     record.decision, record.pid = decision, None
     if not decision["promote"]:
-        record.status = "rejected"
+        record.status = Status.REJECTED
         registry.save(record)
         log(f"{record.version}: rejected ({decision['new_data']}, {decision['regression']})")
-        return {"outcome": "rejected", "version": record.version, "decision": decision}
-    record.status = "candidate"
+        return {"outcome": Outcome.REJECTED, "version": record.version, "decision": decision}
+    record.status = Status.CANDIDATE
     registry.save(record)
     registry.promote(record.version)
     with open(registry.regression_file, "a") as f:  # this run's held-out data guards every later run
         f.write(files["heldout"].read_text())
     served = hot_load(settings, record)
     log(f"{record.version}: promoted; {served}")
-    return {"outcome": "promoted", "version": record.version, "decision": decision, "serving": served}
+    return {"outcome": Outcome.PROMOTED, "version": record.version, "decision": decision, "serving": served}

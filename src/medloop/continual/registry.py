@@ -12,11 +12,22 @@ import datetime as dt
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
-STATUSES = ("training", "candidate", "live", "rejected", "retired", "failed")
+import psutil
+
+from medloop.atomic import write_text_atomic
+
+
+class Status(StrEnum):
+    TRAINING = "training"
+    CANDIDATE = "candidate"  # trained and gated, not (yet) live
+    LIVE = "live"
+    REJECTED = "rejected"  # the gate said no
+    RETIRED = "retired"  # was live, replaced
+    FAILED = "failed"  # the run crashed or was killed
 
 
 @dataclass
@@ -24,7 +35,7 @@ class AdapterRecord:
     version: str
     path: str
     parent: str | None
-    status: str
+    status: Status
     created: str
     metrics: dict = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
@@ -37,12 +48,7 @@ def _now() -> str:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
 class AdapterRegistry:
@@ -63,11 +69,12 @@ class AdapterRegistry:
 
     def _read(self, path: Path, live_version: str | None) -> AdapterRecord:
         record = AdapterRecord(**json.loads(path.read_text()))
+        record.status = Status(record.status)
         # The pointer is the truth; a record's own status may lag it after a crash mid-promotion.
         if record.version == live_version:
-            record.status = "live"
-        elif record.status == "live":
-            record.status = "retired"
+            record.status = Status.LIVE
+        elif record.status == Status.LIVE:
+            record.status = Status.RETIRED
         return record
 
     def versions(self) -> list[AdapterRecord]:
@@ -89,7 +96,7 @@ class AdapterRegistry:
         numbers = [int(p.name[1:]) for p in self.root.glob("v*") if p.name[1:].isdigit()]
         version = f"v{max(numbers, default=0) + 1}"
         (self.root / version).mkdir()
-        record = AdapterRecord(version, str((self.root / version).resolve()), parent, "training", _now(),
+        record = AdapterRecord(version, str((self.root / version).resolve()), parent, Status.TRAINING, _now(),
                                manifest=manifest, pid=os.getpid())
         self.save(record)
         return record
@@ -103,7 +110,7 @@ class AdapterRegistry:
 
     def promote(self, version: str) -> AdapterRecord:
         record = self.get(version)
-        if record.status in {"training", "failed"}:
+        if record.status in {Status.TRAINING, Status.FAILED}:
             raise ValueError(f"{version} is {record.status}: only a finished adapter can go live")
         old = self.live()
         history = self._history()
@@ -112,9 +119,9 @@ class AdapterRegistry:
         # The pointer first: it alone decides what serves; the records follow it.
         write_json_atomic(self.live_file, {"version": version, "path": record.path, "history": history})
         if old is not None and old.version != version:
-            old.status = "retired"
+            old.status = Status.RETIRED
             self.save(old)
-        record.status = "live"
+        record.status = Status.LIVE
         self.save(record)
         return record
 
@@ -127,7 +134,7 @@ class AdapterRegistry:
         previous = self.get(history[-1])
         write_json_atomic(self.live_file, {"version": previous.version, "path": previous.path,
                                            "history": history[:-1]})
-        current.status, previous.status = "retired", "live"
+        current.status, previous.status = Status.RETIRED, Status.LIVE
         self.save(current)
         self.save(previous)
         return previous
@@ -136,8 +143,8 @@ class AdapterRegistry:
         """Runs killed mid-training leave a 'training' version whose process is gone: mark it failed."""
         cleaned = []
         for record in self.versions():
-            if record.status == "training" and not _alive(record.pid):
-                record.status = "failed"
+            if record.status == Status.TRAINING and not _alive(record.pid):
+                record.status = Status.FAILED
                 record.decision = {"reason": "training process ended without finishing (crash or kill)"}
                 self.save(record)
                 shutil.rmtree(Path(record.path) / "checkpoints", ignore_errors=True)
@@ -148,16 +155,11 @@ class AdapterRegistry:
 def _alive(pid: int | None) -> bool:
     if not pid:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    try:  # a zombie (killed, not yet reaped by its parent) is not alive for our purposes
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    # A zombie (killed, not yet reaped by its parent) is not alive for our purposes.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
+    except psutil.AccessDenied:
         return True
 
 

@@ -7,6 +7,7 @@ Each run's outcome goes into a `job_runs` table beside the job store, for `medlo
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -14,6 +15,7 @@ import signal
 import sqlite3
 import threading
 import traceback
+from collections.abc import Iterator
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -26,12 +28,15 @@ log = logging.getLogger("medloop.scheduler")
 JOBS = ("ingest", "retrain")
 
 
-def _runs_db(settings: Settings) -> sqlite3.Connection:
+@contextlib.contextmanager
+def _runs_db(settings: Settings) -> Iterator[sqlite3.Connection]:
+    """The job_runs table: committed and closed when the block ends."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(settings.scheduler_db, timeout=30)
-    db.execute("CREATE TABLE IF NOT EXISTS job_runs (job TEXT, started TEXT, finished TEXT, outcome TEXT,"
-               " detail TEXT)")
-    return db
+    with contextlib.closing(sqlite3.connect(settings.scheduler_db, timeout=30)) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS job_runs (job TEXT, started TEXT, finished TEXT, outcome TEXT,"
+                   " detail TEXT)")
+        with db:
+            yield db
 
 
 def run_job(name: str) -> dict:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from medloop.knowledge.language import CJK_RANGES
+
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
-UNIT = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\s\u3400-\u9fff\uf900-\ufaff]+")
+UNIT = re.compile(f"[{CJK_RANGES}]|[^\\s{CJK_RANGES}]+")
 SENTENCE_END = re.compile(r"(?<=[。！？；!?;])|(?<=[.])\s+")
 
 

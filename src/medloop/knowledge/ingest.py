@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from medloop.knowledge.chunking import chunk_text
@@ -12,10 +13,17 @@ from medloop.knowledge.parsing import SUPPORTED_SUFFIXES, ParseError, parse_file
 from medloop.knowledge.store import KnowledgeStore
 
 
+class FileOutcome(StrEnum):
+    ADDED = "added"
+    UPDATED = "updated"  # same id and version, new content
+    UNCHANGED = "unchanged"  # same content hash: nothing to do
+    FAILED = "failed"
+
+
 @dataclass
 class FileResult:
     path: Path
-    outcome: str  # added | updated | unchanged | failed
+    outcome: FileOutcome
     error: str = ""
     warnings: list[str] = field(default_factory=list)
     documents: list[str] = field(default_factory=list)  # "id@version"
@@ -34,7 +42,7 @@ class IngestReport:
 
     @property
     def failed(self) -> list[FileResult]:
-        return [f for f in self.files if f.outcome == "failed"]
+        return [f for f in self.files if f.outcome == FileOutcome.FAILED]
 
 
 def collect_files(paths: Iterable[Path], recursive: bool) -> tuple[list[Path], list[FileResult]]:
@@ -48,7 +56,7 @@ def collect_files(paths: Iterable[Path], recursive: bool) -> tuple[list[Path], l
         elif path.exists():
             files.append(path)
         else:
-            missing.append(FileResult(path, "failed", error="no such file or directory"))
+            missing.append(FileResult(path, FileOutcome.FAILED, error="no such file or directory"))
     return files, missing
 
 
@@ -80,8 +88,8 @@ def ingest_file(
     try:
         docs = parse_file(path)
     except ParseError as e:
-        return FileResult(path, "failed", error=str(e))
-    result = FileResult(path, "unchanged")
+        return FileResult(path, FileOutcome.FAILED, error=str(e))
+    result = FileResult(path, FileOutcome.UNCHANGED)
     items = [(doc, chunk_text(doc.text, max_units=chunk_size, overlap=chunk_overlap, is_markdown=doc.is_markdown))
              for doc in docs]
     outcomes = []
@@ -90,7 +98,7 @@ def ingest_file(
         outcomes.append(outcome)
         result.warnings += doc.warnings
         result.documents.append(f"{doc.id}@{doc.version}")
-    for outcome in ("added", "updated"):
+    for outcome in (FileOutcome.ADDED, FileOutcome.UPDATED):
         if outcome in outcomes:
             result.outcome = outcome
             break

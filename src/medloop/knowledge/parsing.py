@@ -11,8 +11,9 @@ from pathlib import Path
 
 import yaml
 
+from medloop.knowledge.language import language_of
+
 SUPPORTED_SUFFIXES = {".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".jsonl"}
-CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n?", re.DOTALL)
 
 
@@ -41,13 +42,6 @@ class Document:
             ensure_ascii=False,
         )
         return hashlib.sha256((meta + "\0" + self.text).encode()).hexdigest()
-
-
-def detect_language(text: str) -> str:
-    sample = text[:2000]
-    cjk = len(CJK.findall(sample))
-    letters = sum(c.isalpha() for c in sample)
-    return "zh" if letters and cjk / letters > 0.2 else "en"
 
 
 def parse_file(path: Path) -> list[Document]:
@@ -194,7 +188,7 @@ def _finish(path: Path, meta: dict, body: str, *, is_markdown: bool) -> Document
         source=str(path),
         issuer=str(meta.get("issuer") or "").strip(),
         published=published,
-        language=str(meta.get("language") or detect_language(body)),
+        language=str(meta.get("language") or language_of(body)),
         topics=[str(t) for t in topics],
         warnings=warnings,
         is_markdown=is_markdown,

@@ -83,6 +83,12 @@ class KnowledgeStore:
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> KnowledgeStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def revision(self) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0])
 

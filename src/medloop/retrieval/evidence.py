@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from medloop.knowledge.language import language_of
 from medloop.retrieval.retriever import Hit
-from medloop.retrieval.tokenize import is_cjk
 
 HEADINGS = {"zh": "最新临床依据", "en": "Latest clinical evidence"}
 
 
 def evidence_language(question: str) -> str:
-    return "zh" if is_cjk(question) else "en"
+    return language_of(question)
 
 
 def quote(text: str, limit: int = 120) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import importlib.util
 import json
 import os
@@ -24,7 +23,9 @@ from pathlib import Path
 import bm25s
 import faiss
 import numpy as np
+from filelock import FileLock
 
+from medloop.atomic import write_text_atomic
 from medloop.config import DEFAULT_EMBEDDER, Settings
 from medloop.knowledge.store import KnowledgeStore
 from medloop.retrieval.tokenize import tokenize
@@ -127,15 +128,6 @@ def build_dense(embeddings: np.ndarray, ids: np.ndarray, settings: Settings) -> 
     return index
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _index_params(settings: Settings) -> dict:
     return {"embedder": settings.embedder, "index_type": settings.index_type, "hnsw_m": settings.hnsw_m,
             "ivf_nlist": settings.ivf_nlist}
@@ -154,12 +146,8 @@ class SyncResult:
 def writer_lock(index_dir: Path):
     """One index writer at a time (CLI ingest, scheduler job, rebuild); readers never wait."""
     index_dir.mkdir(parents=True, exist_ok=True)
-    with open(index_dir / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(index_dir / ".lock"):
+        yield
 
 
 def sync_index(
@@ -189,32 +177,39 @@ def _sync(settings, store, embedder, rebuild, on_progress, batch_size) -> SyncRe
     have = set(old.ids.tolist()) if old is not None else set()
     keep = np.array([i in want for i in old.ids.tolist()], dtype=bool) if old is not None else None
     new_ids = sorted(want - have)
-
     embedder = embedder or load_embedder(settings.embedder)
+    ids, embeddings, tokens = _embed_new(store, new_ids, embedder, batch_size, on_progress)
+    if old is not None:  # what is still in the store keeps its vectors
+        ids = np.concatenate([old.ids[keep], ids])
+        embeddings = np.concatenate([old.embeddings[keep], embeddings])
+        tokens = [t for t, k in zip(old.tokens, keep, strict=True) if k] + tokens
+    version = _publish(settings, ids, embeddings, tokens, revision)
+    removed = int((~keep).sum()) if keep is not None else 0
+    return SyncResult(version, len(new_ids), removed, int(len(ids)), changed=True)
+
+
+def _embed_new(store, new_ids: list[int], embedder, batch_size: int, on_progress):
+    """(ids, normalised embeddings, BM25 tokens) of the chunks not yet in the index, in batches."""
     dim = embedder.get_embedding_dimension() if hasattr(embedder, "get_embedding_dimension") \
         else embedder.get_sentence_embedding_dimension()
-    new_vecs, new_tokens = [np.zeros((0, dim), dtype=np.float32)], []
-    done = 0
+    vectors, tokens = [np.zeros((0, dim), dtype=np.float32)], []
     rows = list(store.iter_chunk_texts(new_ids))
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         texts = [chunk_index_text(title, section, text) for _, title, section, text in batch]
-        new_vecs.append(
+        vectors.append(
             embedder.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
         )
-        new_tokens += [tokenize(t) for t in texts]
-        done += len(batch)
+        tokens += [tokenize(t) for t in texts]
         if on_progress:
-            on_progress(done, len(rows))
+            on_progress(start + len(batch), len(rows))
+    return np.array([r[0] for r in rows], dtype=np.int64), np.concatenate(vectors), tokens
 
-    ids = np.array([r[0] for r in rows], dtype=np.int64)
-    embeddings = np.concatenate(new_vecs)
-    tokens = new_tokens
-    if old is not None:
-        ids = np.concatenate([old.ids[keep], ids])
-        embeddings = np.concatenate([old.embeddings[keep], embeddings])
-        tokens = [t for t, k in zip(old.tokens, keep, strict=True) if k] + tokens
 
+def _publish(settings, ids: np.ndarray, embeddings: np.ndarray, tokens: list[list[str]], revision: int) -> int:
+    """Write a new index version to a temporary folder, fsync it, rename it into place, then point CURRENT at it:
+    a reader sees the old version or the new one, whole."""
+    index_dir = settings.index_dir
     version = max([current_version(index_dir) or 0] + [_folder_version(p) for p in index_dir.glob("v*")]) + 1
     tmp = Path(tempfile.mkdtemp(dir=index_dir, prefix=".tmp-"))
     np.save(tmp / "ids.npy", ids)
@@ -226,7 +221,7 @@ def _sync(settings, store, embedder, rebuild, on_progress, batch_size) -> SyncRe
         sparse.index([t or [""] for t in tokens], show_progress=False)
         sparse.save(str(tmp / "bm25"))
     meta = {
-        "version": version, "store_revision": revision, "count": int(len(ids)), "dim": int(dim),
+        "version": version, "store_revision": revision, "count": int(len(ids)), "dim": int(embeddings.shape[1]),
         "params": _index_params(settings), "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -235,10 +230,9 @@ def _sync(settings, store, embedder, rebuild, on_progress, batch_size) -> SyncRe
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
     os.rename(tmp, index_dir / f"v{version}")
-    _write_atomic(index_dir / "CURRENT", str(version))
+    write_text_atomic(index_dir / "CURRENT", str(version))
     _clean(index_dir, version)
-    removed = int((~keep).sum()) if keep is not None else 0
-    return SyncResult(version, len(new_ids), removed, int(len(ids)), changed=True)
+    return version
 
 
 def _folder_version(path: Path) -> int:
@@ -254,17 +248,3 @@ def _clean(index_dir: Path, live: int) -> None:
         stale_tmp = p.name.startswith(".tmp-") or p.name.startswith(".CURRENT.")
         if stale_tmp or (p.is_dir() and p.name.startswith("v") and _folder_version(p) <= live - KEEP_VERSIONS):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def ingest_and_index(settings: Settings, paths: list[Path], *, recursive: bool = False, on_start=None, on_file=None,
-                     on_progress=None):
-    """Files -> store -> index: what `medloop ingest` and the scheduler's ingest job both run."""
-    from medloop.knowledge.ingest import ingest_paths
-
-    store = KnowledgeStore(settings.knowledge_db)
-    try:
-        report = ingest_paths(store, paths, recursive=recursive, chunk_size=settings.chunk_size,
-                              chunk_overlap=settings.chunk_overlap, on_start=on_start, on_file=on_file)
-        return report, sync_index(settings, store, on_progress=on_progress)
-    finally:
-        store.close()

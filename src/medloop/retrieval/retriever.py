@@ -8,9 +8,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from medloop.config import Settings
+from medloop.knowledge.language import is_chinese
 from medloop.knowledge.store import ChunkRecord, KnowledgeStore
 from medloop.retrieval.index import LoadedIndex, current_version, load_embedder, load_index
-from medloop.retrieval.tokenize import is_cjk, tokenize
+from medloop.retrieval.tokenize import tokenize
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Retriever:
             return []
         s = self.settings
         n = min(len(index.ids), max(50, 10 * k))
-        cjk = is_cjk(query)
+        cjk = is_chinese(query)
         dense_usable = s.embedder_multilingual or not cjk
 
         qvec = self.embedder.encode([query], normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)

@@ -7,9 +7,11 @@ import re
 
 import jieba
 
+from medloop.knowledge.language import CJK, CJK_RANGES
+
 jieba.setLogLevel(logging.WARNING)
 
-WORD = re.compile(r"[\w\u3400-\u9fff]+")
+WORD = re.compile(f"[\\w{CJK_RANGES}]+")
 # Question words and particles that every guideline "matches"; without them BM25 rewards the phrasing.
 STOPWORDS = set(
     "的 了 是 在 和 与 及 或 等 中 对 为 有 哪些 什么 怎么 怎样 如何 应该 应当 需要 可以 吗 呢 吧 么 多少 "
@@ -22,12 +24,8 @@ STOPWORDS = set(
 def tokenize(text: str) -> list[str]:
     tokens = []
     for piece in WORD.findall(text.lower()):
-        for tok in jieba.cut_for_search(piece) if re.search(r"[\u3400-\u9fff]", piece) else [piece]:
+        for tok in jieba.cut_for_search(piece) if CJK.search(piece) else [piece]:
             if tok not in STOPWORDS and tok.strip():
                 tokens.append(tok)
     return tokens
 
-
-def is_cjk(text: str) -> bool:
-    cjk = len(re.findall(r"[\u3400-\u9fff]", text))
-    return cjk > 0 and cjk >= 0.2 * sum(c.isalpha() for c in text)

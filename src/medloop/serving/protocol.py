@@ -6,7 +6,11 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from medloop.serving.engine import GenerationRequest
+
+INT64 = 2**63  # OpenAI's and vLLM's seed is a signed 64-bit integer
 
 
 class ChatMessage(BaseModel):
@@ -16,9 +20,21 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = ""
     reasoning_content: str | None = None
 
+    @field_validator("content")
+    @classmethod
+    def _text_parts_only(cls, content):
+        """OpenAI content parts: medloop serves text; anything else is refused here, not deep in a batch."""
+        if isinstance(content, list):
+            for i, part in enumerate(content):
+                if part.get("type") != "text":
+                    raise ValueError(f"content part {i}: only parts of type 'text' are supported")
+                if not isinstance(part.get("text"), str):
+                    raise ValueError(f"content part {i}: 'text' must be a string")
+        return content
+
     def text(self) -> str:
-        if isinstance(self.content, list):  # OpenAI content parts: keep the text ones
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        if isinstance(self.content, list):
+            return "".join(p["text"] for p in self.content)
         return self.content or ""
 
 
@@ -36,6 +52,15 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class ChatTemplateKwargs(BaseModel):
+    """The chat-template switches a client may set. Anything else (e.g. `tokenize`, `add_generation_prompt`)
+    would change how the server renders prompts for the whole batch, so it is a 400."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enable_thinking: bool | None = None
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -45,18 +70,30 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: str | list[str] | None = Field(None, max_length=16)
+    seed: int | None = Field(None, ge=-INT64, lt=INT64)
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
+    chat_template_kwargs: ChatTemplateKwargs | None = None
     medloop: MedloopOptions | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+
+    def engine_messages(self) -> list[dict]:
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+
+    def to_generation_request(self, messages: list[dict] | None = None) -> GenerationRequest:
+        """The engine's view of this request; `messages` replaces the client's (e.g. grounded with evidence)."""
+        kwargs = self.chat_template_kwargs.model_dump(exclude_none=True) if self.chat_template_kwargs else {}
+        return GenerationRequest(
+            model=self.model, messages=messages if messages is not None else self.engine_messages(),
+            max_tokens=self.max_completion_tokens or self.max_tokens or 256, temperature=self.temperature,
+            top_p=self.top_p, stop=self.stop_list(), seed=self.seed, chat_template_kwargs=kwargs,
+        )
 
 
 class Usage(BaseModel):

@@ -12,82 +12,14 @@ import json
 import math
 import os
 import time
-import tomllib
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
+from medloop.training.config import TrainConfig
 from medloop.training.data import IGNORE, DataReport, load_samples, render, split, statistics
-
-PRESETS_DIR = Path(__file__).parent / "presets"
-TERMS_FILE = Path(__file__).parent / "medical_terms.txt"
-ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    base_model: str
-    data: list[Path]
-    output_dir: Path
-    preset: str = "v1"
-    quantize: bool = True  # QLoRA: 4-bit NF4 + double quantisation; False = plain LoRA
-    init_adapter: Path | None = None  # continue training this adapter instead of a fresh one
-    # LoRA
-    lora_r: int = 64
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
-    target_modules: list[str] = ALL_PROJECTIONS
-    use_rslora: bool = False
-    modules_to_save: list[str] = []
-    # optimisation
-    learning_rate: float = 2e-4
-    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_ratio: float = 0.0
-    optim: str = ""  # default: paged_adamw_8bit with QLoRA, adamw_torch otherwise
-    max_grad_norm: float = 0.3
-    adaptive_clip: bool = False
-    clip_percentile: float = 90
-    clip_window: int = 100
-    epochs: float = 3
-    max_steps: int = -1
-    batch_size: int = 4
-    grad_accum: int = 2
-    gradient_checkpointing: bool = True
-    # data
-    max_length: int = 2048
-    min_length: int = 2  # drop samples with fewer trained (assistant) tokens than this
-    val_size: float = 0.1  # < 1: fraction; >= 1: count (e.g. 500)
-    strict: bool = False
-    term_masking: float = 0.0
-    terms_file: Path = TERMS_FILE
-    # bookkeeping
-    eval_steps: int = 50
-    save_steps: int = 100
-    save_total_limit: int = 2
-    logging_steps: int = 10
-    seed: int = 42
-    resume: bool = False
-    swanlab_mode: Literal["offline", "cloud", "disabled"] = "offline"
-    swanlab_project: str = "medloop"
-
-
-def load_preset(name: str) -> dict:
-    path = PRESETS_DIR / f"{name}.toml"
-    if not path.exists():
-        names = sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
-        raise ValueError(f"unknown preset '{name}': choose one of {', '.join(names)}")
-    return tomllib.loads(path.read_text())
-
-
-def make_config(preset: str = "v1", **overrides) -> TrainConfig:
-    """Preset values, then explicit overrides (None means 'not given')."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return TrainConfig(preset=preset, **{**load_preset(preset), **given})
 
 
 @dataclass
@@ -164,23 +96,20 @@ def prepare_data(config: TrainConfig, tokenizer) -> tuple[list[dict], list[dict]
 
 
 def train(config: TrainConfig, log=print) -> TrainResult:
-    from datasets import Dataset
-    from trl import SFTConfig
-
-    from medloop.training.components import (
-        AdaptiveClip,
-        MedloopSFTTrainer,
-        TermMaskingCollator,
-        TrackingCallback,
-        plot_losses,
-    )
-
+    """The recipe, top to bottom: data -> 4-bit base + LoRA -> TRL SFTTrainer -> train -> the adapter folder."""
     started = time.time()
-    out = config.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-
-    # 1. data
+    config.output_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_base(config)
+    train_rows, val_rows, report, stats = _setup_data(config, tokenizer, log)
+    model = _setup_model(model, config, log)
+    trainer, tracking = _setup_trainer(config, model, tokenizer, train_rows, val_rows)
+    result = trainer.train(resume_from_checkpoint=_resume_checkpoint(config, log))
+    eval_loss = _final_eval_loss(trainer) if val_rows else None
+    tracking.close()
+    return _write_adapter(config, trainer, tokenizer, report, stats, float(result.training_loss), eval_loss, started)
+
+
+def _setup_data(config: TrainConfig, tokenizer, log) -> tuple[list[dict], list[dict], DataReport, dict]:
     train_rows, val_rows, report = prepare_data(config, tokenizer)
     stats = {"train": statistics(train_rows), "validation": statistics(val_rows), "layouts": dict(report.layouts),
              "dropped": dict(report.reasons())}
@@ -191,33 +120,35 @@ def train(config: TrainConfig, log=print) -> TrainResult:
         f"{len(train_rows)} train / {len(val_rows)} validation; {json.dumps(stats['train'])}")
     if not train_rows:
         raise ValueError("no training samples left after validation and filtering")
+    return train_rows, val_rows, report, stats
 
-    # 2. model: 4-bit base + LoRA
+
+def _setup_model(model, config: TrainConfig, log):
     model = attach_lora(model, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"model: {config.base_model} ({'QLoRA 4-bit NF4' if config.quantize else 'LoRA'}), {trainable:,} trainable")
+    return model
 
-    # 3. trainer
-    columns = ["input_ids", "labels"] + (["term_ids"] if config.term_masking > 0 else [])
-    train_ds = Dataset.from_list([{k: r[k] for k in columns} for r in train_rows])
-    val_ds = Dataset.from_list([{k: r[k] for k in ("input_ids", "labels")} for r in val_rows]) if val_rows else None
-    optim = config.optim or ("paged_adamw_8bit" if config.quantize else "adamw_torch")
-    args = SFTConfig(
-        output_dir=str(out / "checkpoints"),
+
+def _sft_args(config: TrainConfig, evaluate: bool):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(config.output_dir / "checkpoints"),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,
-        optim=optim,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a float below 1 is a share of the steps
+        optim=config.optim or ("paged_adamw_8bit" if config.quantize else "adamw_torch"),
         max_grad_norm=config.max_grad_norm,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         gradient_checkpointing=False,  # already set up by attach_lora
         bf16=_compute_dtype() == torch.bfloat16,
         fp16=_compute_dtype() == torch.float16,
-        eval_strategy="steps" if val_ds is not None else "no",
+        eval_strategy="steps" if evaluate else "no",
         eval_steps=config.eval_steps,
         save_strategy="steps",
         save_steps=config.save_steps,
@@ -236,34 +167,62 @@ def train(config: TrainConfig, log=print) -> TrainResult:
         use_cpu=not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+
+
+def _setup_trainer(config: TrainConfig, model, tokenizer, train_rows: list[dict], val_rows: list[dict]):
+    from datasets import Dataset
+
+    from medloop.training.components import AdaptiveClip, MedloopSFTTrainer, TermMaskingCollator, TrackingCallback
+
+    columns = ["input_ids", "labels"] + (["term_ids"] if config.term_masking > 0 else [])
+    train_ds = Dataset.from_list([{k: r[k] for k in columns} for r in train_rows])
+    val_ds = Dataset.from_list([{k: r[k] for k in ("input_ids", "labels")} for r in val_rows]) if val_rows else None
     collator = None
     if config.term_masking > 0:
         mask_id = tokenizer.convert_tokens_to_ids("<|fim_pad|>")
         if mask_id is None or mask_id == tokenizer.unk_token_id:
             mask_id = tokenizer.pad_token_id
         collator = TermMaskingCollator(tokenizer.pad_token_id, mask_id, config.term_masking, config.seed)
-    tracking = TrackingCallback(out, config.swanlab_mode, config.model_dump(mode="json"), config.swanlab_project)
+    tracking = TrackingCallback(config.output_dir, config.swanlab_mode, config.model_dump(mode="json"),
+                                config.swanlab_project)
     trainer = MedloopSFTTrainer(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
-        data_collator=collator, callbacks=[tracking],
+        model=model, args=_sft_args(config, val_ds is not None), train_dataset=train_ds, eval_dataset=val_ds,
+        processing_class=tokenizer, data_collator=collator, callbacks=[tracking],
     )
     if config.adaptive_clip:
         trainer.adaptive_clip = AdaptiveClip(config.clip_percentile, config.clip_window)
     tracking.trainer = trainer
+    return trainer, tracking
 
-    # 4. train (resuming from the newest checkpoint when asked and one exists)
-    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    resume = str(checkpoints[-1]) if config.resume and checkpoints else None
-    if config.resume and not resume:
+
+def _resume_checkpoint(config: TrainConfig, log) -> str | None:
+    """The newest checkpoint when --resume is asked and one exists."""
+    if not config.resume:
+        return None
+    checkpoints = sorted((config.output_dir / "checkpoints").glob("checkpoint-*"),
+                         key=lambda p: int(p.name.split("-")[1]))
+    if not checkpoints:
         log("resume: no checkpoint yet, starting fresh")
-    result = trainer.train(resume_from_checkpoint=resume)
-    eval_loss = trainer.evaluate()["eval_loss"] if val_ds is not None else None
-    tracking.close()
+        return None
+    return str(checkpoints[-1])
 
-    # 5. the adapter folder: weights, config, tokenizer, and what made them
+
+def _final_eval_loss(trainer) -> float:
+    """The eval loss at the last step: taken from the log when the schedule already evaluated there, so the
+    final evaluation never runs (and is never logged) twice."""
+    step = trainer.state.global_step
+    logged = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == step]
+    return logged[-1] if logged else trainer.evaluate()["eval_loss"]
+
+
+def _write_adapter(config: TrainConfig, trainer, tokenizer, report: DataReport, stats: dict, train_loss: float,
+                   eval_loss: float | None, started: float) -> TrainResult:
+    """The adapter folder: weights, config, tokenizer, and what made them (medloop_run.json, loss.png)."""
+    from medloop.training.components import plot_losses
+
+    out = config.output_dir
     trainer.model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    train_loss = float(result.training_loss)
     run = {
         "base_model": config.base_model,
         "init_adapter": str(config.init_adapter) if config.init_adapter else None,

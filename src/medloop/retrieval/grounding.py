@@ -1,4 +1,4 @@
-"""RAG orchestration: retrieve for the latest user turn and put the evidence in front of the model."""
+"""Grounding: retrieve for the latest user turn and put the evidence in front of the model."""
 
 from __future__ import annotations
 

@@ -1,0 +1,44 @@
+"""Where every bench keeps its output: one JSON per run under bench/results/, with the machine, the library
+versions and the settings beside the figures, so a figure in the README can be traced to the run that made it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "sentence-transformers", "faiss-cpu", "bm25s",
+             "fastapi", "uvicorn", "vllm")
+
+
+def machine() -> dict:
+    import psutil
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "gpu": gpu}
+
+
+def versions() -> dict:
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def save(bench: str, settings: dict, figures: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    record = {"bench": bench, "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(),
+              "versions": versions(), "settings": settings, "figures": figures}
+    path = RESULTS / f"{bench}.json"
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    print(f"saved {path.relative_to(RESULTS.parent.parent)}")
+    return path

@@ -1,0 +1,103 @@
+"""What the gateway needs of an engine, and the types both engines share (no torch here: the vLLM path
+never imports it).
+
+Served names: clients ask for `medical`; the engine serves it under an internal, versioned name
+(`medical@3`). A hot swap loads the new weights under the next name and repoints `medical`, so a request
+in flight finishes on the adapter it started with. `ServedAdapters` keeps that table for both engines.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass
+class GenerationRequest:
+    model: str
+    messages: list[dict]
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    chat_template_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Delta:
+    """A piece of output. The last one of a stream has finish_reason and token counts set."""
+
+    text: str = ""
+    reasoning: str = ""  # only engines whose upstream already splits reasoning fill this
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class EngineError(Exception):
+    """A failure with the HTTP status the gateway answers with (4xx: the request's fault; 5xx: ours)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+class Engine(Protocol):
+    base_name: str
+
+    async def start(self, adapters: dict[str, str]) -> None: ...
+    async def close(self) -> None: ...
+    def models(self) -> list[dict]: ...
+    def has_model(self, name: str) -> bool: ...
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
+    async def load_adapter(self, name: str, path: str, version: str | None = None) -> None: ...
+    async def unload_adapter(self, name: str) -> None: ...
+
+
+_SERIAL = re.compile(r"@(\d+)$")
+
+
+class ServedAdapters:
+    """served name -> (internal versioned name, registry version)."""
+
+    def __init__(self) -> None:
+        self.table: dict[str, tuple[str, str | None]] = {}
+        self.serial = 0
+
+    def next_name(self, name: str) -> str:
+        self.serial += 1
+        return f"{name}@{self.serial}"
+
+    def skip_past(self, internal_names: list[str]) -> None:
+        """Never hand out a name another process (an earlier gateway) already used upstream."""
+        for n in internal_names:
+            if m := _SERIAL.search(n):
+                self.serial = max(self.serial, int(m.group(1)))
+
+    def set(self, name: str, internal: str, version: str | None) -> str | None:
+        """Point `name` at `internal`; returns the internal name it pointed at before, if any."""
+        old = self.table.get(name)
+        self.table[name] = (internal, version)
+        return old[0] if old else None
+
+    def pop(self, name: str) -> str:
+        if name not in self.table:
+            raise EngineError(404, f"adapter '{name}' is not loaded", param="name")
+        return self.table.pop(name)[0]
+
+    def internal(self, name: str) -> str | None:
+        """The internal name serving `name`, or None for the base model (or an unknown name)."""
+        entry = self.table.get(name)
+        return entry[0] if entry else None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.table
+
+    def cards(self, base_name: str, base_root: str) -> list[dict]:
+        return [{"id": base_name, "root": base_root}] + [
+            {"id": name, "root": internal, "parent": base_name, "version": version}
+            for name, (internal, version) in sorted(self.table.items())
+        ]

@@ -1,0 +1,25 @@
+"""Operations: health and Prometheus metrics (open, they carry no request text)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request):
+    state = request.app.state
+    index = state.retriever.index() if state.retriever is not None else None
+    return {"status": "ok", "model": state.engine.base_name, "index_version": index.version if index else None}
+
+
+@router.get("/metrics")
+async def metrics(request: Request):
+    state = request.app.state
+    state.metrics.adapters.clear()
+    for card in state.engine.models():
+        if card.get("parent"):
+            state.metrics.adapters.labels(card["id"], card.get("version") or "").set(1)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
