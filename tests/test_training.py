@@ -180,9 +180,9 @@ def test_cli_train_strict_fails_on_bad_line(tiny_qwen3, tmp_path):
 
 
 def test_every_config_field_is_a_flag_validated_by_the_config(tiny_qwen3, tmp_path):
-    from medloop.training import TrainConfig
-
     import typer
+
+    from medloop.training import TrainConfig
 
     train_group = typer.main.get_command(app).commands["train"]
     flags = {opt for param in train_group.params for opt in param.opts + param.secondary_opts}

@@ -504,26 +504,33 @@ def eval_retrieval(
 
 @eval_app.command("mcq")
 def eval_mcq(
-    file: Annotated[Path, typer.Argument(help="JSONL: question, options, answer (MedQA / MedMCQA style)")],
-    base_model: Annotated[str, typer.Option()] = "",
+    file: Annotated[Path, typer.Argument(help="JSONL/CSV: MedQA, MedMCQA, CMMLU or medloop layout")],
+    base_model: Annotated[str, typer.Option(help="path, hub id, .gguf (default: the served base model)")] = "",
     adapter: Annotated[Path | None, typer.Option()] = None,
     no_evidence: Annotated[bool, typer.Option("--no-evidence", help="skip the with-evidence pass")] = False,
 ) -> None:
     """Multiple-choice accuracy by option log-likelihood, with and without evidence."""
-    from medloop.continual import evaluation
+    from medloop.continual.mcq import MCQFormatError, load_mcq, mcq_accuracy
     from medloop.retrieval import Retriever
-    from medloop.serving.local_engine import resolve_model
     from medloop.training.evaluate import load_for_eval
 
     settings = Settings()
-    folder, gguf = resolve_model(base_model or settings.base_model)
-    if gguf:
-        raise typer.BadParameter("mcq scoring needs a transformers checkpoint, not a GGUF file")
-    model, tokenizer = load_for_eval(folder, adapter)
-    result = evaluation.mcq_accuracy(model, tokenizer, file, None if no_evidence else Retriever(settings))
+    try:
+        n = len(load_mcq(file))  # format errors before any model loads
+    except (MCQFormatError, OSError) as e:
+        console.print(f"[red]error[/] {e}")
+        raise typer.Exit(2) from e
+    model, tokenizer = load_for_eval(base_model or settings.base_model, adapter)
+    retriever = None if no_evidence else Retriever(settings)
+    with _progress() as progress:
+        task = progress.add_task("scoring", total=n * (1 if no_evidence else 2))
+        result = mcq_accuracy(model, tokenizer, file, retriever, settings.evidence_k,
+                              on_item=lambda: progress.advance(task))
     for mode in ("no_evidence", "evidence"):
         if mode in result:
-            out.print(f"{mode:12s} accuracy {result[mode]['accuracy']:.3f} on {result['questions']} questions")
+            r = result[mode]
+            out.print(f"{mode:12s} accuracy {r['accuracy']:.3f} on {result['questions']} questions "
+                      f"({r['seconds_per_item']:.2f} s per item)")
 
 
 @eval_app.command("loss")

