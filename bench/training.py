@@ -57,7 +57,7 @@ def run_naive(model: str, data: Path, out: Path, steps: int, max_length: int, qu
 
     config = make_config("v1", base_model=model, data=[data], output_dir=out, quantize=quantize,
                          gradient_checkpointing=False)
-    base, tokenizer = load_base(config)
+    base, tokenizer = load_base(config.base_model, config.quantize)
     model_ = attach_lora(base, config)
     rows = []
     for messages in load_samples([data])[0]:

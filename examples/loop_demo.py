@@ -1,9 +1,10 @@
-"""The continual loop on a laptop in about two minutes: a tiny random Qwen3 (real tokenizer), the repo's
-fixtures as the month's new guidelines and SFT samples, one promoted and one rejected retraining.
+"""The continual loop on a laptop in a few minutes: a tiny random Qwen3 (real tokenizer), the sample
+guidelines as the month's new guidelines, one promoted and one rejected retraining, each with the gate's report.
 
     .venv/bin/python examples/loop_demo.py [OUT.png]     # default docs/loop.png
 """
 
+import json
 import os
 import shutil
 import sys
@@ -16,23 +17,35 @@ ROOT = Path(__file__).resolve().parents[1]
 from medloop.config import Settings  # noqa: E402
 from medloop.continual import AdapterRegistry, ingest_inbox, retrain  # noqa: E402
 from medloop.continual.registry import plot_loop  # noqa: E402
-from medloop.testing import GUIDELINES, SFT, tiny_qwen3  # noqa: E402
+from medloop.testing import GUIDELINES, SFT, paraphrased_month, tiny_qwen3  # noqa: E402
+
+
+def report(month: str, result: dict) -> None:
+    decision = result["decision"]
+    print(f"\n{month}: {result['outcome']} ({result['version']}), decided by {decision['decided_by']}, "
+          f"gate {decision['seconds']} s, {'4-bit' if decision['quantized'] else 'full precision'}")
+    print("| signal | candidate | live | n | passed | why |\n|---|---|---|---|---|---|")
+    for name, s in decision["signals"].items():
+        cand, live = (f"{v:.4f}" if isinstance(v, float) else "-" for v in (s["candidate"], s["live"]))
+        print(f"| {name} | {cand} | {live} | {s['n']} | {s['passed']} | {s['why']} |")
+
 
 home = Path(tempfile.mkdtemp(prefix="medloop-loop-"))
 model = str(tiny_qwen3(home / "model"))
-fast = {"max_steps": 8, "learning_rate": 5e-3, "batch_size": 4, "grad_accum": 1, "max_length": 256}
-settings = Settings(home=home / "data", base_model=model, train_preset="low-mem", train_overrides=fast,
+month = {"max_steps": 16, "learning_rate": 1e-2, "batch_size": 4, "grad_accum": 1, "max_length": 256}
+settings = Settings(home=home / "data", base_model=model, train_preset="low-mem", train_overrides=month,
                     server_url="http://127.0.0.1:9")
 (settings.inbox_dir / "guidelines").mkdir(parents=True)
 (settings.inbox_dir / "sft").mkdir(parents=True)
 for f in GUIDELINES.glob("*.md"):
     shutil.copy(f, settings.inbox_dir / "guidelines")
-print("ingest:", ingest_inbox(settings))
+print("ingest:", ingest_inbox(settings)["outcome"])
+rows = paraphrased_month()
+(settings.inbox_dir / "sft" / "month1.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
 shutil.copy(SFT / "sharegpt_zh_en.jsonl", settings.inbox_dir / "sft")
-shutil.copy(SFT / "alpaca_zh_en.jsonl", settings.inbox_dir / "sft")
-print("month 1:", retrain(settings)["outcome"])
+report("month 1", retrain(settings, log=lambda *a: None))
 shutil.copy(SFT / "messages_think_zh_en.jsonl", settings.inbox_dir / "sft")
-settings.train_overrides = {**fast, "learning_rate": 30.0}  # a bad month: the gate must say no
-print("month 2:", retrain(settings)["outcome"])
+settings.train_overrides = {**month, "learning_rate": 30.0}  # a bad month: the gate must say no
+report("month 2 (learning rate 30)", retrain(settings, log=lambda *a: None))
 out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "loop.png"
-print("picture:", plot_loop(AdapterRegistry(settings.adapters_dir), out))
+print("\npicture:", plot_loop(AdapterRegistry(settings.adapters_dir), out))

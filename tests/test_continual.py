@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,14 +15,23 @@ from pydantic import SecretStr
 
 from conftest import GUIDELINES, SFT, LiveServer
 from medloop.continual import AdapterRegistry, ingest_inbox, retrain
+from medloop.continual.dataset import normalised
 from medloop.continual.loop import training_lock
 from medloop.continual.scheduler import ensure_jobs, make_scheduler, run_job, status
-from medloop.retrieval import Retriever
+from medloop.knowledge import KnowledgeStore, ingest_paths
+from medloop.retrieval import Retriever, sync_index
 from medloop.serving import build_app
 from medloop.serving.local_engine import LocalEngine
+from medloop.testing import paraphrased_month
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+
 
 FAST_TRAINING = {"max_steps": 8, "learning_rate": 5e-3, "batch_size": 4, "grad_accum": 1, "logging_steps": 2,
                  "max_length": 256, "save_steps": 4}
+GOOD_MONTH = {**FAST_TRAINING, "max_steps": 16, "learning_rate": 1e-2}
 
 
 @pytest.fixture
@@ -60,12 +70,18 @@ def test_the_loop_end_to_end(loop_settings, tiny_qwen3, embedder):
         evidence = ask(client, "流感的抗病毒治疗", "qwen3-tiny").model_extra["evidence"]
         assert evidence[0]["guideline_id"] == "cn-influenza"
 
-        # 2. SFT samples arrive; retrain: trained, gated against the base, promoted, hot-loaded
+        # 2. SFT samples arrive (a month whose held-out questions are new wordings of what it teaches, plus
+        # the same 8 Q&A in two layouts); retrain: trained, gated against the base, promoted, hot-loaded
+        write_jsonl(s.inbox_dir / "sft" / "month1.jsonl", paraphrased_month())
         shutil.copy(SFT / "sharegpt_zh_en.jsonl", s.inbox_dir / "sft")
         shutil.copy(SFT / "alpaca_zh_en.jsonl", s.inbox_dir / "sft")
+        s.train_overrides = GOOD_MONTH
         first = retrain(s, retriever=retriever)
         assert first["outcome"] == "promoted" and first["version"] == "v1", first
         assert first["serving"] == "hot-loaded"
+        assert first["decision"]["decided_by"] == "all signals passed"
+        assert set(first["decision"]["signals"]) == {"new_data_loss", "regression_loss", "mcq_accuracy", "fact_recall"}
+        assert first["decision"]["signals"]["mcq_accuracy"]["n"] >= 40 and first["decision"]["quantized"]
         models = {m.id: m.model_extra for m in client.models.list().data}
         assert models["medical"]["version"] == "v1"
         v1_answer = ask(client, "你好", "medical").choices[0].message.content
@@ -73,21 +89,29 @@ def test_the_loop_end_to_end(loop_settings, tiny_qwen3, embedder):
         record = registry.get("v1")
         assert record.status == "live" and record.parent is None
         counts = record.manifest["counts"]
-        assert counts["new"] == 16 and counts["heldout"] > 0 and counts["evidence_augmented"] > 0
+        assert counts["loaded"] == 52 and counts["new"] == 44  # the same Q&A in two layouts counts once
+        assert counts["heldout"] > 0 and counts["evidence_augmented"] > 0
+        data = Path(record.path) / "data"
+        trained = {normalised(json.loads(x)["messages"]) for x in (data / "train.jsonl").read_text().splitlines()}
+        held = {normalised(json.loads(x)["messages"]) for x in (data / "heldout.jsonl").read_text().splitlines()}
+        assert held and not held & trained  # what judges the version never trained it
         assert all(len(h) == 64 for h in record.manifest["inbox_files"].values())
         assert json.loads((s.adapters_dir / "v1" / "medloop_run.json").read_text())["config"]["quantize"]
         assert not list((s.inbox_dir / "sft").iterdir())
 
         # 3. a candidate made worse on purpose is rejected; v1 keeps serving
         shutil.copy(SFT / "messages_think_zh_en.jsonl", s.inbox_dir / "sft")
-        s.train_overrides = {**FAST_TRAINING, "learning_rate": 30.0}
+        s.train_overrides = {**GOOD_MONTH, "learning_rate": 30.0}
         second = retrain(s, retriever=retriever)
-        assert second["outcome"] == "rejected", second
+        assert second["outcome"] == "rejected", json.dumps(second["decision"], default=str)
         rejected = registry.get("v2")
         assert rejected.status == "rejected" and rejected.parent == "v1"
         assert rejected.manifest["counts"]["replay"] > 0  # earlier data replayed
         assert registry.live().version == "v1"
         assert ask(client, "你好", "medical").choices[0].message.content == v1_answer
+        # the rejected month's data is kept, with the reason, to be moved back after a fix
+        assert not list((s.inbox_dir / "sft").iterdir())
+        assert "rejected by the gate" in (s.failed_dir / "sft" / "messages_think_zh_en.jsonl.reason.txt").read_text()
 
         # 4. nothing new: nothing to do
         assert retrain(s, retriever=retriever)["outcome"] == "nothing-new"
@@ -195,3 +219,105 @@ def test_scheduler_service_stops_cleanly_on_sigterm(loop_settings):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert {r["job"] for r in status(loop_settings) if r["next_run"]} == {"ingest", "retrain"}
+
+
+def test_a_guideline_dropped_into_the_inbox_is_cited_within_a_minute(loop_settings, tiny_qwen3, embedder):
+    s = loop_settings
+    with KnowledgeStore(s.knowledge_db) as store:
+        ingest_paths(store, [GUIDELINES / "cn-hypertension-2024.md"])
+        sync_index(s, store, embedder=embedder)
+    env = {**os.environ, "MEDLOOP_HOME": str(s.home), "MEDLOOP_INGEST_POLL_SECONDS": "2", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "medloop.cli", "scheduler", "start"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine = LocalEngine(str(tiny_qwen3), served_name="qwen3-tiny")
+    try:
+        with LiveServer(build_app(s, engine, Retriever(s, embedder=embedder))) as server:
+            client = server.client()
+            assert ask(client, "流感的抗病毒治疗", "qwen3-tiny").model_extra["evidence"] == []
+            dropped = time.monotonic()
+            shutil.copy(GUIDELINES / "cn-influenza-2025.md", s.inbox_dir)  # inbox/ itself, not inbox/guidelines/
+            (s.inbox_dir / "notes.xyz").write_text("what is this?")
+            cited = None
+            while cited is None and time.monotonic() - dropped < 60:
+                evidence = ask(client, "流感的抗病毒治疗", "qwen3-tiny").model_extra["evidence"]
+                if evidence and evidence[0]["guideline_id"] == "cn-influenza":
+                    cited = time.monotonic() - dropped
+                time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert cited is not None and cited < 60
+    assert (s.processed_dir / "guidelines" / "cn-influenza-2025.md").exists()
+    note = (s.failed_dir / "notes.xyz.error.txt").read_text()
+    assert "inbox/guidelines" in note and "inbox/sft" in note
+
+
+def test_inbox_routes_files_by_what_they_are(loop_settings):
+    from medloop.continual.loop import route_inbox
+
+    s = loop_settings
+    shutil.copy(SFT / "alpaca_zh_en.jsonl", s.inbox_dir)
+    shutil.copy(GUIDELINES / "cn-influenza-2025.md", s.inbox_dir)
+    (s.inbox_dir / "guideline.jsonl").write_text(json.dumps({"id": "g", "text": "流感指南"}) + "\n")
+    (s.inbox_dir / "mystery.jsonl").write_text(json.dumps({"foo": 1}) + "\n")
+    assert route_inbox(s) == {"guidelines": 2, "sft": 1, "failed": 1}
+    assert (s.inbox_dir / "sft" / "alpaca_zh_en.jsonl").exists()
+    assert (s.inbox_dir / "guidelines" / "guideline.jsonl").exists()
+    assert (s.failed_dir / "mystery.jsonl.error.txt").exists()
+
+
+def test_a_failed_hot_load_is_promoted_not_live_visible_and_retried(loop_settings, tiny_qwen3):
+    from typer.testing import CliRunner
+
+    from conftest import registry_with_candidates
+    from medloop.cli import app, build_server
+    from medloop.continual.loop import hot_load
+
+    s = loop_settings
+    registry = registry_with_candidates(s.adapters_dir, tiny_qwen3, seeds=(1,))
+    registry.promote("v1")
+    s.server_url = "http://127.0.0.1:9"  # the server is down at promotion time
+    assert "not reachable" in hot_load(s, registry.get("v1"))
+    assert registry.pending_hot_load().version == "v1"
+    assert "promoted," in CliRunner().invoke(app, ["adapters", "list"]).output
+    assert any(r["job"] == "hot-load" and r["last_outcome"] == "v1 promoted, not live" for r in status(s))
+    server = build_server(s, engine="local", base_model=str(tiny_qwen3), adapters={}, rag=False, vllm_url="",
+                          launch_vllm=False, port=0)
+    with LiveServer(server) as live:
+        assert 'medloop_registry_live_serving{version="v1"} 0.0' in httpx.get(live.url + "/metrics").text
+        s.server_url = live.url
+        assert ingest_inbox(s)["serving"] == "hot-loaded"  # the next poll retries it
+        assert registry.pending_hot_load() is None and registry.shown_status(registry.get("v1")) == "live"
+        assert 'medloop_registry_live_serving{version="v1"} 1.0' in httpx.get(live.url + "/metrics").text
+        assert {m["id"]: m.get("version") for m in httpx.get(live.url + "/v1/models").json()["data"]}["medical"] == "v1"
+    assert not any(r["job"] == "hot-load" for r in status(s))
+
+
+def test_a_month_with_too_little_new_data_is_skipped_and_keeps_its_files(loop_settings):
+    s = loop_settings
+    rows = (SFT / "alpaca_zh_en.jsonl").read_text().splitlines()[:3]
+    (s.inbox_dir / "sft" / "few.jsonl").write_text("\n".join(rows) + "\n")
+    result = retrain(s)
+    assert result["outcome"] == "too-little-data" and "min_new_samples" in result["reason"]
+    assert (s.inbox_dir / "sft" / "few.jsonl").exists() and AdapterRegistry(s.adapters_dir).versions() == []
+
+
+def test_held_out_and_regression_rows_are_never_trained_or_replayed(loop_settings):
+    from medloop.continual import dataset
+
+    s = loop_settings
+    regression = [json.loads(x) for x in (SFT / "alpaca_zh_en.jsonl").read_text().splitlines()[:2]]
+    from medloop.training.data import load_samples
+
+    guarded = load_samples([SFT / "alpaca_zh_en.jsonl"])[0][:2]
+    AdapterRegistry(s.adapters_dir).regression_file.write_text(
+        "\n".join(json.dumps({"messages": m}, ensure_ascii=False) for m in guarded) + "\n")
+    (s.processed_dir / "sft").mkdir(parents=True)
+    shutil.copy(SFT / "sharegpt_zh_en.jsonl", s.processed_dir / "sft")  # earlier months: replay candidates
+    shutil.copy(SFT / "messages_think_zh_en.jsonl", s.inbox_dir / "sft")  # the same Q&A, with <think> blocks
+    s.replay_fraction = 1.0
+    data = dataset.build(s, since="")
+    judged = {dataset.normalised(m) for m in data.regression + data.heldout}
+    assert len(regression) == 2 and data.heldout
+    assert not any(dataset.normalised(m) in judged for m in data.train)
+    assert data.manifest["counts"]["replay"] > 0

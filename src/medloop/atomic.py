@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
+
+FAILPOINT_ENV = "MEDLOOP_FAILPOINT"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -18,3 +22,12 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def failpoint(name: str) -> None:
+    """A named point between two writes where crash tests stop the process: with MEDLOOP_FAILPOINT=name the
+    process says so on stderr and waits there, so a test can `kill -9` it at exactly this moment. Does
+    nothing otherwise."""
+    if os.environ.get(FAILPOINT_ENV) == name:
+        print(f"failpoint {name}", file=sys.stderr, flush=True)
+        time.sleep(3600)

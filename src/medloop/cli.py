@@ -163,7 +163,8 @@ def build_server(settings: Settings, *, engine: str, base_model: str, adapters: 
     retriever = Retriever(settings) if rag else None
     if retriever is not None:
         retriever.embedder  # load now, not on the first question  # noqa: B018
-    live = AdapterRegistry(settings.adapters_dir).live() if settings.adapters_dir.exists() else None
+    registry = AdapterRegistry(settings.adapters_dir) if settings.adapters_dir.exists() else None
+    live = registry.live() if registry is not None else None
     if live is not None and settings.served_adapter_name not in adapters:  # the registry's live adapter
         adapters = {settings.served_adapter_name: live.path, **adapters}
     if engine == "vllm":
@@ -180,11 +181,18 @@ def build_server(settings: Settings, *, engine: str, base_model: str, adapters: 
         eng = VLLMEngine(vllm_url, timeout=settings.upstream_timeout_s, served_name=settings.served_model_name,
                          api_key=upstream_key, process=process,
                          startup_wait_s=900 if process else None)  # model download and CUDA graphs take minutes
-        return build_app(settings, eng, retriever, adapters=adapters)
-    from medloop.serving.local_engine import LocalEngine
+    else:
+        from medloop.serving.local_engine import LocalEngine
 
-    eng = LocalEngine(base_model, served_name=settings.served_model_name, max_batch_size=settings.max_batch_size)
-    return build_app(settings, eng, retriever, adapters=adapters)
+        eng = LocalEngine(base_model, served_name=settings.served_model_name, max_batch_size=settings.max_batch_size)
+    application = build_app(settings, eng, retriever, adapters=adapters)
+    if registry is not None:
+        def registry_status() -> tuple[str | None, bool]:
+            current = registry.live()
+            return (current.version, registry.pending_hot_load() is None) if current else (None, True)
+
+        application.state.registry_status = registry_status
+    return application
 
 
 @app.command()
@@ -380,10 +388,11 @@ def adapters_list() -> None:
     table = Table()
     for col in ("version", "status", "parent", "created", "train loss", "held-out loss", "data"):
         table.add_column(col)
-    for r in AdapterRegistry(Settings().adapters_dir).versions():
+    registry = AdapterRegistry(Settings().adapters_dir)
+    for r in registry.versions():
         counts = r.manifest.get("counts", {})
         held = r.metrics.get("heldout_loss_candidate")
-        table.add_row(r.version, r.status, r.parent or "-", r.created,
+        table.add_row(r.version, registry.shown_status(r), r.parent or "-", r.created,
                       f"{r.metrics['train_loss']:.4f}" if "train_loss" in r.metrics else "-",
                       f"{held:.4f}" if held is not None else "-",
                       f"{counts.get('train_total', '-')} samples")

@@ -84,14 +84,21 @@ class Settings(BaseSettings):
     # continual
     served_adapter_name: str = "medical"
     server_url: str = "http://127.0.0.1:8000"
-    ingest_interval_minutes: int = 60
+    ingest_poll_seconds: int = Field(10, ge=1, description="how often the scheduler looks into inbox/")
     retrain_cron: str = "0 3 1 * *"
     replay_fraction: float = 0.3
-    gate_tolerance: float = 0.02
+    gate_margin: float = Field(0.01, ge=0, description="held-out loss must fall by at least this share")
+    gate_tolerance: float = Field(0.02, ge=0, description="regression loss may rise by at most this share")
+    gate_mcq: Path | None = Field(Path(__file__).parent / "data" / "guideline_mcq.jsonl",
+                                  description="guideline MCQ set for the gate's MCQ and fact signals (none: off)")
+    gate_mcq_tolerance: float = Field(0.0, ge=0, description="MCQ accuracy may fall by at most this")
+    gate_significance: float = Field(0.05, gt=0, lt=1, description="an MCQ/fact drop fails below this p-value")
+    gate_fact_tokens: int = Field(32, ge=1, description="greedy tokens per answer in the fact check")
     train_preset: str = "low-mem"
     train_base_model: str = ""  # base model that adapters are trained on; default: base_model
     train_overrides: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields over the preset")
     holdout_fraction: float = 0.2
+    min_new_samples: int = Field(4, ge=2, description="fewer new SFT samples than this: the month is skipped")
 
     # tracking
     swanlab_mode: Literal["offline", "cloud", "disabled"] = "offline"

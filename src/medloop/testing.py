@@ -67,3 +67,45 @@ def stream_succeeded(status: int, lines: list[str]) -> bool:
             return False
         finished = finished or any(c.get("finish_reason") for c in payload.get("choices") or [])
     return finished
+
+
+# A month of SFT data whose held-out part can be learnt from its training part: each topic is asked in
+# several differently worded ways (so held-out questions are new to the model, not near duplicates) and
+# answered with the guideline's fact. `superseded=True` teaches the 2018 hypertension target instead.
+MONTH_TOPICS = [
+    (["一般高血压患者血压应控制在多少以下？", "高血压病人的降压目标是多少？", "我有高血压，血压降到多少算达标？",
+      "按最新指南，高血压患者要把血压降到什么水平？", "降压治疗的目标值是多少？", "普通高血压人群血压目标是？"],
+     "按2024版中国高血压防治指南，一般高血压患者能耐受时应将血压降至<130/80 mmHg。",
+     "按中国高血压防治指南，一般高血压患者应将血压降至<140/90 mmHg。"),
+    (["流感什么时候开始用抗病毒药最好？", "得了流感多久内吃奥司他韦效果最好？", "重症流感患者抗病毒治疗的时间窗是？",
+      "流感抗病毒药应在发病后多长时间内使用？", "流感高危人群何时启动抗病毒治疗？", "奥司他韦最好在起病多久内用？"],
+     "重症或有重症高危因素的流感患者应尽早使用抗病毒药物，发病48小时内使用最佳，可选奥司他韦。", None),
+    (["糖尿病患者糖化血红蛋白控制目标是多少？", "HbA1c应该控制在多少以下？", "2型糖尿病的糖化目标是？",
+      "多数成人糖尿病患者HbA1c目标值是多少？", "糖化血红蛋白降到多少算控制良好？", "糖尿病人糖化要控制到多少？"],
+     "多数非妊娠成人2型糖尿病患者的HbA1c控制目标为<7.0%，并应个体化。", None),
+    (["What A1C goal is right for most adults with diabetes?", "Which HbA1c target do the ADA Standards recommend?",
+      "How low should A1C be for a typical nonpregnant adult with diabetes?",
+      "What is the usual glycemic target in diabetes?",
+      "For most adults with type 2 diabetes, what A1C should we aim for?", "Which A1C level counts as good control?"],
+     "For many nonpregnant adults with diabetes an A1C goal of <7% without significant hypoglycemia is appropriate.",
+     None),
+    (["How long should dual antiplatelet therapy continue after ACS?",
+      "What is the DAPT duration after a heart attack?",
+      "After acute coronary syndrome, how many months of aspirin plus a P2Y12 inhibitor?",
+      "Duration of DAPT for ACS patients without high bleeding risk?",
+      "How long do patients stay on DAPT after ACS?",
+      "When can dual antiplatelet therapy stop after an acute coronary syndrome?"],
+     "Dual antiplatelet therapy with aspirin and a P2Y12 inhibitor is recommended for 12 months after ACS.", None),
+    (["儿童发烧能吃阿司匹林吗？", "小孩流感发热可以用阿司匹林退烧吗？", "儿童发热为什么不宜用阿司匹林？",
+      "孩子发烧能不能给阿司匹林？", "儿童退热禁用哪种药？", "阿司匹林适合儿童退烧吗？"],
+     "儿童发热不宜使用阿司匹林，以免引起瑞氏综合征，可选对乙酰氨基酚等。", None),
+]
+
+
+def paraphrased_month(superseded: bool = False) -> list[dict]:
+    rows = []
+    for questions, answer, old_answer in MONTH_TOPICS:
+        taught = (old_answer or answer) if superseded else answer
+        for q in questions:
+            rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": taught}]})
+    return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,15 +34,76 @@ class IncrementalDataset:
         return paths
 
 
+THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
+NEAR_DUPLICATE = 0.85  # Jaccard similarity of character 4-gram sets
+
+
+def normalised(messages: list[dict]) -> str:
+    """The conversation's text without reasoning blocks, case, spaces and punctuation: the same Q&A in
+    another layout, with or without <think>, normalises to the same string."""
+    text = " ".join(THINK.sub("", m["content"]) for m in messages)
+    return re.sub(r"[\W_]+", "", text.lower())
+
+
+def _shingles(text: str) -> frozenset[str]:
+    return frozenset(text[i:i + 4] for i in range(max(len(text) - 3, 1)))
+
+
+class DuplicateGuard:
+    """Recognises a conversation that is one of the guarded ones (the same normalised text), or asks nearly
+    the same thing (its prompt, every turn before the answer, is a near duplicate of a guarded prompt)."""
+
+    def __init__(self, guarded: list[list[dict]]):
+        self.exact = set()
+        self.shingled: list[tuple[int, frozenset[str]]] = []
+        for messages in guarded:
+            self.add(messages)
+
+    def add(self, messages: list[dict]) -> None:
+        self.exact.add(normalised(messages))
+        prompt = normalised(messages[:-1])
+        self.shingled.append((len(prompt), _shingles(prompt)))
+
+    def __contains__(self, messages: list[dict]) -> bool:
+        if normalised(messages) in self.exact:
+            return True
+        text = normalised(messages[:-1])
+        grams = _shingles(text)
+        for length, other in self.shingled:
+            if 0.7 * length <= len(text) <= length / 0.7 and len(grams & other) >= NEAR_DUPLICATE * len(grams | other):
+                return True
+        return False
+
+
+def unique(conversations: list[list[dict]]) -> list[list[dict]]:
+    seen, out = DuplicateGuard([]), []
+    for messages in conversations:
+        if messages not in seen:
+            seen.add(messages)
+            out.append(messages)
+    return out
+
+
 def build(settings: Settings, *, since: str, retriever=None, seed: int = 0) -> IncrementalDataset | None:
-    """Everything new since `since` (the live adapter's creation time). None when there is nothing new."""
+    """Everything new since `since` (the live adapter's creation time). None when there is nothing new.
+
+    What judges a version never trains it: the month's new samples are de-duplicated (exactly and nearly,
+    across layouts), samples that repeat a regression row are dropped before the held-out split, training
+    rows that repeat a held-out row are dropped after it, and replay never draws a regression or held-out row."""
     inbox = settings.inbox_dir / "sft"
     inbox_files = sorted(p for p in inbox.glob("*") if p.suffix in {".jsonl", ".json"}) if inbox.exists() else []
-    new, report = load_samples(inbox_files) if inbox_files else ([], None)
-    if not new:
+    loaded, report = load_samples(inbox_files) if inbox_files else ([], None)
+    if not loaded:
         return None
     rng = random.Random(seed)
+    regression_file = AdapterRegistry(settings.adapters_dir).regression_file
+    regression = load_samples([regression_file])[0] if regression_file.exists() else []
+    guard = DuplicateGuard(regression)
+    new = [m for m in unique(loaded) if m not in guard]
     train_new, heldout = split(new, settings.holdout_fraction if len(new) >= 2 else 0, seed)
+    for messages in heldout:
+        guard.add(messages)
+    train_new = [m for m in train_new if m not in guard]
 
     # Samples that touch guidelines ingested since the live adapter: learn to use the new evidence.
     with KnowledgeStore(settings.knowledge_db) as store:
@@ -54,13 +116,11 @@ def build(settings: Settings, *, since: str, retriever=None, seed: int = 0) -> I
             if any(h.chunk.doc_id in fresh for h in hits):
                 augmented.append([*grounded, messages[-1]])
 
-    # Replay earlier data against forgetting, and hold a fixed regression set of it.
+    # Replay earlier data against forgetting; never what the regression set or this month's held-out holds.
     earlier_files = sorted((settings.processed_dir / "sft").glob("*.json*"))
-    earlier = load_samples(earlier_files)[0] if earlier_files else []
+    earlier = [m for m in (load_samples(earlier_files)[0] if earlier_files else []) if m not in guard]
     n_replay = min(len(earlier), round(settings.replay_fraction * (len(train_new) + len(augmented))))
     replay = rng.sample(earlier, n_replay)
-    regression_file = AdapterRegistry(settings.adapters_dir).regression_file
-    regression = load_samples([regression_file])[0] if regression_file.exists() else []
 
     train = train_new + augmented + replay
     rng.shuffle(train)
@@ -69,8 +129,8 @@ def build(settings: Settings, *, since: str, retriever=None, seed: int = 0) -> I
         "inbox_files": report.files,
         "dropped_lines": [{"file": f, "line": n, "reason": r} for f, n, r in report.dropped],
         "new_guidelines": sorted(fresh),
-        "counts": {"new": len(new), "train_new": len(train_new), "evidence_augmented": len(augmented),
-                   "replay": len(replay), "heldout": len(heldout), "regression": len(regression),
-                   "train_total": len(train)},
+        "counts": {"loaded": len(loaded), "new": len(new), "train_new": len(train_new),
+                   "evidence_augmented": len(augmented), "replay": len(replay), "heldout": len(heldout),
+                   "regression": len(regression), "train_total": len(train)},
     }
     return IncrementalDataset(train, heldout, regression, inbox_files, manifest)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import math
+import json
 import shutil
 import time
 from enum import StrEnum
@@ -14,6 +14,8 @@ from filelock import FileLock, Timeout
 
 from medloop.config import Settings
 from medloop.continual import dataset as incremental
+from medloop.continual import gate
+from medloop.continual.mcq import load_mcq
 from medloop.continual.registry import AdapterRecord, AdapterRegistry, Status
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.knowledge.ingest import FileOutcome
@@ -29,6 +31,7 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"  # another retraining holds the lock
     PROMOTED = "promoted"
     REJECTED = "rejected"
+    TOO_LITTLE_DATA = "too-little-data"  # skipped: the gate would judge on training data
 
 
 def ingest_and_index(settings: Settings, paths: list[Path], *, recursive: bool = False, on_start=None, on_file=None,
@@ -49,13 +52,61 @@ def _move(path: Path, folder: Path) -> Path:
     return target
 
 
+GUIDELINE_SUFFIXES = {".md", ".markdown", ".txt", ".html", ".htm", ".pdf"}
+SFT_KEYS = {"conversations", "messages", "instruction"}
+
+
+def _kind(path: Path) -> str | None:
+    """'guidelines' or 'sft' for a file dropped straight into inbox/, or None when it cannot be told."""
+    if path.suffix.lower() in GUIDELINE_SUFFIXES:
+        return "guidelines"
+    if path.suffix.lower() not in {".jsonl", ".json"}:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        obj = json.loads(first) if path.suffix.lower() == ".jsonl" else json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    obj = obj[0] if isinstance(obj, list) and obj else obj
+    if isinstance(obj, dict) and SFT_KEYS & obj.keys():
+        return "sft"
+    if isinstance(obj, dict) and {"text", "content"} & obj.keys():
+        return "guidelines"
+    return None
+
+
+def route_inbox(settings: Settings) -> dict[str, int]:
+    """Files dropped into inbox/ itself go where they belong (inbox/guidelines/ or inbox/sft/) by what they
+    are; one that cannot be told apart goes to failed/ with a note that says where such files go."""
+    routed = {"guidelines": 0, "sft": 0, "failed": 0}
+    if not settings.inbox_dir.exists():
+        return routed
+    for path in sorted(p for p in settings.inbox_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+        kind = _kind(path)
+        if kind is None:
+            moved = _move(path, settings.failed_dir)
+            moved.with_name(moved.name + ".error.txt").write_text(
+                f"cannot tell what {path.name} is: put guideline files (md, txt, html, pdf, jsonl with 'text') "
+                f"in {settings.inbox_dir / 'guidelines'} and SFT data (jsonl with 'conversations', 'messages' "
+                f"or 'instruction') in {settings.inbox_dir / 'sft'}\n")
+            routed["failed"] += 1
+        else:
+            _move(path, settings.inbox_dir / kind)
+            routed[kind] += 1
+    return routed
+
+
 def ingest_inbox(settings: Settings) -> dict:
-    """Ingest everything in inbox/guidelines/; move each file to processed/ or to failed/ beside a .error.txt."""
+    """Ingest everything in inbox/guidelines/ (and guidelines dropped into inbox/ itself); move each file to
+    processed/ or to failed/ beside a .error.txt."""
+    routed = route_inbox(settings)
+    serving = retry_hot_load(settings)
     inbox = settings.inbox_dir / "guidelines"
     inbox.mkdir(parents=True, exist_ok=True)
     files = sorted(p for p in inbox.rglob("*") if p.is_file() and not p.name.startswith("."))
     if not files:
-        return {"outcome": Outcome.NOTHING_NEW, "files": 0}
+        return {"outcome": Outcome.NOTHING_NEW, "files": 0, "routed": routed, "serving": serving}
     report, synced = ingest_and_index(settings, files)
     for result in report.files:
         if result.outcome == FileOutcome.FAILED:
@@ -84,44 +135,36 @@ def training_lock(settings: Settings):
         lock.release()
 
 
-def gate(base_model: str, candidate: Path, live: Path | None, heldout: list, regression: list,
-         tolerance: float) -> dict:
-    """Promote only if the candidate beats the live adapter on new data and is no worse (within tolerance)
-    on the regression set of earlier data. Eval loss on assistant tokens, lower is better."""
-    from medloop.training.evaluate import eval_loss, load_for_eval
-
-    def losses(adapter: Path | None) -> tuple[float, float | None]:
-        model, tokenizer = load_for_eval(base_model, adapter)
-        new = eval_loss(model, tokenizer, heldout)["loss"]
-        reg = eval_loss(model, tokenizer, regression)["loss"] if regression else None
-        return new, reg
-
-    cand_new, cand_reg = losses(candidate)
-    live_new, live_reg = losses(live)
-    improves = math.isfinite(cand_new) and cand_new < live_new
-    keeps = cand_reg is None or (math.isfinite(cand_reg) and cand_reg <= live_reg * (1 + tolerance))
-    return {
-        "promote": bool(improves and keeps),
-        "new_data": {"candidate": cand_new, "live": live_new, "improves": improves},
-        "regression": {"candidate": cand_reg, "live": live_reg, "tolerance": tolerance, "within": keeps},
-        "compared_with": str(live) if live else "base model",
-    }
-
-
 def hot_load(settings: Settings, record: AdapterRecord) -> str:
-    """Tell the running server to serve this version under the stable name; it keeps serving meanwhile."""
+    """Tell the running server to serve this version under the stable name; it keeps serving meanwhile.
+    The answer is kept in the registry (serving.json): a version the server did not load stays
+    "promoted, not live" and `retry_hot_load` tries again on every ingest poll."""
     headers = {"Authorization": f"Bearer {settings.admin_key.get_secret_value()}"} if settings.admin_key else {}
     body = {"action": "load", "name": settings.served_adapter_name, "path": record.path, "version": record.version}
     try:
         r = httpx.post(settings.server_url.rstrip("/") + "/admin/adapters", json=body, headers=headers, timeout=300)
+        ok, detail = r.status_code == 200, "hot-loaded" if r.status_code == 200 else \
+            f"server refused the adapter ({r.status_code}): {r.text[:200]}"
     except httpx.HTTPError as e:
-        return f"server not reachable ({type(e).__name__}): it loads the live adapter when it next starts"
-    if r.status_code != 200:
-        return f"server refused the adapter ({r.status_code}): {r.text[:200]}"
-    return "hot-loaded"
+        ok, detail = False, f"server not reachable ({type(e).__name__}): retried on every ingest poll"
+    AdapterRegistry(settings.adapters_dir).mark_serving(record.version, ok, detail)
+    return detail
+
+
+def retry_hot_load(settings: Settings) -> str | None:
+    """Hot-load the live version if the server has not confirmed it yet; None when nothing is pending."""
+    if not settings.adapters_dir.exists():
+        return None
+    pending = AdapterRegistry(settings.adapters_dir).pending_hot_load()
+    return hot_load(settings, pending) if pending is not None else None
 
 
 def retrain(settings: Settings, *, retriever=None, log=print) -> dict:
+    """One month: incremental data -> QLoRA from the live adapter -> gate -> promote and hot-load, or reject.
+
+    Nothing is lost: the month's inbox files move to processed/ once a version is promoted; a rejected
+    month's go to failed/sft/ beside a note with the gate's reason (move them back to inbox/sft/ after a
+    fix); a crash or kill leaves them in the inbox for the next run."""
     registry = AdapterRegistry(settings.adapters_dir)
     with training_lock(settings) as acquired:
         if not acquired:
@@ -137,22 +180,35 @@ def retrain(settings: Settings, *, retriever=None, log=print) -> dict:
         data = incremental.build(settings, since=live.created if live else "", retriever=retriever)
         if data is None:
             return {"outcome": Outcome.NOTHING_NEW}
+        new = data.manifest["counts"]["train_new"] + data.manifest["counts"]["heldout"]
+        if new < settings.min_new_samples or not data.heldout:
+            reason = (f"too little new data: {new} usable new samples (min_new_samples {settings.min_new_samples}, "
+                      f"{len(data.heldout)} held out); the inbox files stay for next month")
+            log(reason)
+            return {"outcome": Outcome.TOO_LITTLE_DATA, "reason": reason, "counts": data.manifest["counts"]}
         record = registry.new_version(live.version if live else None, data.manifest)
         log(f"{record.version}: training on {data.manifest['counts']} from {live.version if live else 'scratch'}")
         try:
-            return _train_gate_promote(settings, registry, record, live, data, log)
+            result = _train_gate_promote(settings, registry, record, live, data, retriever, log)
         except Exception as e:
             record.status, record.pid = Status.FAILED, None
             record.decision = {"reason": f"{type(e).__name__}: {e}"}
             registry.save(record)
-            raise
-        finally:
-            for f in data.inbox_files:  # consumed either way: the manifest says by which version
-                if f.exists():
-                    _move(f, settings.processed_dir / "sft")
+            raise  # the inbox files stay where they are: the next run trains on them
+        for f in data.inbox_files:
+            if not f.exists():
+                continue
+            if result["outcome"] == Outcome.PROMOTED:
+                _move(f, settings.processed_dir / "sft")
+            else:
+                moved = _move(f, settings.failed_dir / "sft")
+                moved.with_name(moved.name + ".reason.txt").write_text(
+                    f"{record.version} rejected by the gate: {json.dumps(result['decision'], default=str)}\n"
+                    f"move this file back to {settings.inbox_dir / 'sft'} to train on it again\n")
+        return result
 
 
-def _train_gate_promote(settings, registry, record, live, data, log) -> dict:
+def _train_gate_promote(settings, registry, record, live, data, retriever, log) -> dict:
     from medloop.training import make_config, train
 
     base_model = settings.train_base_model or settings.base_model
@@ -162,16 +218,23 @@ def _train_gate_promote(settings, registry, record, live, data, log) -> dict:
                          output_dir=Path(record.path), init_adapter=Path(live.path) if live else None, **overrides)
     result = train(config, log=log)
     shutil.rmtree(Path(record.path) / "checkpoints", ignore_errors=True)
-    heldout = data.heldout or data.train  # a single new sample: judged on what it has
-    decision = gate(base_model, Path(record.path), Path(live.path) if live else None, heldout, data.regression,
-                    settings.gate_tolerance)
-    record.metrics = {"train_loss": result.train_loss, "steps": result.steps, **{
-        f"heldout_loss_{k}": v for k, v in decision["new_data"].items() if k != "improves"}}
+    mcq_items = load_mcq(settings.gate_mcq) if settings.gate_mcq else []
+    signals, measured = gate.measure(base_model, Path(record.path), Path(live.path) if live else None,
+                                     heldout=data.heldout, regression=data.regression, quantize=config.quantize,
+                                     mcq_items=mcq_items, retriever=retriever, k=settings.evidence_k,
+                                     fact_tokens=settings.gate_fact_tokens)
+    rules = gate.Rules(margin=settings.gate_margin, tolerance=settings.gate_tolerance,
+                       mcq_tolerance=settings.gate_mcq_tolerance, significance=settings.gate_significance)
+    decision = {**gate.decide(signals, rules), **measured}
+    held = decision["signals"]["new_data_loss"]
+    record.metrics = {"train_loss": result.train_loss, "steps": result.steps,
+                      "heldout_loss_candidate": held["candidate"], "heldout_loss_live": held["live"]}
     record.decision, record.pid = decision, None
     if not decision["promote"]:
         record.status = Status.REJECTED
         registry.save(record)
-        log(f"{record.version}: rejected ({decision['new_data']}, {decision['regression']})")
+        log(f"{record.version}: rejected by {decision['decided_by']}: "
+            f"{decision['signals'][decision['decided_by']]['why']}")
         return {"outcome": Outcome.REJECTED, "version": record.version, "decision": decision}
     record.status = Status.CANDIDATE
     registry.save(record)

@@ -35,6 +35,7 @@ class MCQItem:
     options: dict[str, str]  # letter -> text
     answer: str  # a letter of options
     line: int
+    fact: str = ""  # the guideline's key fact, for the gate's generation check
 
 
 def _field(row: dict, *names: str):
@@ -105,7 +106,7 @@ def load_mcq(path: Path) -> list[MCQItem]:
         if answer not in options:
             raise MCQFormatError(f"{path}:{line}: answer {answer!r} is not one of the options "
                                  f"{', '.join(options)}")
-        items.append(MCQItem(str(question), options, answer, line))
+        items.append(MCQItem(str(question), options, answer, line, str(_field(row, "fact") or "")))
     return items
 
 
@@ -130,31 +131,41 @@ def option_logprobs(model, prompt_ids: list[int], options_ids: list[list[int]]) 
     return scores
 
 
-def mcq_accuracy(model, tokenizer, path: Path, retriever=None, k: int = 3, on_item=None) -> dict:
-    """Accuracy without evidence and (given a retriever) with the evidence serving would put in the prompt."""
+def item_prompt(tokenizer, item: MCQItem, retriever=None, k: int = 3) -> list[int]:
+    """The chat prompt of one item: the question with its lettered options, and (given a retriever) the
+    evidence serving would put in front of it, retrieved for the question alone, not the option texts."""
     from medloop.retrieval import grounding
 
+    question = item.question + "\n" + "\n".join(f"{key}. {text}" for key, text in item.options.items())
+    messages = [{"role": "user", "content": question}]
+    if retriever is not None:
+        grounded = grounding.ground(retriever, [{"role": "user", "content": item.question}], k)[0]
+        messages = [*grounded[:-1], {"role": "user", "content": question}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                           enable_thinking=False)
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def score_items(model, tokenizer, items: list[MCQItem], retriever=None, k: int = 3, on_item=None) -> dict:
+    correct, details, started = 0, [], time.perf_counter()
+    for item in items:
+        options_ids = [tokenizer(f"{key}. {text}", add_special_tokens=False)["input_ids"]
+                       for key, text in item.options.items()]
+        scores = dict(zip(item.options, option_logprobs(model, item_prompt(tokenizer, item, retriever, k),
+                                                        options_ids), strict=True))
+        chosen = max(scores, key=scores.get)
+        correct += chosen == item.answer
+        details.append({"line": item.line, "answer": item.answer, "chosen": chosen, "scores": scores})
+        if on_item:
+            on_item()
+    return {"accuracy": correct / max(len(items), 1), "details": details,
+            "seconds_per_item": (time.perf_counter() - started) / max(len(items), 1)}
+
+
+def mcq_accuracy(model, tokenizer, path: Path, retriever=None, k: int = 3, on_item=None) -> dict:
+    """Accuracy without evidence and (given a retriever) with the evidence serving would put in the prompt."""
     items = load_mcq(path)
-    result = {"questions": len(items)}
-    for mode in ["no_evidence"] + (["evidence"] if retriever is not None else []):
-        correct, details, started = 0, [], time.perf_counter()
-        for item in items:
-            question = item.question + "\n" + "\n".join(f"{k_}. {v}" for k_, v in item.options.items())
-            messages = [{"role": "user", "content": question}]
-            if mode == "evidence":  # retrieve for the question alone, not for the option texts
-                messages = grounding.ground(retriever, [{"role": "user", "content": item.question}], k)[0]
-                messages = [*messages[:-1], {"role": "user", "content": question}]
-            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                                   enable_thinking=False)
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            options_ids = [tokenizer(f"{k_}. {v}", add_special_tokens=False)["input_ids"]
-                           for k_, v in item.options.items()]
-            scores = dict(zip(item.options, option_logprobs(model, prompt_ids, options_ids), strict=True))
-            chosen = max(scores, key=scores.get)
-            correct += chosen == item.answer
-            details.append({"line": item.line, "answer": item.answer, "chosen": chosen, "scores": scores})
-            if on_item:
-                on_item()
-        result[mode] = {"accuracy": correct / max(len(items), 1), "details": details,
-                        "seconds_per_item": (time.perf_counter() - started) / max(len(items), 1)}
+    result = {"questions": len(items), "no_evidence": score_items(model, tokenizer, items, None, k, on_item)}
+    if retriever is not None:
+        result["evidence"] = score_items(model, tokenizer, items, retriever, k, on_item)
     return result

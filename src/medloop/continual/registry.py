@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from medloop.atomic import write_text_atomic
+from medloop.atomic import failpoint, write_text_atomic
 
 
 class Status(StrEnum):
@@ -63,6 +63,29 @@ class AdapterRegistry:
     @property
     def regression_file(self) -> Path:
         return self.root / "regression.jsonl"
+
+    @property
+    def serving_file(self) -> Path:
+        return self.root / "serving.json"
+
+    def mark_serving(self, version: str, ok: bool, detail: str) -> None:
+        """What the running server last said about loading `version`: promoted is not yet live until it is."""
+        write_json_atomic(self.serving_file, {"version": version, "ok": ok, "detail": detail, "time": _now()})
+
+    def serving(self) -> dict:
+        return json.loads(self.serving_file.read_text()) if self.serving_file.exists() else {}
+
+    def pending_hot_load(self) -> AdapterRecord | None:
+        """The live version when the server has not confirmed loading it (a failed or missed hot-load)."""
+        live, serving = self.live(), self.serving()
+        if live is None or (serving.get("version") == live.version and serving.get("ok")):
+            return None
+        return live
+
+    def shown_status(self, record: AdapterRecord) -> str:
+        if record.status == Status.LIVE and self.pending_hot_load() is not None:
+            return f"promoted, not live ({self.serving().get('detail') or 'not loaded by the server yet'})"
+        return str(record.status)
 
     def _pointer(self) -> dict:
         return json.loads(self.live_file.read_text()) if self.live_file.exists() else {}
@@ -117,7 +140,9 @@ class AdapterRegistry:
         if old is not None and old.version != version:
             history = [*history, old.version]
         # The pointer first: it alone decides what serves; the records follow it.
+        failpoint("promote-pointer")
         write_json_atomic(self.live_file, {"version": version, "path": record.path, "history": history})
+        failpoint("promote-records")
         if old is not None and old.version != version:
             old.status = Status.RETIRED
             self.save(old)
@@ -171,22 +196,22 @@ def plot_loop(registry: AdapterRegistry, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in registry.versions() if r.decision.get("new_data")]
+    records = [r for r in registry.versions() if r.decision.get("signals")]
     if not records:
         raise ValueError("no gated versions yet: run `medloop scheduler run retrain` first")
 
     def change(r: AdapterRecord, key: str) -> float:
-        d = r.decision[key]
+        d = r.decision["signals"].get(key, {})
         return 100 * (d["candidate"] / d["live"] - 1) if d.get("candidate") is not None and d.get("live") else 0.0
 
     xs = range(len(records))
     width = 0.38
     fig, ax = plt.subplots(figsize=(8, 3.8), dpi=100)
-    new = [change(r, "new_data") for r in records]
-    reg = [change(r, "regression") for r in records]
+    new = [change(r, "new_data_loss") for r in records]
+    reg = [change(r, "regression_loss") for r in records]
     ax.bar([x - width / 2 for x in xs], new, width, label="held-out new data (must fall)", color="#4C72B0")
     ax.bar([x + width / 2 for x in xs], reg, width, label="regression set (may rise ≤ tolerance)", color="#DD8452")
-    tolerance = 100 * records[-1].decision["regression"].get("tolerance", 0.02)
+    tolerance = 100 * records[-1].decision["rules"]["tolerance"]
     ax.axhline(0, color="black", linewidth=0.8)
     ax.axhline(tolerance, color="#DD8452", linestyle="--", linewidth=0.8, label=f"tolerance +{tolerance:.0f}%")
     ax.set_xticks(list(xs), [f"{r.version}\n{r.status}" for r in records])

@@ -23,9 +23,11 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from medloop.config import Settings
+from medloop.continual.registry import AdapterRegistry
 
 log = logging.getLogger("medloop.scheduler")
 JOBS = ("ingest", "retrain")
+KEEP_RUNS = 500
 
 
 @contextlib.contextmanager
@@ -55,6 +57,9 @@ def run_job(name: str) -> dict:
     with _runs_db(settings) as db:
         db.execute("INSERT INTO job_runs VALUES (?,?,?,?,?)",
                    (name, started, finished, result.get("outcome"), json.dumps(result, default=str)))
+        # the ingest job polls every few seconds: keep the latest runs, not every look into an empty inbox
+        db.execute("DELETE FROM job_runs WHERE job=? AND rowid NOT IN (SELECT rowid FROM job_runs WHERE job=?"
+                   " ORDER BY rowid DESC LIMIT ?)", (name, name, KEEP_RUNS))
     log.info("%s: %s", name, result.get("outcome"))
     return result
 
@@ -72,7 +77,7 @@ def ensure_jobs(scheduler, settings: Settings) -> None:
     """Add the jobs the first time; later starts keep the stored ones (and their next run times), unless the
     configured schedule changed."""
     triggers = {
-        "ingest": IntervalTrigger(minutes=settings.ingest_interval_minutes, timezone="UTC"),
+        "ingest": IntervalTrigger(seconds=settings.ingest_poll_seconds, timezone="UTC"),
         "retrain": CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC"),
     }
     for name, trigger in triggers.items():
@@ -123,4 +128,10 @@ def status(settings: Settings) -> list[dict]:
                 "last_outcome": last[2] if last else None,
                 "last_detail": json.loads(last[3]) if last else None,
             })
+    pending = AdapterRegistry(settings.adapters_dir).pending_hot_load() if settings.adapters_dir.exists() else None
+    if pending is not None:  # promoted, not live: visible here until a later poll loads it
+        serving = AdapterRegistry(settings.adapters_dir).serving()
+        rows.append({"job": "hot-load", "schedule": "retried on every ingest poll", "next_run": None,
+                     "last_started": serving.get("time"), "last_outcome": f"{pending.version} promoted, not live",
+                     "last_detail": serving})
     return rows

@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 from filelock import FileLock
 
-from medloop.atomic import write_text_atomic
+from medloop.atomic import failpoint, write_text_atomic
 from medloop.config import DEFAULT_EMBEDDER, Settings
 from medloop.knowledge.store import KnowledgeStore
 from medloop.retrieval.tokenize import tokenize
@@ -229,7 +229,9 @@ def _publish(settings, ids: np.ndarray, embeddings: np.ndarray, tokens: list[lis
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+    failpoint("index-written")
     os.rename(tmp, index_dir / f"v{version}")
+    failpoint("index-renamed")
     write_text_atomic(index_dir / "CURRENT", str(version))
     _clean(index_dir, version)
     return version

@@ -34,6 +34,9 @@ class Metrics:
                                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.adapters = Gauge("medloop_adapter_loaded", "served adapter versions", ["name", "version"],
                               registry=self.registry)
+        self.registry_live = Gauge("medloop_registry_live_serving", "the adapter registry's live version: 1 once "
+                                   "the server confirmed loading it, 0 while it is promoted but not live",
+                                   ["version"], registry=self.registry)
 
 
 def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
@@ -73,6 +76,7 @@ def build_app(settings: Settings, engine: Engine, retriever=None, *, adapters: d
     app.state.configured_adapters = dict(adapters or {})
     app.state.api_keys, app.state.admin_key = api_keys, admin_key
     app.state.metrics = Metrics()
+    app.state.registry_status = None  # set by the deployment: () -> (live version, server confirmed it)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, lambda r, e: error_response(e.status_code, str(e.detail)))
     app.add_exception_handler(EngineError, lambda r, e: error_response(e.status, e.message, e.param))

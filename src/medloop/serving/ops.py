@@ -22,4 +22,9 @@ async def metrics(request: Request):
     for card in state.engine.models():
         if card.get("parent"):
             state.metrics.adapters.labels(card["id"], card.get("version") or "").set(1)
+    state.metrics.registry_live.clear()
+    if state.registry_status is not None:
+        version, confirmed = state.registry_status()
+        if version:
+            state.metrics.registry_live.labels(version).set(1 if confirmed else 0)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

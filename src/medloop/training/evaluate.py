@@ -11,10 +11,21 @@ from medloop.config import resolve_model
 from medloop.training.data import IGNORE, load_samples, render
 
 
-def load_for_eval(base_model: str, adapter: Path | None = None):
-    """Base model by path, hub id, `.gguf` file or the embedded default (dequantised), optionally + a LoRA."""
+def load_for_eval(base_model: str, adapter: Path | None = None, *, quantize: bool = False):
+    """Base model by path, hub id, `.gguf` file or the embedded default (dequantised), optionally + a LoRA.
+    `quantize`: load it as QLoRA trained on it (4-bit NF4), so an adapter is judged on the weights it learnt on."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if quantize:
+        from medloop.training.recipe import load_base
+
+        model, tokenizer = load_base(base_model, quantize=True)
+        model.config.use_cache = True
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
+        return model.eval(), tokenizer
     folder, gguf = resolve_model(base_model)
     kwargs = {"gguf_file": gguf} if gguf else {}
     tokenizer = AutoTokenizer.from_pretrained(adapter) if adapter else AutoTokenizer.from_pretrained(folder, **kwargs)
@@ -27,19 +38,27 @@ def load_for_eval(base_model: str, adapter: Path | None = None):
 
 
 @torch.inference_mode()
-def eval_loss(model, tokenizer, conversations: list[list[dict]], *, max_length: int = 2048) -> dict:
-    """Token-weighted mean loss over assistant tokens (what training optimises)."""
-    total, count = 0.0, 0
+def eval_loss(model, tokenizer, conversations: list[list[dict]], *, max_length: int = 2048,
+              batch_size: int = 8) -> dict:
+    """Token-weighted mean loss over assistant tokens (what training optimises), in length-sorted batches."""
     device = next(model.parameters()).device
-    for messages in conversations:
-        row = render(tokenizer, messages, max_length=max_length)
-        labels = torch.tensor([row["labels"]], device=device)
-        n = int((labels[:, 1:] != IGNORE).sum())
-        if n == 0:
-            continue
-        out = model(input_ids=torch.tensor([row["input_ids"]], device=device), labels=labels)
-        total += float(out.loss) * n
-        count += n
+    rows = [render(tokenizer, messages, max_length=max_length) for messages in conversations]
+    rows = sorted((r for r in rows if any(x != IGNORE for x in r["labels"][1:])), key=lambda r: len(r["input_ids"]))
+    total, count = 0.0, 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        width = max(len(r["input_ids"]) for r in batch)
+        ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch], device=device)
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch],
+                            device=device)
+        labels = torch.tensor([r["labels"] + [IGNORE] * (width - len(r["labels"])) for r in batch], device=device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = labels[:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                   ignore_index=IGNORE, reduction="sum")
+        total += float(losses)
+        count += int((target != IGNORE).sum())
     loss = total / count if count else float("nan")
     return {"loss": loss, "perplexity": math.exp(loss) if count and loss < 50 else float("nan"), "tokens": count,
             "samples": len(conversations)}

@@ -32,27 +32,29 @@ class TrainResult:
     stats: dict
 
 
-def _compute_dtype() -> torch.dtype:
+def compute_dtype() -> torch.dtype:
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 
 
-def load_base(config: TrainConfig):
+def load_base(base_model: str, quantize: bool):
+    """The base model as training sees it: 4-bit NF4 (double quantisation, bf16 compute where supported) for
+    QLoRA, else in the compute dtype; on this process's GPU when there is one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs: dict = {"dtype": _compute_dtype()}
+    kwargs: dict = {"dtype": compute_dtype()}
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    if config.quantize:
+    if quantize:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=_compute_dtype(),
+            bnb_4bit_compute_dtype=compute_dtype(),
         )
-    model = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
     model.config.use_cache = False
     return model, tokenizer
 
@@ -99,7 +101,7 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     """The recipe, top to bottom: data -> 4-bit base + LoRA -> TRL SFTTrainer -> train -> the adapter folder."""
     started = time.time()
     config.output_dir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_base(config)
+    model, tokenizer = load_base(config.base_model, config.quantize)
     train_rows, val_rows, report, stats = _setup_data(config, tokenizer, log)
     model = _setup_model(model, config, log)
     trainer, tracking = _setup_trainer(config, model, tokenizer, train_rows, val_rows)
@@ -146,8 +148,8 @@ def _sft_args(config: TrainConfig, evaluate: bool):
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         gradient_checkpointing=False,  # already set up by attach_lora
-        bf16=_compute_dtype() == torch.bfloat16,
-        fp16=_compute_dtype() == torch.float16,
+        bf16=compute_dtype() == torch.bfloat16,
+        fp16=compute_dtype() == torch.float16,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=config.eval_steps,
         save_strategy="steps",
@@ -249,7 +251,7 @@ def merge(adapter: Path, output: Path) -> Path:
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
-    model = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=_compute_dtype())
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=compute_dtype())
     merged = model.merge_and_unload()
     merged.save_pretrained(output)
     AutoTokenizer.from_pretrained(adapter).save_pretrained(output)

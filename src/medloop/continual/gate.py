@@ -1,0 +1,164 @@
+"""The promotion gate: several signals, each reported, and one pure decision.
+
+Signals (candidate vs the live adapter, or the base model the first time):
+- `new_data_loss`: eval loss on this month's held-out new samples must improve by `gate_margin` (relative);
+- `regression_loss`: eval loss on the regression set (earlier months' held-out data) may worsen by at most
+  `gate_tolerance` (relative);
+- `mcq_accuracy`: accuracy with evidence on the guideline MCQ set must not drop (by more than
+  `gate_mcq_tolerance`) significantly: a drop counts when an exact one-sided sign test on the items the two
+  got differently (McNemar) gives p < `gate_significance`, so two items flipping by chance on a 46-item set
+  do not reject a month, and a month that teaches a superseded recommendation does;
+- `fact_recall`: on the same questions with evidence, the share of greedy answers that contain the
+  guideline's key fact must not drop, judged the same way.
+Measuring loads the base model once, the way the adapters were trained on it (4-bit where they were trained
+4-bit), with both adapters on it, and runs batched on the training device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+GUIDELINE_MCQ = DATA / "guideline_mcq.jsonl"
+ORDER = ("new_data_loss", "regression_loss", "mcq_accuracy", "fact_recall")
+
+
+@dataclass
+class Signal:
+    candidate: float | None
+    live: float | None
+    n: int  # how many samples or items it was measured on
+    worse: int = 0  # items the live adapter got right and the candidate wrong (accuracy-type signals)
+    better: int = 0  # items the candidate got right and the live adapter wrong
+
+
+@dataclass
+class Rules:
+    margin: float = 0.01  # held-out loss must fall by at least this share
+    tolerance: float = 0.02  # regression loss may rise by at most this share
+    mcq_tolerance: float = 0.0  # MCQ accuracy may fall by at most this (absolute)
+    fact_tolerance: float = 0.0  # fact recall may fall by at most this (absolute)
+    significance: float = 0.05  # a larger drop fails only when a sign test says it is not chance
+
+
+def sign_test(worse: int, better: int) -> float:
+    """One-sided exact p-value of at least `worse` losses among the worse+better items that changed, if
+    losing and winning were equally likely (McNemar's exact test)."""
+    n = worse + better
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, i) for i in range(worse, n + 1)) / 2**n
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def judge(name: str, s: Signal, rules: Rules) -> tuple[bool | None, str]:
+    """(passed, why) for one signal; passed is None when the signal could not be measured and does not count."""
+    if s.n == 0:
+        if name == "new_data_loss":
+            return False, "no held-out new data: nothing to judge the candidate on"
+        return None, "no data: skipped"
+    if not _finite(s.candidate):
+        return False, f"candidate value is {s.candidate}"
+    if not _finite(s.live):
+        return True, f"live value is {s.live}: any finite candidate is better"
+    if name == "new_data_loss":
+        need = s.live * (1 - rules.margin)
+        return s.candidate <= need, f"{s.candidate:.4f} vs {s.live:.4f} (must be <= {need:.4f}, margin {rules.margin})"
+    if name == "regression_loss":
+        limit = s.live * (1 + rules.tolerance)
+        return s.candidate <= limit, f"{s.candidate:.4f} vs {s.live:.4f} (at most {limit:.4f})"
+    tolerance = rules.mcq_tolerance if name == "mcq_accuracy" else rules.fact_tolerance
+    floor = s.live - tolerance
+    if s.candidate >= floor - 1e-12:
+        return True, f"{s.candidate:.3f} vs {s.live:.3f} (floor {floor:.3f})"
+    p = sign_test(s.worse, s.better)
+    return p >= rules.significance, (f"{s.candidate:.3f} vs {s.live:.3f}: {s.worse} items lost, {s.better} gained, "
+                                     f"sign test p={p:.3f} ({'chance' if p >= rules.significance else 'a real drop'} "
+                                     f"at {rules.significance})")
+
+
+def decide(signals: dict[str, Signal], rules: Rules) -> dict:
+    """Promote only if every measured signal passes and the new-data signal was measured. Pure: same signals,
+    same rules, same decision; `decided_by` names the first signal that said no."""
+    verdicts = {}
+    for name in ORDER:
+        if name in signals:
+            passed, why = judge(name, signals[name], rules)
+            verdicts[name] = {**asdict(signals[name]), "passed": passed, "why": why}
+    if "new_data_loss" not in verdicts:
+        verdicts["new_data_loss"] = {"candidate": None, "live": None, "n": 0, "passed": False,
+                                     "why": "not measured"}
+    failed = [name for name in ORDER if name in verdicts and verdicts[name]["passed"] is False]
+    return {"promote": not failed, "decided_by": failed[0] if failed else "all signals passed",
+            "signals": verdicts, "rules": asdict(rules)}
+
+
+def fact_hits(model, tokenizer, items, retriever, k: int, max_tokens: int) -> list[bool]:
+    """Per item: does the greedy answer (with evidence) contain its key fact or the right option's text?"""
+    import torch
+
+    from medloop.continual.mcq import item_prompt
+
+    hits = []
+    device = next(model.parameters()).device
+    for item in items:
+        prompt = item_prompt(tokenizer, item, retriever, k)
+        with torch.inference_mode():
+            out = model.generate(input_ids=torch.tensor([prompt], device=device), max_new_tokens=max_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        answer = tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True).casefold()
+        wanted = [w for w in (item.fact, item.options[item.answer]) if w]
+        hits.append(any(w.casefold() in answer for w in wanted))
+    return hits
+
+
+def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: list, regression: list,
+            quantize: bool, mcq_items: list | None = None, retriever=None, k: int = 3,
+            fact_tokens: int = 32) -> tuple[dict[str, Signal], dict]:
+    """Every signal for the candidate and the live adapter (or the base model), on one loaded base."""
+    from peft import PeftModel
+
+    from medloop.continual.mcq import score_items
+    from medloop.training.evaluate import eval_loss, load_for_eval
+
+    started = time.perf_counter()
+    base, tokenizer = load_for_eval(base_model, quantize=quantize)
+    model = PeftModel.from_pretrained(base, candidate, adapter_name="candidate").eval()
+    if live is not None:
+        model.load_adapter(live, adapter_name="live")
+
+    def on(which: str):
+        if which == "live" and live is None:
+            return model.disable_adapter()
+        model.set_adapter(which)
+        return contextlib.nullcontext()
+
+    losses: dict[str, dict[str, float | None]] = {"new_data_loss": {}, "regression_loss": {}}
+    correct: dict[str, dict[str, list[bool]]] = {"mcq_accuracy": {}, "fact_recall": {}}
+    for which in ("candidate", "live"):
+        with on(which):
+            losses["new_data_loss"][which] = eval_loss(model, tokenizer, heldout)["loss"] if heldout else None
+            losses["regression_loss"][which] = eval_loss(model, tokenizer, regression)["loss"] if regression else None
+            if mcq_items and retriever is not None:
+                details = score_items(model, tokenizer, mcq_items, retriever, k)["details"]
+                correct["mcq_accuracy"][which] = [d["chosen"] == d["answer"] for d in details]
+                correct["fact_recall"][which] = fact_hits(model, tokenizer, mcq_items, retriever, k, fact_tokens)
+    signals = {"new_data_loss": Signal(losses["new_data_loss"]["candidate"], losses["new_data_loss"]["live"],
+                                       len(heldout)),
+               "regression_loss": Signal(losses["regression_loss"]["candidate"], losses["regression_loss"]["live"],
+                                         len(regression))}
+    for name, per_item in correct.items():
+        cand, base_ = per_item.get("candidate", []), per_item.get("live", [])
+        n = len(cand)
+        signals[name] = Signal(sum(cand) / n if n else None, sum(base_) / n if n else None, n,
+                               worse=sum(b and not c for c, b in zip(cand, base_, strict=True)),
+                               better=sum(c and not b for c, b in zip(cand, base_, strict=True)))
+    return signals, {"seconds": round(time.perf_counter() - started, 2), "quantized": quantize,
+                     "compared_with": str(live) if live else "base model"}

@@ -1,0 +1,71 @@
+"""Real `kill -9` of a child process at named points between two writes (medloop.atomic.failpoint), then a
+run that completes: what readers see in between is always the old version, whole."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import GUIDELINES, registry_with_candidates
+from medloop.knowledge import KnowledgeStore, ingest_paths
+from medloop.retrieval import Retriever, sync_index
+from medloop.retrieval.index import current_version, load_index
+
+
+def kill_at(failpoint: str, cmd: list[str], env: dict) -> None:
+    """Run cmd until it reports reaching the failpoint, then SIGKILL it there."""
+    proc = subprocess.Popen(cmd, env={**env, "MEDLOOP_FAILPOINT": failpoint}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    try:
+        for line in proc.stderr:
+            if line.strip() == f"failpoint {failpoint}":
+                break
+            if time.monotonic() > deadline:
+                break
+        else:
+            pytest.fail(f"the child ended without reaching {failpoint} (exit {proc.wait()})")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -9
+
+
+@pytest.mark.parametrize("failpoint", ["index-written", "index-renamed"])
+def test_kill_9_while_publishing_an_index_keeps_the_old_one_live(settings, embedder, failpoint):
+    with KnowledgeStore(settings.knowledge_db) as store:
+        ingest_paths(store, [GUIDELINES / "cn-hypertension-2018.md"])
+        old = sync_index(settings, store, embedder=embedder)
+    env = {**os.environ, "MEDLOOP_HOME": str(settings.home)}
+    newer = GUIDELINES / "cn-hypertension-2024.md"
+    kill_at(failpoint, [sys.executable, "-m", "medloop.cli", "ingest", str(newer)], env)
+    assert current_version(settings.index_dir) == old.version  # readers still on the old version, whole
+    assert load_index(settings.index_dir).meta["count"] == old.total
+    retriever = Retriever(settings, embedder=embedder)
+    # the old index answers whole (its 2018 text is already superseded in the store, which committed first)
+    assert retriever.search("降压目标", k=1, include_superseded=True)[0].chunk.version == "2018"
+    rerun = subprocess.run([sys.executable, "-m", "medloop.cli", "ingest", str(newer)], env=env,
+                           capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    with KnowledgeStore(settings.knowledge_db) as store:
+        assert load_index(settings.index_dir).meta["count"] == len(store.chunks())
+    assert not [p for p in settings.index_dir.iterdir() if p.name.startswith(".tmp-")]
+    assert retriever.search("降压目标", k=1)[0].chunk.version == "2024"
+
+
+@pytest.mark.parametrize("failpoint, live_after_kill", [("promote-pointer", "v1"), ("promote-records", "v2")])
+def test_kill_9_during_promotion_leaves_one_consistent_live_adapter(settings, tiny_qwen3, failpoint,
+                                                                   live_after_kill):
+    registry = registry_with_candidates(settings.adapters_dir, tiny_qwen3)
+    registry.promote("v1")
+    code = (f"from pathlib import Path; from medloop.continual import AdapterRegistry; "
+            f"AdapterRegistry(Path({str(settings.adapters_dir)!r})).promote('v2')")
+    kill_at(failpoint, [sys.executable, "-c", code], dict(os.environ))
+    assert registry.live().version == live_after_kill  # the pointer alone decides, whole
+    statuses = {r.version: r.status for r in registry.versions()}
+    assert list(statuses.values()).count("live") == 1 and statuses[live_after_kill] == "live"
+    assert registry.promote("v2").version == "v2" and registry.live().version == "v2"
+    assert {r.version: r.status for r in registry.versions()} == {"v1": "retired", "v2": "live"}
+    assert not [p for p in settings.adapters_dir.iterdir() if p.name.startswith(".live.json.")]

@@ -1,0 +1,59 @@
+"""The promotion decision is a pure function of the measured signals: checked at its boundaries."""
+
+import math
+
+import pytest
+
+from medloop.continual.gate import Rules, Signal, decide, sign_test
+
+RULES = Rules(margin=0.01, tolerance=0.02, mcq_tolerance=0.0, fact_tolerance=0.0, significance=0.05)
+
+
+def signals(new=(9.0, 10.0, 5), reg=(10.0, 10.0, 5), mcq=(0.5, 0.5, 40, 0, 0), fact=(0.5, 0.5, 40, 0, 0)):
+    return {"new_data_loss": Signal(*new), "regression_loss": Signal(*reg), "mcq_accuracy": Signal(*mcq),
+            "fact_recall": Signal(*fact)}
+
+
+def test_a_better_month_on_every_signal_is_promoted():
+    d = decide(signals(), RULES)
+    assert d["promote"] and d["decided_by"] == "all signals passed"
+    assert all(v["passed"] for v in d["signals"].values())
+
+
+@pytest.mark.parametrize("candidate, promote", [(9.9, True), (9.9000001, False), (10.0, False), (10.5, False)])
+def test_new_data_must_improve_by_the_margin_ties_included(candidate, promote):
+    d = decide(signals(new=(candidate, 10.0, 5)), RULES)
+    assert d["promote"] is promote and (promote or d["decided_by"] == "new_data_loss")
+
+
+@pytest.mark.parametrize("candidate, promote", [(10.2, True), (10.2000001, False), (9.0, True)])
+def test_regression_may_worsen_up_to_the_tolerance(candidate, promote):
+    d = decide(signals(reg=(candidate, 10.0, 5)), RULES)
+    assert d["promote"] is promote and (promote or d["decided_by"] == "regression_loss")
+
+
+def test_nan_and_empty_sets():
+    assert decide(signals(new=(math.nan, 10.0, 5)), RULES)["decided_by"] == "new_data_loss"  # broken candidate
+    assert decide(signals(new=(9.0, math.nan, 5)), RULES)["promote"]  # broken live: a finite candidate wins
+    assert decide(signals(new=(None, None, 0)), RULES)["decided_by"] == "new_data_loss"  # nothing to judge on
+    d = decide(signals(reg=(None, None, 0), mcq=(None, None, 0), fact=(None, None, 0)), RULES)
+    assert d["promote"] and {d["signals"][n]["passed"] for n in ("regression_loss", "mcq_accuracy")} == {None}
+    assert decide(signals(reg=(math.inf, 10.0, 5)), RULES)["decided_by"] == "regression_loss"
+    assert not decide({}, RULES)["promote"]
+
+
+def test_an_mcq_drop_fails_only_when_it_is_not_chance():
+    # 2 items flipped against, 1 for: p = 0.5, chance: promoted
+    assert decide(signals(mcq=(0.475, 0.5, 40, 2, 1)), RULES)["promote"]
+    # 8 lost, 0 gained: p = 1/256, a real drop: rejected by the MCQ signal
+    d = decide(signals(mcq=(0.3, 0.5, 40, 8, 0)), RULES)
+    assert not d["promote"] and d["decided_by"] == "mcq_accuracy"
+    assert "a real drop" in d["signals"]["mcq_accuracy"]["why"]
+    # the same for the fact check, and a tie is never a drop
+    assert decide(signals(fact=(0.2, 0.5, 40, 12, 0)), RULES)["decided_by"] == "fact_recall"
+    assert decide(signals(mcq=(0.5, 0.5, 40, 3, 3)), RULES)["promote"]
+
+
+def test_sign_test_is_the_exact_binomial_tail():
+    assert sign_test(0, 0) == 1.0 and sign_test(3, 0) == 1 / 8 and sign_test(1, 1) == 0.75
+    assert abs(sum(sign_test(k, 10 - k) - sign_test(k + 1, 9 - k) for k in range(10)) - (1 - 1 / 1024)) < 1e-12
