@@ -14,13 +14,14 @@ Scoring computes the shared prompt once (its KV cache) and every option from it 
 from __future__ import annotations
 
 import csv
-import json
 import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from medloop.jsonl import JSONLError, json_objects
 
 LETTERS = string.ascii_uppercase
 
@@ -77,18 +78,10 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".csv":
         return [(i, row) for i, row in enumerate(csv.DictReader(text.splitlines()), 2)]
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise MCQFormatError(f"{path}:{i}: not JSON ({e.msg})") from e
-        if not isinstance(row, dict):
-            raise MCQFormatError(f"{path}:{i}: expected a JSON object")
-        rows.append((i, row))
-    return rows
+    try:
+        return list(json_objects(text))
+    except JSONLError as e:
+        raise MCQFormatError(f"{path}:{e.line}: {e.message}") from e
 
 
 def load_mcq(path: Path) -> list[MCQItem]:

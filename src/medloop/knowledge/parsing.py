@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from medloop.jsonl import JSONLError, json_objects
 from medloop.knowledge.language import language_of
 
 SUPPORTED_SUFFIXES = {".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".jsonl"}
@@ -130,15 +131,11 @@ def _pdf_text(path: Path) -> str:
 
 def _jsonl_documents(path: Path, text: str) -> list[Document]:
     docs = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ParseError(f"line {lineno}: invalid JSON ({e.msg})") from e
-        if not isinstance(obj, dict):
-            raise ParseError(f"line {lineno}: expected a JSON object")
+    try:
+        objects = list(json_objects(text))
+    except JSONLError as e:
+        raise ParseError(str(e)) from e
+    for lineno, obj in objects:
         body = obj.get("text") or obj.get("content") or ""
         if not isinstance(body, str) or not body.strip():
             raise ParseError(f"line {lineno}: no 'text' or 'content'")
