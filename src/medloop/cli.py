@@ -336,7 +336,7 @@ def train_merge(adapter: Path, output: Path) -> None:
 
 @scheduler_app.command("start")
 def scheduler_start() -> None:
-    """Run the scheduler in the foreground (inbox polled every few seconds, retrain monthly); Ctrl-C or SIGTERM stops it."""
+    """Run the scheduler in the foreground (poll the inbox, retrain monthly); Ctrl-C or SIGTERM stops it."""
     import logging
 
     from medloop.continual import scheduler
