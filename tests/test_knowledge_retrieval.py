@@ -1,4 +1,4 @@
-"""Ingestion, versioning and hybrid retrieval on the shared guideline fixtures."""
+"""Ingestion, versioning and hybrid retrieval on the sample guidelines."""
 
 import json
 import os
@@ -231,3 +231,17 @@ def test_approximate_index_types(settings, embedder, index_type):
     sync_index(settings, store, embedder=embedder)
     hits = Retriever(settings, store=store, embedder=embedder).search("acute coronary syndrome P2Y12", k=1)
     assert hits[0].chunk.doc_id == "acc-aha-acs"
+
+
+def test_the_same_passage_in_two_documents_is_shown_and_cited_once(settings, embedder, tmp_path):
+    text = (GUIDELINES / "cn-influenza-2025.md").read_text(encoding="utf-8")
+    copy = tmp_path / "copy.md"  # the same guideline redistributed under another id, one punctuation mark changed
+    copy.write_text(text.replace("id: cn-influenza", "id: hospital-flu-handout").replace("。", "；", 1),
+                    encoding="utf-8")
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES / "cn-influenza-2025.md", copy])
+    sync_index(settings, store, embedder=embedder)
+    hits = Retriever(settings, store=store, embedder=embedder).search("流感抗病毒治疗的时机", k=6)
+    texts = [h.chunk.text.replace("；", "。") for h in hits]
+    assert len(hits) >= 2 and len(texts) == len(set(texts))  # every passage once
+    assert len({h.chunk.section for h in hits}) == len(hits)

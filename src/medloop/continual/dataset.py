@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medloop.config import Settings
 from medloop.continual.registry import AdapterRegistry
+from medloop.knowledge.similarity import fingerprint, near_duplicates, shingles
 from medloop.knowledge.store import KnowledgeStore
 from medloop.retrieval import grounding
 from medloop.training.data import load_samples, split
@@ -35,18 +36,12 @@ class IncrementalDataset:
 
 
 THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
-NEAR_DUPLICATE = 0.85  # Jaccard similarity of character 4-gram sets
 
 
 def normalised(messages: list[dict]) -> str:
     """The conversation's text without reasoning blocks, case, spaces and punctuation: the same Q&A in
     another layout, with or without <think>, normalises to the same string."""
-    text = " ".join(THINK.sub("", m["content"]) for m in messages)
-    return re.sub(r"[\W_]+", "", text.lower())
-
-
-def _shingles(text: str) -> frozenset[str]:
-    return frozenset(text[i:i + 4] for i in range(max(len(text) - 3, 1)))
+    return fingerprint(" ".join(THINK.sub("", m["content"]) for m in messages))
 
 
 class DuplicateGuard:
@@ -62,15 +57,15 @@ class DuplicateGuard:
     def add(self, messages: list[dict]) -> None:
         self.exact.add(normalised(messages))
         prompt = normalised(messages[:-1])
-        self.shingled.append((len(prompt), _shingles(prompt)))
+        self.shingled.append((len(prompt), shingles(prompt)))
 
     def __contains__(self, messages: list[dict]) -> bool:
         if normalised(messages) in self.exact:
             return True
         text = normalised(messages[:-1])
-        grams = _shingles(text)
+        grams = shingles(text)
         for length, other in self.shingled:
-            if 0.7 * length <= len(text) <= length / 0.7 and len(grams & other) >= NEAR_DUPLICATE * len(grams | other):
+            if 0.7 * length <= len(text) <= length / 0.7 and near_duplicates(grams, other):
                 return True
         return False
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from medloop.config import Settings
 from medloop.knowledge.language import is_chinese
+from medloop.knowledge.similarity import fingerprint, near_duplicates, shingles
 from medloop.knowledge.store import ChunkRecord, KnowledgeStore
 from medloop.retrieval.index import LoadedIndex, current_version, load_embedder, load_index
 from medloop.retrieval.tokenize import tokenize
@@ -82,11 +83,15 @@ class Retriever:
 
         records = {c.chunk_id: c for c in self.store.chunks(list(fused))}
         query_terms = set(qtokens)
-        hits = []
+        hits, seen = [], []  # seen: 4-gram sets of the passages already returned
         for cid in sorted(fused, key=fused.get, reverse=True):
             chunk = records.get(cid)
             if chunk is None or (chunk.superseded and not include_superseded):
                 continue  # deleted since indexing, or an older version of a guideline
+            grams = shingles(fingerprint(chunk.text))
+            if any(near_duplicates(grams, other) for other in seen):
+                continue  # the same passage (another file, another guideline's copy): shown and cited once
+            seen.append(grams)
             d, sp = dense.get(cid, float("nan")), sparse.get(cid, 0.0)
             # Coverage, not a BM25 score, decides relevance: BM25 scores grow with corpus size, coverage does not.
             cover = len(query_terms & index.token_set(cid)) / len(query_terms) if query_terms else 0.0

@@ -1,0 +1,22 @@
+"""When are two texts the same passage? Exactly, after normalising case, spaces and punctuation, or nearly,
+by the Jaccard similarity of their character 4-gram sets. Used to cite a passage once and to keep what
+judges an adapter out of what trains it."""
+
+from __future__ import annotations
+
+import re
+
+NEAR_DUPLICATE = 0.85  # Jaccard similarity of character 4-gram sets
+
+
+def fingerprint(text: str) -> str:
+    return re.sub(r"[\W_]+", "", text.lower())
+
+
+def shingles(text: str) -> frozenset[str]:
+    """Character 4-grams of an already normalised text."""
+    return frozenset(text[i:i + 4] for i in range(max(len(text) - 3, 1)))
+
+
+def near_duplicates(a: frozenset[str], b: frozenset[str], threshold: float = NEAR_DUPLICATE) -> bool:
+    return len(a & b) >= threshold * len(a | b)
