@@ -51,7 +51,7 @@ def validate(body: ChatCompletionRequest, state) -> None:
         raise EngineError(400, f"too many messages (at most {settings.max_messages})", "messages")
     if sum(len(m.text()) for m in body.messages) > settings.max_chars:
         raise EngineError(400, f"messages too long (at most {settings.max_chars} characters)", "messages")
-    if (body.max_completion_tokens or body.max_tokens or 256) > settings.max_tokens_limit:
+    if body.max_new_tokens > settings.max_tokens_limit:
         raise EngineError(400, f"max_tokens must be at most {settings.max_tokens_limit}", "max_tokens")
     if not any(m.role == "user" and m.text().strip() for m in body.messages):
         raise EngineError(400, "at least one non-empty user message is required", "messages")

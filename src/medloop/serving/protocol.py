@@ -83,6 +83,11 @@ class ChatCompletionRequest(BaseModel):
             return []
         return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
 
+    @property
+    def max_new_tokens(self) -> int:
+        """What the client asked for (`max_completion_tokens`, or the older `max_tokens`), 256 if neither."""
+        return self.max_completion_tokens or self.max_tokens or 256
+
     def engine_messages(self) -> list[dict]:
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
 
@@ -91,7 +96,7 @@ class ChatCompletionRequest(BaseModel):
         kwargs = self.chat_template_kwargs.model_dump(exclude_none=True) if self.chat_template_kwargs else {}
         return GenerationRequest(
             model=self.model, messages=messages if messages is not None else self.engine_messages(),
-            max_tokens=self.max_completion_tokens or self.max_tokens or 256, temperature=self.temperature,
+            max_tokens=self.max_new_tokens, temperature=self.temperature,
             top_p=self.top_p, stop=self.stop_list(), seed=self.seed, chat_template_kwargs=kwargs,
         )
 
