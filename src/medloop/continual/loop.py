@@ -19,7 +19,9 @@ from medloop.continual.mcq import load_mcq
 from medloop.continual.registry import AdapterRecord, AdapterRegistry, Status
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.knowledge.ingest import FileOutcome
+from medloop.knowledge.parsing import SUPPORTED_SUFFIXES
 from medloop.retrieval import sync_index
+from medloop.training.data import BadSample, detect_layout
 
 
 class Outcome(StrEnum):
@@ -52,8 +54,7 @@ def _move(path: Path, folder: Path) -> Path:
     return target
 
 
-GUIDELINE_SUFFIXES = {".md", ".markdown", ".txt", ".html", ".htm", ".pdf"}
-SFT_KEYS = {"conversations", "messages", "instruction"}
+GUIDELINE_SUFFIXES = SUPPORTED_SUFFIXES - {".jsonl"}  # a JSONL file is told apart by its first object
 
 
 def _kind(path: Path) -> str | None:
@@ -69,11 +70,13 @@ def _kind(path: Path) -> str | None:
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     obj = obj[0] if isinstance(obj, list) and obj else obj
-    if isinstance(obj, dict) and SFT_KEYS & obj.keys():
+    if not isinstance(obj, dict):
+        return None
+    try:
+        detect_layout(obj)  # one of the SFT layouts `medloop train` reads
         return "sft"
-    if isinstance(obj, dict) and {"text", "content"} & obj.keys():
-        return "guidelines"
-    return None
+    except BadSample:
+        return "guidelines" if {"text", "content"} & obj.keys() else None
 
 
 def route_inbox(settings: Settings) -> dict[str, int]:
@@ -89,7 +92,7 @@ def route_inbox(settings: Settings) -> dict[str, int]:
             moved.with_name(moved.name + ".error.txt").write_text(
                 f"cannot tell what {path.name} is: put guideline files (md, txt, html, pdf, jsonl with 'text') "
                 f"in {settings.inbox_dir / 'guidelines'} and SFT data (jsonl with 'conversations', 'messages' "
-                f"or 'instruction') in {settings.inbox_dir / 'sft'}\n")
+                f"or 'instruction'/'output') in {settings.inbox_dir / 'sft'}\n")
             routed["failed"] += 1
         else:
             _move(path, settings.inbox_dir / kind)
