@@ -245,3 +245,16 @@ def test_the_same_passage_in_two_documents_is_shown_and_cited_once(settings, emb
     texts = [h.chunk.text.replace("；", "。") for h in hits]
     assert len(hits) >= 2 and len(texts) == len(set(texts))  # every passage once
     assert len({h.chunk.section for h in hits}) == len(hits)
+
+
+def test_cli_search_output_carries_no_third_party_noise(settings):
+    env = {**os.environ, "MEDLOOP_HOME": str(settings.home)}
+    ingest = subprocess.run([sys.executable, "-m", "medloop.cli", "ingest", str(GUIDELINES)], env=env,
+                            capture_output=True, text=True)
+    assert ingest.returncode == 0, ingest.stderr
+    assert "Loading weights" not in ingest.stderr and "kernels" not in ingest.stderr
+    question = "What is the HbA1c target for adults with diabetes?"
+    search = subprocess.run([sys.executable, "-m", "medloop.cli", "search", question, "-k", "1", "--json"], env=env,
+                            capture_output=True, text=True)
+    assert search.returncode == 0 and json.loads(search.stdout)[0]["doc_id"] == "ada-standards-of-care"
+    assert search.stderr == ""  # no import-time warnings, no weight-loading bars (they are behind --verbose)

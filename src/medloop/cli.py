@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import logging
 import os
 import types
 import typing
@@ -35,6 +36,21 @@ train_app = typer.Typer(help="QLoRA fine-tuning.", invoke_without_command=True)
 app.add_typer(train_app, name="train")
 console = Console(stderr=True)
 out = Console()
+THIRD_PARTY_LOGGERS = ("bitsandbytes", "transformers", "sentence_transformers", "peft", "accelerate", "jieba")
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show third-party warnings and progress "
+                                                "bars (model loading, kernels)")] = False) -> None:
+    """Keep a Qwen3 medical assistant current."""
+    if verbose:
+        return
+    # Before any model library is imported: their import-time warnings and weight-loading bars are noise in
+    # normal output (medloop's own progress bars stay).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _progress() -> Progress:
