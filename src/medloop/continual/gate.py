@@ -100,16 +100,14 @@ def decide(signals: dict[str, Signal], rules: Rules) -> dict:
             "signals": verdicts, "rules": asdict(rules)}
 
 
-def fact_hits(model, tokenizer, items, retriever, k: int, max_tokens: int) -> list[bool]:
-    """Per item: does the greedy answer (with evidence) contain its key fact or the right option's text?"""
+def fact_hits(model, tokenizer, items, prompts: list[list[int]], max_tokens: int) -> list[bool]:
+    """Per item: does the greedy answer to its prompt (with evidence) contain its key fact or the right
+    option's text?"""
     import torch
-
-    from medloop.continual.mcq import item_prompt
 
     hits = []
     device = next(model.parameters()).device
-    for item in items:
-        prompt = item_prompt(tokenizer, item, retriever, k)
+    for item, prompt in zip(items, prompts, strict=True):
         with torch.inference_mode():
             out = model.generate(input_ids=torch.tensor([prompt], device=device), max_new_tokens=max_tokens,
                                  do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
@@ -125,7 +123,7 @@ def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: lis
     """Every signal for the candidate and the live adapter (or the base model), on one loaded base."""
     from peft import PeftModel
 
-    from medloop.continual.mcq import score_items
+    from medloop.continual.mcq import item_prompt, score_items
     from medloop.training.evaluate import eval_loss, load_for_eval
 
     started = time.perf_counter()
@@ -140,6 +138,8 @@ def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: lis
         model.set_adapter(which)
         return contextlib.nullcontext()
 
+    # Retrieval and rendering of the MCQ prompts do not depend on the adapter: once for both.
+    prompts = [item_prompt(tokenizer, item, retriever, k) for item in mcq_items or []] if retriever else []
     losses: dict[str, dict[str, float | None]] = {"new_data_loss": {}, "regression_loss": {}}
     correct: dict[str, dict[str, list[bool]]] = {"mcq_accuracy": {}, "fact_recall": {}}
     for which in ("candidate", "live"):
@@ -147,9 +147,9 @@ def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: lis
             losses["new_data_loss"][which] = eval_loss(model, tokenizer, heldout)["loss"] if heldout else None
             losses["regression_loss"][which] = eval_loss(model, tokenizer, regression)["loss"] if regression else None
             if mcq_items and retriever is not None:
-                details = score_items(model, tokenizer, mcq_items, retriever, k)["details"]
+                details = score_items(model, tokenizer, mcq_items, prompts=prompts)["details"]
                 correct["mcq_accuracy"][which] = [d["chosen"] == d["answer"] for d in details]
-                correct["fact_recall"][which] = fact_hits(model, tokenizer, mcq_items, retriever, k, fact_tokens)
+                correct["fact_recall"][which] = fact_hits(model, tokenizer, mcq_items, prompts, fact_tokens)
     signals = {"new_data_loss": Signal(losses["new_data_loss"]["candidate"], losses["new_data_loss"]["live"],
                                        len(heldout)),
                "regression_loss": Signal(losses["regression_loss"]["candidate"], losses["regression_loss"]["live"],

@@ -139,13 +139,15 @@ def item_prompt(tokenizer, item: MCQItem, retriever=None, k: int = 3) -> list[in
     return tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
-def score_items(model, tokenizer, items: list[MCQItem], retriever=None, k: int = 3, on_item=None) -> dict:
+def score_items(model, tokenizer, items: list[MCQItem], retriever=None, k: int = 3, on_item=None,
+                prompts: list[list[int]] | None = None) -> dict:
+    """`prompts`: the items' prompts when already built (they do not depend on the model or adapter)."""
     correct, details, started = 0, [], time.perf_counter()
-    for item in items:
+    prompts = prompts or [item_prompt(tokenizer, item, retriever, k) for item in items]
+    for item, prompt in zip(items, prompts, strict=True):
         options_ids = [tokenizer(f"{key}. {text}", add_special_tokens=False)["input_ids"]
                        for key, text in item.options.items()]
-        scores = dict(zip(item.options, option_logprobs(model, item_prompt(tokenizer, item, retriever, k),
-                                                        options_ids), strict=True))
+        scores = dict(zip(item.options, option_logprobs(model, prompt, options_ids), strict=True))
         chosen = max(scores, key=scores.get)
         correct += chosen == item.answer
         details.append({"line": item.line, "answer": item.answer, "chosen": chosen, "scores": scores})
