@@ -52,28 +52,6 @@ def test_default_questions_are_the_reports_ten():
     assert len(qs) == 10 and qs[0].startswith("糖尿病的主要症状") and qs[-1].startswith("新冠康复后")
 
 
-def test_retrieval_quality_on_labelled_questions(settings, embedder):
-    store = KnowledgeStore(settings.knowledge_db)
-    ingest_paths(store, [GUIDELINES])
-    sync_index(settings, store, embedder=embedder)
-    result = evaluation.retrieval_quality(Retriever(settings, store=store, embedder=embedder),
-                                          DATA / "retrieval_eval.jsonl", k=3)
-    assert result["questions"] == 8
-    assert result["recall_at_k"] == 1.0 and result["mrr"] > 0.8
-    assert result["newest_version_share"] == 1.0
-
-
-def test_retrieval_quality_notices_an_outdated_index(settings, embedder):
-    store = KnowledgeStore(settings.knowledge_db)
-    ingest_paths(store, [GUIDELINES / "cn-hypertension-2018.md"])
-    sync_index(settings, store, embedder=embedder)
-    labelled = DATA / "retrieval_eval.jsonl"
-    one = settings.home / "one.jsonl"
-    one.write_text(labelled.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
-    result = evaluation.retrieval_quality(Retriever(settings, store=store, embedder=embedder), one, k=3)
-    assert result["recall_at_k"] == 1.0 and result["newest_version_share"] == 0.0  # found, but the 2018 text
-
-
 def test_mcq_scores_every_option_and_picks_the_likeliest(tiny_qwen3, settings, embedder):
     from medloop.training.evaluate import load_for_eval
 

@@ -119,7 +119,7 @@ def search(
         table.add_column(col, overflow="fold")
     for i, h in enumerate(hits, 1):
         c = h.chunk
-        mark = "" if h.relevant else " (weak)"
+        mark = f" ({h.relevance:.2f})" if h.relevant else f" (weak {h.relevance:.2f})"
         table.add_row(str(i), c.title + (" [superseded]" if c.superseded else ""), c.issuer, c.version,
                       c.published, c.section, f"{h.score:.4f}{mark}", c.text[:200])
     out.print(table)
@@ -512,19 +512,46 @@ def eval_compare(
 
 @eval_app.command("retrieval")
 def eval_retrieval(
-    file: Annotated[Path, typer.Argument(help="JSONL: question, guideline_id, version")],
-    k: Annotated[int, typer.Option("-k")] = 5,
+    file: Annotated[Path | None, typer.Argument(help="labelled JSONL (default: the sample dev set)")] = None,
+    heldout: Annotated[bool, typer.Option("--heldout", help="the sample held-out set instead of the dev set")] = False,
+    k: Annotated[int, typer.Option("-k", help="evidence shown per answer")] = 3,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="also suggest `min_relevance` from this set")] = False,
+    save: Annotated[Path | None, typer.Option("--json", help="write every figure and question here")] = None,
 ) -> None:
-    """recall@k, MRR and the share of hits on the newest guideline version."""
-    from medloop.continual import evaluation
-    from medloop.retrieval import Retriever
+    """hit@1, hit@3, MRR, cited recall, false-cite rate and newest-version share on labelled questions."""
+    from medloop.retrieval import Retriever, quality
 
-    result = evaluation.retrieval_quality(Retriever(Settings()), file, k)
-    out.print(f"questions {result['questions']}  recall@{k} {result['recall_at_k']:.3f}  MRR {result['mrr']:.3f}"
-              f"  newest-version share {result['newest_version_share']:.3f}")
+    path = file or quality.sample_set("heldout" if heldout else "dev")
+    try:
+        rows = quality.load_labelled(path)
+    except (ValueError, OSError) as e:
+        console.print(f"[red]error[/] {e}")
+        raise typer.Exit(2) from e
+    retriever = Retriever(Settings())
+    result = quality.retrieval_quality(retriever, rows, k)
+    table = Table(title=f"{path.name}: {result['on_topic']} on-topic, {result['off_topic']} off-topic, k={k}")
+    for col in ("figure", "value", "target"):
+        table.add_column(col)
+    for name in ("hit_at_1", "hit_at_3", "mrr", "cited_recall", "false_cite_rate", "newest_version_share"):
+        op, goal = quality.TARGETS.get(name, ("", None))
+        met = result["targets_met"].get(name)
+        target = "" if goal is None else f"{op} {goal}  " + ("[green]met[/]" if met else "[red]missed[/]")
+        table.add_row(name, f"{result[name]:.3f}", target)
+    for kind, value in result["cited_recall_by_kind"].items():
+        table.add_row(f"  cited_recall {kind}", f"{value:.3f}", "")
+    out.print(table)
     for q in result["per_question"]:
-        if q["rank"] is None:
-            console.print(f"[yellow]miss[/] {q['question']}")
+        if q.get("cited_right") is False:
+            console.print(f"[yellow]not cited[/] {q['question']}  (top {q['top']}, relevance {q['relevance']})")
+        if q.get("false_cite"):
+            console.print(f"[yellow]false cite[/] {q['question']}  (cited {q['cited']}, relevance {q['relevance']})")
+    if calibrate:
+        c = quality.calibrate(retriever, rows, k)
+        out.print(f"calibrated min_relevance {c.min_relevance} (any value in [{c.gap[0]}, {c.gap[1]}) gives cited "
+                  f"recall {c.cited_recall:.3f} at false-cite rate {c.false_cite_rate:.3f}); now "
+                  f"{retriever.settings.min_relevance}")
+    if save:
+        save.write_text(json.dumps({"file": str(path), **result}, ensure_ascii=False, indent=2))
 
 
 @eval_app.command("mcq")

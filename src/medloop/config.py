@@ -57,10 +57,18 @@ class Settings(BaseSettings):
     ivf_nprobe: int = 16
     dense_weight: float = 1.0
     sparse_weight: float = 1.0
-    dense_weight_cjk: float = Field(0.2, description="dense weight for Chinese queries on an English embedder")
+    dense_weight_cjk: float = Field(
+        0.0, description="dense weight for Chinese queries on an English-only embedder; 0 skips the dense search "
+        "(measured: any weight demotes right Chinese passages)")
     rrf_k: int = 60
-    min_coverage: float = Field(0.5, description="relevant evidence holds more than this share of the query terms")
-    min_cosine: float = Field(0.45, description="...or above this cosine, when the embedder knows the language")
+    lexicon: Path | None = Field(None, description="your own lexicon lines, added to the built-in zh/en one")
+    min_relevance: float = Field(0.57, description="a hit is cited when it covers this IDF-weighted share of the "
+                                 "question's concepts (calibrated: medloop eval retrieval --calibrate)")
+    min_cosine: float = Field(0.75, description="...or reaches this cosine, when the embedder knows the language")
+    reranker: str = Field("", description="optional cross-encoder (sentence-transformers CrossEncoder name or "
+                          "path, e.g. BAAI/bge-reranker-v2-m3) that reorders the top candidates")
+    reranker_candidates: int = Field(20, description="how many fused candidates the reranker scores")
+    reranker_min_score: float | None = Field(None, description="...and a hit is also cited at this reranker score")
 
     # serving
     engine: Literal["local", "vllm"] = "local"

@@ -148,22 +148,3 @@ def write_report(results: list[TargetResult], questions: list[str], out: Path) -
     html_path.write_text(_templates(autoescape=True).get_template("report.html.j2").render(context), encoding="utf-8")
     return md_path, html_path
 
-
-def retrieval_quality(retriever, labelled: Path, k: int = 5) -> dict:
-    """recall@k and MRR of the labelled guideline, and the share of its hits that are the newest version."""
-    rows = [json.loads(line) for line in labelled.read_text(encoding="utf-8").splitlines() if line.strip()]
-    recall = mrr = newest = 0.0
-    per_question = []
-    for row in rows:
-        hits = retriever.search(row["question"], k)
-        ids = [h.chunk.doc_id for h in hits]
-        rank = ids.index(row["guideline_id"]) + 1 if row["guideline_id"] in ids else None
-        matching = [h for h in hits if h.chunk.doc_id == row["guideline_id"]]
-        on_version = sum(h.chunk.version == str(row["version"]) for h in matching) / len(matching) if matching else 0
-        recall += rank is not None
-        mrr += 1 / rank if rank else 0
-        newest += on_version
-        per_question.append({"question": row["question"], "rank": rank, "newest_share": on_version})
-    n = max(len(rows), 1)
-    return {"k": k, "questions": len(rows), "recall_at_k": recall / n, "mrr": mrr / n, "newest_version_share":
-            newest / n, "per_question": per_question}

@@ -28,6 +28,7 @@ from filelock import FileLock
 from medloop.atomic import failpoint, write_text_atomic
 from medloop.config import DEFAULT_EMBEDDER, Settings
 from medloop.knowledge.store import KnowledgeStore
+from medloop.retrieval.tokenize import VERSION as TOKENS_VERSION
 from medloop.retrieval.tokenize import tokenize
 
 KEEP_VERSIONS = 2  # the previous version stays for readers that are still loading it
@@ -63,6 +64,14 @@ class LoadedIndex:
     tokens: list[list[str]]
     dense: faiss.Index
     sparse: bm25s.BM25 | None
+
+    def df(self, token: str) -> int:
+        """How many chunks hold `token` (read off BM25's posting lists: nothing extra is stored)."""
+        if self.sparse is None:
+            return 0
+        i = self.sparse.vocab_dict.get(token)
+        indptr = self.sparse.scores["indptr"]
+        return int(indptr[i + 1] - indptr[i]) if i is not None else 0
 
     def token_set(self, chunk_id: int) -> set[str]:
         if not hasattr(self, "_rows"):
@@ -129,8 +138,8 @@ def build_dense(embeddings: np.ndarray, ids: np.ndarray, settings: Settings) -> 
 
 
 def _index_params(settings: Settings) -> dict:
-    return {"embedder": settings.embedder, "index_type": settings.index_type, "hnsw_m": settings.hnsw_m,
-            "ivf_nlist": settings.ivf_nlist}
+    return {"embedder": settings.embedder, "tokens": TOKENS_VERSION, "index_type": settings.index_type,
+            "hnsw_m": settings.hnsw_m, "ivf_nlist": settings.ivf_nlist}
 
 
 @dataclass

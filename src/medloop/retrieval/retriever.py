@@ -12,38 +12,57 @@ from medloop.knowledge.language import is_chinese
 from medloop.knowledge.similarity import fingerprint, near_duplicates, shingles
 from medloop.knowledge.store import ChunkRecord, KnowledgeStore
 from medloop.retrieval.index import LoadedIndex, current_version, load_embedder, load_index
-from medloop.retrieval.tokenize import tokenize
+from medloop.retrieval.lexicon import lexicon
+from medloop.retrieval.relevance import analyse, concept_weights, relevance
 
 
 @dataclass
 class Hit:
     chunk: ChunkRecord
-    score: float  # fused RRF score: ranks, not relevance
+    score: float  # rank score: fused RRF (or the reranker's score): ranks, not relevance
     dense_score: float  # cosine similarity, or nan when not in the dense list
     sparse_score: float  # BM25 score, 0 when no query term matched
-    coverage: float  # share of the question's terms found in the chunk
-    relevant: bool  # passes the evidence thresholds
+    relevance: float  # IDF-weighted share of the question's concepts found in the chunk, in [0, 1]
+    relevant: bool  # passes the evidence thresholds: cited
 
     def to_dict(self) -> dict:
         return {**asdict(self.chunk), "score": self.score, "dense_score": self.dense_score,
-                "sparse_score": self.sparse_score, "coverage": self.coverage, "relevant": self.relevant}
+                "sparse_score": self.sparse_score, "relevance": self.relevance, "relevant": self.relevant}
+
+
+CANDIDATES = 20  # fused candidates whose relevance is scored before the top k are chosen
 
 
 class Retriever:
     """Thread-safe; reloads a newer index version on the next search after `sync_index` publishes it."""
 
-    def __init__(self, settings: Settings, *, store: KnowledgeStore | None = None, embedder=None):
+    def __init__(self, settings: Settings, *, store: KnowledgeStore | None = None, embedder=None, reranker=None):
         self.settings = settings
         self.store = store or KnowledgeStore(settings.knowledge_db)
         self._embedder = embedder
+        self._reranker = reranker
         self._index: LoadedIndex | None = None
         self._lock = threading.Lock()
+        self.lexicon = lexicon(str(settings.lexicon) if settings.lexicon else None)
 
     @property
     def embedder(self):
         if self._embedder is None:
             self._embedder = load_embedder(self.settings.embedder)
         return self._embedder
+
+    @property
+    def reranker(self):
+        if self._reranker is None and self.settings.reranker:
+            from sentence_transformers import CrossEncoder
+
+            self._reranker = CrossEncoder(self.settings.reranker, device="cpu")
+        return self._reranker
+
+    def dense_weight(self, question: str) -> float:
+        """An English-only embedder places a Chinese question at random: it gets no say (by default)."""
+        s = self.settings
+        return s.dense_weight if s.embedder_multilingual or not is_chinese(question) else s.dense_weight_cjk
 
     def index(self) -> LoadedIndex | None:
         live = current_version(self.settings.index_dir)
@@ -55,35 +74,36 @@ class Retriever:
                     pass
             return self._index
 
-    def search(self, query: str, k: int = 5, *, include_superseded: bool = False) -> list[Hit]:
+    def search(self, question: str, k: int = 5, *, include_superseded: bool = False) -> list[Hit]:
         index = self.index()
-        if index is None or len(index.ids) == 0 or not query.strip():
+        if index is None or len(index.ids) == 0 or not question.strip():
             return []
         s = self.settings
         n = min(len(index.ids), max(50, 10 * k))
-        cjk = is_chinese(query)
-        dense_usable = s.embedder_multilingual or not cjk
+        query = analyse(question, self.lexicon)
+        w_dense = self.dense_weight(question)
+        knows_language = s.embedder_multilingual or not is_chinese(question)
 
-        qvec = self.embedder.encode([query], normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
-        dense_scores, dense_ids = index.dense.search(qvec, n)
-        dense = {int(i): float(d) for i, d in zip(dense_ids[0], dense_scores[0], strict=True) if i >= 0}
+        dense: dict[int, float] = {}
+        if w_dense > 0:
+            qvec = self.embedder.encode([question], normalize_embeddings=True, convert_to_numpy=True)
+            dense_scores, dense_ids = index.dense.search(qvec.astype(np.float32), n)
+            dense = {int(i): float(d) for i, d in zip(dense_ids[0], dense_scores[0], strict=True) if i >= 0}
 
         sparse: dict[int, float] = {}
-        qtokens = tokenize(query)
-        if qtokens and index.sparse is not None:
-            scores = index.sparse.get_scores(qtokens)
-            top = np.argsort(-scores)[:n]
+        if query.sparse_tokens and index.sparse is not None:
+            scores = index.sparse.get_scores(list(query.sparse_tokens))
+            top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
             sparse = {int(index.ids[i]): float(scores[i]) for i in top if scores[i] > 0}
 
-        w_dense = s.dense_weight if dense_usable else s.dense_weight_cjk
         fused: dict[int, float] = {}
         for weight, ranked in ((w_dense, dense), (s.sparse_weight, sparse)):
             for rank, cid in enumerate(sorted(ranked, key=ranked.get, reverse=True)):
                 fused[cid] = fused.get(cid, 0.0) + weight / (s.rrf_k + rank + 1)
 
         records = {c.chunk_id: c for c in self.store.chunks(list(fused))}
-        query_terms = set(qtokens)
-        hits, seen = [], []  # seen: 4-gram sets of the passages already returned
+        weights = concept_weights(query, index.df, len(index.ids))
+        candidates, seen = [], []  # seen: 4-gram sets of the passages already taken
         for cid in sorted(fused, key=fused.get, reverse=True):
             chunk = records.get(cid)
             if chunk is None or (chunk.superseded and not include_superseded):
@@ -92,11 +112,24 @@ class Retriever:
             if any(near_duplicates(grams, other) for other in seen):
                 continue  # the same passage (another file, another guideline's copy): shown and cited once
             seen.append(grams)
-            d, sp = dense.get(cid, float("nan")), sparse.get(cid, 0.0)
-            # Coverage, not a BM25 score, decides relevance: BM25 scores grow with corpus size, coverage does not.
-            cover = len(query_terms & index.token_set(cid)) / len(query_terms) if query_terms else 0.0
-            relevant = cover > s.min_coverage or (dense_usable and d >= s.min_cosine)
-            hits.append(Hit(chunk, fused[cid], d, sp, cover, relevant))
-            if len(hits) == k:
+            d = dense.get(cid, float("nan"))
+            rel = relevance(query, index.token_set(cid), weights)
+            relevant = rel >= s.min_relevance or (knows_language and d >= s.min_cosine)
+            candidates.append(Hit(chunk, fused[cid], d, sparse.get(cid, 0.0), rel, relevant))
+            if len(candidates) == (s.reranker_candidates if s.reranker else max(k, CANDIDATES)):
                 break
-        return hits
+        if s.reranker and candidates:
+            return self._rerank(question, candidates)[:k]
+        # Concepts covered first, fused rank within a tie: fusion alone lets an English embedder's favourite
+        # English passage outrank the Chinese guideline that a cross-lingual question names concept by concept.
+        return sorted(candidates, key=lambda h: (round(h.relevance, 2), h.score), reverse=True)[:k]
+
+    def _rerank(self, question: str, hits: list[Hit]) -> list[Hit]:
+        """The cross-encoder reads question and passage together: its order replaces the fused one."""
+        s = self.settings
+        scores = self.reranker.predict([(question, h.chunk.text) for h in hits], show_progress_bar=False)
+        for hit, score in zip(hits, scores, strict=True):
+            hit.score = float(score)
+            if s.reranker_min_score is not None and score >= s.reranker_min_score:
+                hit.relevant = True
+        return sorted(hits, key=lambda h: h.score, reverse=True)

@@ -1,0 +1,113 @@
+"""The bilingual medical lexicon: a question's term found here stands for its whole concept line.
+
+Terms are matched as written: Chinese ones as substrings of the question, others as runs of stemmed words
+("high blood pressures" finds "high blood pressure"). Longer terms win, and a matched span is used once,
+so "2型糖尿病" is one concept, not also "糖尿病".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from medloop.knowledge.language import CJK
+from medloop.retrieval.tokenize import CJK_RUN, WORD, bigrams, english_token
+
+ENGLISH_WORD = re.compile(r"[a-z0-9]+")
+
+Form = tuple[str, ...]  # the tokens a passage must hold to contain one way of saying a concept
+
+
+@dataclass(frozen=True)
+class Term:
+    text: str  # as written, lower case
+    tokens: Form
+    groups: tuple[int, ...]  # the concept lines it belongs to ("心梗": myocardial infarction and ACS)
+
+
+class Lexicon:
+    def __init__(self, sources: dict[str, list[str]]):
+        """`sources`: file name -> its lines."""
+        self.groups: list[tuple[Form, ...]] = []
+        terms: list[Term] = []
+        numbered = [(source, n, line) for source, lines in sources.items() for n, line in enumerate(lines, 1)]
+        for source, number, line in numbered:
+            line = "" if line.lstrip().startswith("#") else line.strip()
+            if not line:
+                continue
+            names = [n.strip().lower() for n in line.split("|") if n.strip()]
+            if len(names) < 2:
+                raise ValueError(f"{source}:{number}: a concept line needs at least two names separated by ' | '")
+            forms = []
+            for name in names:
+                tokens = form_of(name)
+                if tokens:
+                    terms.append(Term(name, tokens, (len(self.groups),)))
+                    forms.append(tokens)
+            self.groups.append(tuple(dict.fromkeys(forms)))
+        merged: dict[str, Term] = {}
+        for t in terms:
+            seen = merged.get(t.text)
+            merged[t.text] = Term(t.text, t.tokens, (seen.groups if seen else ()) + t.groups)
+        self._texts = set(merged)
+        # Longest first: a longer term is the more specific reading of the same words.
+        self.terms = sorted(merged.values(), key=lambda t: (-len(t.text), t.text))
+
+    @classmethod
+    def load(cls, extra: Path | None = None) -> Lexicon:
+        builtin = resources.files("medloop").joinpath("data/medical_lexicon.txt")
+        sources = {str(builtin): builtin.read_text("utf-8").splitlines()}
+        if extra is not None:
+            sources[str(extra)] = extra.read_text("utf-8").splitlines()
+        return cls(sources)
+
+    def knows(self, text: str) -> bool:
+        return text.lower() in self._texts
+
+    def longest_inside(self, word: str) -> str | None:
+        """The longest Chinese lexicon name inside `word`, if any."""
+        return next((t.text for t in self.terms if CJK.search(t.text) and t.text in word), None)
+
+    def find(self, question: str) -> tuple[list[tuple[int, ...]], str]:
+        """(the concept lines each name in the question belongs to, the question with those names blanked out).
+        A name on two lines ("心梗": myocardial infarction, ACS) is one concept with both lines' forms."""
+        text = question.lower()
+        words = [(m, t) for m in ENGLISH_WORD.finditer(text) if (t := english_token(m.group()))]
+        used = [False] * len(words)
+        blank: list[tuple[int, int]] = []
+        found: list[tuple[int, ...]] = []
+        for term in self.terms:
+            if CJK.search(term.text):
+                if term.text in text:
+                    text = text.replace(term.text, " " * len(term.text))  # same length: spans stay valid
+                    found.append(term.groups)
+                continue
+            n = len(term.tokens)
+            for i in range(len(words) - n + 1):
+                if not any(used[i : i + n]) and tuple(s for _, s in words[i : i + n]) == term.tokens:
+                    used[i : i + n] = [True] * n
+                    blank.append((words[i][0].start(), words[i + n - 1][0].end()))
+                    found.append(term.groups)
+                    break
+        for start, end in blank:
+            text = text[:start] + " " * (end - start) + text[end:]
+        return list(dict.fromkeys(found)), text
+
+
+def form_of(name: str) -> Form:
+    """The tokens a passage holds when it says `name`: stems of its words, bigrams of its Chinese (jieba may
+    segment the passage otherwise, the bigrams are there whatever it does)."""
+    tokens: list[str] = []
+    for piece in WORD.findall(name.lower()):
+        runs = CJK_RUN.findall(piece)
+        tokens += [b for run in runs for b in (bigrams(run) or [run])]
+        tokens += [t for w in CJK_RUN.split(piece) if (t := english_token(w))]
+    return tuple(tokens)
+
+
+@lru_cache(maxsize=4)
+def lexicon(extra: str | None = None) -> Lexicon:
+    return Lexicon.load(Path(extra) if extra else None)

@@ -1,0 +1,138 @@
+"""How good is the evidence? Ranking and citation figures on labelled questions, and the calibration of the
+citation thresholds.
+
+A labelled row: {"question", "guideline_ids": [accepted guidelines; empty for an off-topic question],
+"versions": {guideline: its newest version}, "kind": direct | paraphrase | colloquial | abbreviation |
+cross-lingual | off}. The sample sets live in `medloop/data/retrieval_dev.jsonl` (tune on it) and
+`retrieval_heldout.jsonl` (check on it, never tune).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from importlib import resources
+from pathlib import Path
+
+from medloop.jsonl import JSONLError, json_objects
+from medloop.knowledge.language import is_chinese
+
+TARGETS = {"cited_recall": (">=", 0.95), "false_cite_rate": ("<=", 0.02), "newest_version_share": (">=", 1.0)}
+
+
+def sample_set(name: str) -> Path:
+    return Path(str(resources.files("medloop").joinpath(f"data/retrieval_{name}.jsonl")))
+
+
+def load_labelled(path: Path) -> list[dict]:
+    rows = []
+    try:
+        objects = list(json_objects(path.read_text(encoding="utf-8")))
+    except JSONLError as e:
+        raise ValueError(f"{path}:{e}") from e
+    for line, row in objects:
+        if not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise ValueError(f"{path}:{line}: `question` must be a non-empty string")
+        ids = row.get("guideline_ids", [row["guideline_id"]] if row.get("guideline_id") else [])
+        if not isinstance(ids, list):
+            raise ValueError(f"{path}:{line}: `guideline_ids` must be a list (empty for an off-topic question)")
+        versions = row.get("versions") or ({ids[0]: str(row["version"])} if row.get("version") and ids else {})
+        rows.append({"question": row["question"], "guideline_ids": ids, "versions": versions,
+                     "kind": row.get("kind", "off" if not ids else "direct")})
+    return rows
+
+
+def _passes(hit, min_relevance: float, min_cosine: float, knows_language: bool) -> bool:
+    return hit.relevance >= min_relevance or (knows_language and hit.dense_score >= min_cosine)
+
+
+def retrieval_quality(retriever, rows: list[dict], k: int = 3, *, min_relevance: float | None = None,
+                      min_cosine: float | None = None) -> dict:
+    """hit@1, hit@3, MRR over the top k; cited recall (an accepted guideline among the cited hits of the top
+    k, which is what the evidence block shows), false-cite rate (an off-topic question with any citation),
+    newest-version share. Thresholds default to the retriever's settings; pass others to try them."""
+    s = retriever.settings
+    t_rel = s.min_relevance if min_relevance is None else min_relevance
+    t_cos = s.min_cosine if min_cosine is None else min_cosine
+    per_question, by_kind = [], defaultdict(lambda: [0, 0])
+    hit1 = hit3 = mrr = recall = false_cites = newest = newest_n = 0
+    on_topic = [r for r in rows if r["guideline_ids"]]
+    for row in rows:
+        hits = retriever.search(row["question"], max(k, 3))
+        knows = s.embedder_multilingual or not is_chinese(row["question"])
+        cited = [h for h in hits[:k] if (h.relevant if min_relevance is None and min_cosine is None
+                                          else _passes(h, t_rel, t_cos, knows))]
+        accepted = set(row["guideline_ids"])
+        docs = [h.chunk.doc_id for h in hits[:k]]
+        record = {"question": row["question"], "kind": row["kind"], "top": docs[:3],
+                  "cited": [h.chunk.doc_id for h in cited],
+                  "relevance": [round(h.relevance, 3) for h in hits[:3]]}
+        if accepted:
+            rank = next((i for i, d in enumerate(docs, 1) if d in accepted), None)
+            hit1 += rank == 1
+            hit3 += rank is not None and rank <= 3
+            mrr += 1 / rank if rank else 0.0
+            ok = any(h.chunk.doc_id in accepted for h in cited)
+            recall += ok
+            by_kind[row["kind"]][0] += ok
+            by_kind[row["kind"]][1] += 1
+            matching = [h for h in hits[:k] if h.chunk.doc_id in accepted]
+            if matching:
+                newest_n += 1
+                newest += sum(h.chunk.version == row["versions"].get(h.chunk.doc_id, h.chunk.version)
+                              for h in matching) / len(matching)
+            record.update(rank=rank, cited_right=ok)
+        else:
+            false_cites += bool(cited)
+            record.update(false_cite=bool(cited))
+        per_question.append(record)
+    n_on, n_off = max(len(on_topic), 1), max(len(rows) - len(on_topic), 1)
+    figures = {
+        "questions": len(rows), "on_topic": len(on_topic), "off_topic": len(rows) - len(on_topic), "k": k,
+        "hit_at_1": hit1 / n_on, "hit_at_3": hit3 / n_on, "mrr": mrr / n_on, "cited_recall": recall / n_on,
+        "false_cite_rate": false_cites / n_off, "newest_version_share": newest / newest_n if newest_n else 1.0,
+        "cited_recall_by_kind": {kind: ok / total for kind, (ok, total) in sorted(by_kind.items())},
+        "min_relevance": t_rel, "min_cosine": t_cos,
+    }
+    figures["targets_met"] = {name: _meets(figures[name], op, goal) for name, (op, goal) in TARGETS.items()}
+    figures["per_question"] = per_question
+    return figures
+
+
+def _meets(value: float, op: str, goal: float) -> bool:
+    return value >= goal if op == ">=" else value <= goal
+
+
+@dataclasses.dataclass
+class Calibration:
+    min_relevance: float
+    cited_recall: float
+    false_cite_rate: float
+    gap: tuple[float, float]  # every threshold in [lo, hi) gives the same figures: the midpoint is chosen
+
+
+def calibrate(retriever, rows: list[dict], k: int = 3, max_false_cite_rate: float = 0.02) -> Calibration:
+    """The relevance threshold with the best cited recall whose false-cite rate stays within the bound: the
+    midpoint of the widest such interval between observed scores, so it is not fitted to one question."""
+    positives, negatives = [], []
+    for row in rows:
+        hits = retriever.search(row["question"], k)
+        accepted = set(row["guideline_ids"])
+        if accepted:
+            positives.append(max((h.relevance for h in hits if h.chunk.doc_id in accepted), default=0.0))
+        else:
+            negatives.append(max((h.relevance for h in hits), default=0.0))
+    edges = sorted({0.0, 1.0 + 1e-9, *positives, *negatives})
+    best: tuple | None = None
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        t = (lo + hi) / 2 if math.isfinite(hi) else lo
+        recall = sum(p >= t for p in positives) / max(len(positives), 1)
+        false = sum(q >= t for q in negatives) / max(len(negatives), 1)
+        if false <= max_false_cite_rate:
+            key = (recall, hi - lo)
+            if best is None or key > best[0]:
+                best = (key, t, recall, false, (lo, hi))
+    assert best is not None  # a threshold above every score cites nothing: false-cite rate 0
+    _, t, recall, false, gap = best
+    return Calibration(round(t, 3), recall, false, (round(gap[0], 3), round(min(gap[1], 1.0), 3)))

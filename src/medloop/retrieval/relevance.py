@@ -1,0 +1,102 @@
+"""Does a passage answer the question? A calibrated score in [0, 1], independent of corpus size.
+
+The question is read as concepts: names from the bilingual lexicon (each with all its synonyms, in both
+languages) and the remaining informative words. A concept counts as found in a passage when any of its forms
+is there; a Chinese word outside the lexicon earns the share of its character bigrams found. Each concept
+weighs its inverse document frequency, so "高血压" found and "香蕉" missing scores low, while the question's
+phrasing (stop words) weighs nothing. The score is the found weight over the total: the share of what the
+question is about that the passage covers. Its threshold (`min_relevance`) is calibrated on the labelled dev
+set by `medloop eval retrieval --calibrate`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jieba
+import jieba.posseg
+
+from medloop.retrieval.lexicon import ENGLISH_WORD, Form, Lexicon
+from medloop.retrieval.tokenize import CJK_RUN, STOPWORDS, bigrams, english_token, tokenize
+
+# A word outside the lexicon may be the topic ("香蕉", "骨折") or the phrasing ("会不会", "注意"): it counts at a
+# fraction of its IDF, by part of speech (jieba's tags for Chinese; English words count as nouns). Function
+# words (pronouns, adverbs, particles, numerals...) do not count. Calibrated on the dev set.
+UNKNOWN_WEIGHT = {"n": 0.5, "v": 0.25, "a": 0.25, "l": 0.25, "t": 0.25, "s": 0.25, "i": 0.25, "z": 0.25}
+
+
+@dataclass(frozen=True)
+class Concept:
+    text: str  # how the question put it, for explanations
+    forms: tuple[Form, ...]
+    partial: bool = False  # a Chinese word outside the lexicon: credit for the share of its bigrams found
+    weight: float = 1.0  # of its IDF: 1 for a lexicon concept, less for a word the lexicon does not know
+
+    def found(self, tokens: set[str]) -> float:
+        if self.partial:
+            form = self.forms[0]
+            return sum(t in tokens for t in form) / len(form)
+        return 1.0 if any(all(t in tokens for t in form) for form in self.forms) else 0.0
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str
+    concepts: tuple[Concept, ...]
+    sparse_tokens: tuple[str, ...]  # BM25 query: the question's tokens and every form of its lexicon concepts
+
+
+def analyse(question: str, lexicon: Lexicon) -> Query:
+    groups, rest = lexicon.find(question)
+    concepts = []
+    for line_ids in groups:
+        forms = tuple(dict.fromkeys(f for g in line_ids for f in lexicon.groups[g]))
+        concepts.append(Concept(" ".join(forms[0]), forms))
+    for run in CJK_RUN.findall(rest):
+        for word, tag in jieba.posseg.lcut(run):
+            weight = UNKNOWN_WEIGHT.get(tag[:1], 0.0)
+            if len(word) < 2 or word in STOPWORDS or not weight:
+                continue  # a leftover character or a function word is phrasing, not topic
+            concepts.append(Concept(word, (tuple(bigrams(word)),), partial=True, weight=weight))
+    concepts += _compounds(question, lexicon)
+    english = CJK_RUN.sub(" ", rest)
+    for word in dict.fromkeys(m.group() for m in ENGLISH_WORD.finditer(english)):
+        token = english_token(word)
+        if token and not word.isdigit():  # numbers are the answer's business, not the topic
+            concepts.append(Concept(word, ((token,),), weight=UNKNOWN_WEIGHT["n"]))
+    sparse = list(tokenize(question))
+    sparse += [t for c in concepts for form in c.forms for t in form]
+    return Query(question, tuple(dict.fromkeys(concepts)), tuple(dict.fromkeys(sparse)))
+
+
+def _compounds(question: str, lexicon: Lexicon) -> list[Concept]:
+    """A word that merely contains a lexicon name ("血压计" holds "血压", "糖尿病足" holds "糖尿病") is a topic
+    of its own: it joins the question as an unknown word, so the bare name does not carry the question alone."""
+    out = []
+    for word in jieba.lcut(question.lower()):
+        if len(word) < 3 or not CJK_RUN.fullmatch(word) or lexicon.knows(word):
+            continue
+        inner = lexicon.longest_inside(word)
+        if inner and word.replace(inner, "", 1) not in STOPWORDS:
+            # Whole or nothing: half of "血压计" is always found wherever "血压" is.
+            out.append(Concept(word, (tuple(bigrams(word)),), weight=UNKNOWN_WEIGHT["n"]))
+    return out
+
+
+def idf(df: int, n_docs: int) -> float:
+    return math.log(1 + (n_docs - df + 0.5) / (df + 0.5))
+
+
+def concept_weights(query: Query, df: Callable[[str], int], n_docs: int) -> list[float]:
+    """A concept is as common as its most common form; a form as rare as its rarest token."""
+    return [idf(max(min(df(t) for t in form) for form in c.forms), n_docs) * c.weight for c in query.concepts]
+
+
+def relevance(query: Query, tokens: set[str], weights: list[float]) -> float:
+    total = sum(weights)
+    if not total:
+        return 0.0
+    return sum(w * c.found(tokens) for c, w in zip(query.concepts, weights, strict=True)) / total
+
