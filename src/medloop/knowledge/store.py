@@ -159,6 +159,14 @@ class KnowledgeStore:
                 rows += self.db.execute(sql + f" WHERE c.id IN ({','.join('?' * len(part))})", part).fetchall()
         return [ChunkRecord(*r[:-1], superseded=bool(r[-1])) for r in rows]
 
+    def guideline_chunks(self, doc_id: str) -> list[ChunkRecord]:
+        """Every chunk of every version of one guideline, live and superseded."""
+        rows = self.db.execute(
+            "SELECT c.id, v.doc_id, v.version, v.title, v.issuer, v.published, v.language, c.section,"
+            " c.text, v.superseded FROM chunks c JOIN versions v ON v.id = c.version_id WHERE v.doc_id=?"
+            " ORDER BY v.published, c.ord", (doc_id,)).fetchall()
+        return [ChunkRecord(*r[:-1], superseded=bool(r[-1])) for r in rows]
+
     def iter_chunk_texts(self, ids: list[int]) -> Iterator[tuple[int, str, str, str]]:
         """(chunk id, guideline title, section, text) of the given chunks."""
         for start in range(0, len(ids), 900):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from medloop.knowledge.language import language_of
 from medloop.retrieval.retriever import Hit
+from medloop.retrieval.staleness import StaleClaim
 
 HEADINGS = {"zh": "最新临床依据", "en": "Latest clinical evidence"}
 
@@ -33,11 +34,13 @@ def prompt_context(hits: list[Hit], language: str) -> str:
     return f"{head}\n\n{body}"
 
 
-def evidence_block(hits: list[Hit], language: str) -> str:
-    """The block appended after the answer; empty when there is nothing to cite."""
+def evidence_block(hits: list[Hit], language: str, stale: list[StaleClaim] = ()) -> str:
+    """The block appended after the answer; empty when there is nothing to cite. A claim of the answer that
+    follows a superseded version is said plainly under the citations."""
     if not hits:
         return ""
     lines = [f"\n\n---\n**{HEADINGS[language]}**"]
     for i, h in enumerate(hits, 1):
         lines.append(f"[{i}] {citation(h)}: “{quote(h.chunk.text)}”")
+    lines += [f"⚠️ {claim.note(language)}" for claim in stale]
     return "\n".join(lines)

@@ -30,6 +30,8 @@ class Metrics:
         self.requests = Counter("medloop_requests", "chat requests", ["model", "status"], registry=self.registry)
         self.latency = Histogram("medloop_request_seconds", "chat request latency", ["model"], registry=self.registry)
         self.tokens = Counter("medloop_tokens", "tokens", ["model", "kind"], registry=self.registry)
+        self.stale_answers = Counter("medloop_stale_answers", "answers that follow a superseded guideline version",
+                                     registry=self.registry)
         self.retrieval = Histogram("medloop_retrieval_seconds", "retrieval time", registry=self.registry,
                                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.adapters = Gauge("medloop_adapter_loaded", "served adapter versions", ["name", "version"],

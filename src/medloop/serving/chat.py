@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from medloop.retrieval import grounding
 from medloop.retrieval.evidence import evidence_block, evidence_language, quote
+from medloop.retrieval.staleness import stale_claims
 from medloop.serving.auth import ApiKey
 from medloop.serving.engine import Delta, EngineError
 from medloop.serving.protocol import (
@@ -31,6 +33,7 @@ from medloop.serving.protocol import (
     ModelCard,
     ModelList,
     ResponseMessage,
+    StaleClaim,
     StreamChoice,
     Usage,
     completion_id,
@@ -72,11 +75,28 @@ async def ground(body: ChatCompletionRequest, state) -> tuple[list[dict], list, 
     return grounded
 
 
-def evidence_items(hits) -> list[Evidence]:
-    return [Evidence(index=i, guideline_id=h.chunk.doc_id, title=h.chunk.title, issuer=h.chunk.issuer,
-                     version=h.chunk.version, published=h.chunk.published, section=h.chunk.section,
-                     quote=quote(h.chunk.text), chunk_id=h.chunk.chunk_id, score=round(h.score, 6))
-            for i, h in enumerate(hits, 1)]
+def evidence_items(hits, stale=()) -> list[Evidence]:
+    """The structured citations; a stale claim rides on the first citation of its guideline."""
+    items, claimed = [], set()
+    for i, h in enumerate(hits, 1):
+        mine = [StaleClaim(**c.to_dict()) for c in stale if c.guideline_id == h.chunk.doc_id] \
+            if h.chunk.doc_id not in claimed else []
+        claimed.add(h.chunk.doc_id)
+        items.append(Evidence(index=i, guideline_id=h.chunk.doc_id, title=h.chunk.title, issuer=h.chunk.issuer,
+                              version=h.chunk.version, published=h.chunk.published, section=h.chunk.section,
+                              quote=quote(h.chunk.text), chunk_id=h.chunk.chunk_id, score=round(h.score, 6),
+                              relevance=round(h.relevance, 3), stale_claims=mine))
+    return items
+
+
+async def evidence_after(answer: str, hits, language: str, append: bool, state) -> tuple[str, list[Evidence]]:
+    """The evidence block and items, once the answer is known: the stale-answer check reads the answer."""
+    if not hits:
+        return "", []
+    stale = await asyncio.to_thread(stale_claims, answer, [h.chunk.doc_id for h in hits], state.retriever.store)
+    if stale:
+        state.metrics.stale_answers.inc()
+    return (evidence_block(hits, language, stale) if append else ""), evidence_items(hits, stale)
 
 
 def audit(body: ChatCompletionRequest, hits, state) -> None:
@@ -105,8 +125,6 @@ async def chat(body: ChatCompletionRequest, request: Request):
     messages, hits, language = await ground(body, state)
     gen = body.to_generation_request(messages)
     append = body.medloop is None or body.medloop.append_evidence
-    block = evidence_block(hits, language) if append else ""
-    evidence = evidence_items(hits)
     audit(body, hits, state)
     metrics = state.metrics
 
@@ -123,7 +141,8 @@ async def chat(body: ChatCompletionRequest, request: Request):
         except EngineError:
             metrics.requests.labels(body.model, "error").inc()
             raise
-        return StreamingResponse(_sse(body, first, stream, block, evidence, done), media_type="text/event-stream",
+        evidence = functools.partial(evidence_after, hits=hits, language=language, append=append, state=state)
+        return StreamingResponse(_sse(body, first, stream, evidence, done), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     parser, reasoning, content, last = ReasoningParser(), "", "", Delta()
@@ -140,13 +159,15 @@ async def chat(body: ChatCompletionRequest, request: Request):
     reasoning, content = reasoning + r, content + c
     usage = usage_of(last)
     done("ok", usage)
+    block, evidence = await evidence_after(content, hits, language, append, state)
     message = ResponseMessage(content=content + block, reasoning_content=reasoning or None, reasoning=reasoning or None)
     return ChatCompletionResponse(model=body.model, choices=[Choice(message=message,
                                   finish_reason=last.finish_reason or "stop")], usage=usage, evidence=evidence)
 
 
-async def _sse(body: ChatCompletionRequest, first: Delta, stream: AsyncIterator[Delta], block: str,
-               evidence: list[Evidence], done: Callable[[str, Usage], None]) -> AsyncIterator[str]:
+async def _sse(body: ChatCompletionRequest, first: Delta, stream: AsyncIterator[Delta],
+               evidence_for: Callable[[str], Awaitable[tuple[str, list[Evidence]]]],
+               done: Callable[[str, Usage], None]) -> AsyncIterator[str]:
     """The answer as OpenAI stream chunks; the evidence block arrives as the last content chunks, the
     structured list with the final one. An error after the stream started is an error chunk, then [DONE]
     (as vLLM does): clients and `bench/load.py` count it as a failed request."""
@@ -157,10 +178,11 @@ async def _sse(body: ChatCompletionRequest, first: Delta, stream: AsyncIterator[
                                       finish_reason=finish)], **extra)
         return f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
 
-    parser, last = ReasoningParser(), first
+    parser, last, answer = ReasoningParser(), first, []
 
     def pieces(reasoning: str, content: str) -> list[str]:
         out = []
+        answer.append(content)
         if reasoning:
             out.append(chunk(DeltaMessage(reasoning_content=reasoning, reasoning=reasoning)))
         if content:
@@ -182,6 +204,7 @@ async def _sse(body: ChatCompletionRequest, first: Delta, stream: AsyncIterator[
                     yield piece
         for piece in pieces(*parser.flush()):
             yield piece
+        block, evidence = await evidence_for("".join(answer))
         lines = block.split("\n") if block else []
         for i, line in enumerate(lines):
             text = line + ("\n" if i < len(lines) - 1 else "")

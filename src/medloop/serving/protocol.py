@@ -107,6 +107,17 @@ class Usage(BaseModel):
     total_tokens: int = 0
 
 
+class StaleClaim(BaseModel):
+    """The answer states `claim` as the superseded `stale_version` did; `live_version` says `live_says`."""
+
+    claim: str
+    guideline_id: str
+    stale_version: str
+    live_version: str
+    live_says: str
+    section: str
+
+
 class Evidence(BaseModel):
     index: int
     guideline_id: str
@@ -118,6 +129,8 @@ class Evidence(BaseModel):
     quote: str
     chunk_id: int
     score: float
+    relevance: float
+    stale_claims: list[StaleClaim] = []
 
 
 class ResponseMessage(BaseModel):

@@ -1,0 +1,126 @@
+"""The stale-answer check: does the answer follow a superseded version of a guideline it cites?
+
+After generation, the answer's numeric claims (thresholds, targets, durations: "<140/90 mmHg", "7%", "48小时",
+"12 months") are looked up in the live and the superseded versions of each cited guideline, clause by clause.
+A claim is stale when a superseded clause states it and the live version does not say it in that context: the
+value appears nowhere in the live version, or only in a clause about something else (the 2024 hypertension
+guideline still says <140/90, for patients over 80, while its general target is <130/80). The live
+counterpart of the superseded clause gives what the current version says instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from medloop.knowledge.store import KnowledgeStore
+from medloop.retrieval.tokenize import tokenize
+
+UNITS = {
+    "mmhg": "mmHg", "%": "%", "mmol/l": "mmol/L", "小时": "h", "h": "h", "hour": "h", "hours": "h",
+    "个月": "mo", "month": "mo", "months": "mo", "天": "d", "day": "d", "days": "d", "分钟": "min",
+    "minute": "min", "minutes": "min", "min": "min", "岁": "y", "years": "y", "year": "y",
+}
+CLAIM = re.compile(
+    r"(?P<cmp>[<>≤≥＜＞]=?\s*)?(?P<num>\d+(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?)\s*"
+    r"(?P<unit>mmHg|%|mmol/L|小时|个月|天|分钟|岁|hours?|months?|days?|minutes?|min|years?|h\b)?",
+    re.IGNORECASE,
+)
+CLAUSE = re.compile(r"[。；;！？!?\n]|\.(?=\s|$)")
+MARGIN = 0.05  # how much closer to the superseded clause than to any live one the answer must be
+
+
+@dataclass(frozen=True)
+class Value:
+    key: tuple[str, str]  # (number, unit kind): "140/90" and a bare "<140/90 mmHg" are the same claim
+    text: str  # as written
+
+
+def values(text: str) -> list[Value]:
+    out = []
+    for m in CLAIM.finditer(text):
+        number = re.sub(r"\s+", "", m["num"])
+        unit = UNITS.get((m["unit"] or "").lower(), "")
+        if "/" in number:
+            unit = "mmHg"  # a systolic/diastolic pair
+        if not unit:
+            continue  # a bare number ("2型", "12-lead") is not a claim
+        out.append(Value((number, unit), m.group().strip()))
+    return out
+
+
+def clauses(text: str) -> list[str]:
+    return [c.strip() for c in CLAUSE.split(text) if c.strip()]
+
+
+def similarity(a: str, b: str) -> float:
+    """Jaccard similarity of the two clauses' tokens, numbers left out: what they are about."""
+    ta = {t for t in tokenize(a) if not t.isdigit()}
+    tb = {t for t in tokenize(b) if not t.isdigit()}
+    return len(ta & tb) / len(ta | tb) if ta | tb else 0.0
+
+
+@dataclass
+class StaleClaim:
+    claim: str  # as the answer states it
+    guideline_id: str
+    stale_version: str  # the superseded version that says it
+    live_version: str
+    live_says: str  # what the live version says on the same point ("" when it says nothing there)
+    section: str  # the live section
+
+    def note(self, language: str) -> str:
+        if language == "zh":
+            now = f"已更新为{self.live_says}" if self.live_says else "已不再采用此值"
+            return (f"注意：回答中的“{self.claim}”与{self.stale_version}版一致；"
+                    f"{self.live_version}版{now}（{self.section}）。")
+        now = f"recommends {self.live_says}" if self.live_says else "no longer states it"
+        return (f"Note: “{self.claim}” in this answer matches the {self.stale_version} version; the "
+                f"{self.live_version} version {now} ({self.section}).")
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def stale_claims(answer: str, cited_guidelines: list[str], store: KnowledgeStore) -> list[StaleClaim]:
+    found: list[StaleClaim] = []
+    answer_clauses = [(c, values(c)) for c in clauses(answer)]
+    if not any(v for _, v in answer_clauses):
+        return found
+    for doc_id in dict.fromkeys(cited_guidelines):
+        chunks = store.guideline_chunks(doc_id)
+        live = [(c, clause) for c in chunks if not c.superseded for clause in clauses(c.text)]
+        old = [(c, clause) for c in chunks if c.superseded for clause in clauses(c.text)]
+        if not old or not live:
+            continue
+        for sentence, claimed in answer_clauses:
+            for value in claimed:
+                claim = _check(sentence, value, live, old, doc_id)
+                if claim and all(claim.claim != f.claim or claim.guideline_id != f.guideline_id for f in found):
+                    found.append(claim)
+    return found
+
+
+def _check(sentence: str, value: Value, live, old, doc_id: str) -> StaleClaim | None:
+    old_with = [(c, clause) for c, clause in old if any(v.key == value.key for v in values(clause))]
+    if not old_with:
+        return None
+    old_chunk, old_clause = max(old_with, key=lambda x: similarity(sentence, x[1]))
+    sim_old = similarity(sentence, old_clause)
+    live_with = [clause for _, clause in live if any(v.key == value.key for v in values(clause))]
+    sim_live = max((similarity(sentence, clause) for clause in live_with), default=None)
+    if sim_live is not None and sim_old <= sim_live + MARGIN:
+        return None  # the live version says it too, in a clause at least as close to the answer
+    # What the live version says instead: its clause closest to the superseded one, same kind of value.
+    unit = value.key[1]
+    same_kind = [(c, clause) for c, clause in live if any(v.key[1] == unit for v in values(clause))]
+    if same_kind:
+        live_chunk, counterpart = max(same_kind, key=lambda x: similarity(old_clause, x[1]))
+        says = [v for v in values(counterpart) if v.key[1] == unit]
+        if any(v.key == value.key for v in says) and similarity(old_clause, counterpart) > 0.5:
+            return None  # the same point, the same value: unchanged
+        live_says = " / ".join(dict.fromkeys(v.text for v in says))
+    else:
+        live_chunk, live_says = live[0][0], ""
+    return StaleClaim(value.text, doc_id, old_chunk.version, live_chunk.version, live_says, live_chunk.section)
+

@@ -1,0 +1,78 @@
+"""The stale-answer check: an answer that follows a superseded guideline version is told so, as text and data."""
+
+import httpx
+import pytest
+
+from conftest import GUIDELINES, LiveServer
+from medloop.knowledge import KnowledgeStore, ingest_paths
+from medloop.retrieval import Retriever, sync_index
+from medloop.retrieval.staleness import stale_claims, values
+from medloop.serving import build_app
+from test_serving import ScriptedEngine, ask
+
+
+@pytest.fixture
+def store(settings):
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES])
+    return store
+
+
+def test_claims_are_read_with_their_units():
+    found = [v.key for v in values("血压<140/90 mmHg，HbA1c 7.0%，48小时内，12 months, type 2, 12-lead")]
+    assert found == [("140/90", "mmHg"), ("7.0", "%"), ("48", "h"), ("12", "mo")]
+
+
+def test_an_answer_following_the_2018_target_is_flagged_in_chinese(store):
+    [claim] = stale_claims("一般高血压患者血压应控制在140/90 mmHg以下。", ["cn-hypertension"], store)
+    assert (claim.stale_version, claim.live_version, claim.live_says) == ("2018", "2024", "<130/80 mmHg")
+    assert claim.note("zh") == "注意：回答中的“140/90 mmHg”与2018版一致；2024版已更新为<130/80 mmHg（降压目标）。"
+
+
+def test_an_english_answer_is_told_in_english(store):
+    [claim] = stale_claims("Most patients with hypertension (一般高血压患者) should be lowered to <140/90 mmHg.",
+                           ["cn-hypertension"], store)
+    assert claim.note("en").startswith("Note: “<140/90 mmHg” in this answer matches the 2018 version; "
+                                       "the 2024 version recommends <130/80 mmHg")
+
+
+@pytest.mark.parametrize("answer", [
+    "一般高血压患者应将血压降至<130/80 mmHg。",  # the live target
+    "80岁及以上高龄老人可先降至<150/90 mmHg，如能耐受再降至<140/90 mmHg。",  # 140/90 is still live, for them
+    "诊断阈值仍为诊室血压≥140/90 mmHg。",  # and still the diagnostic threshold
+    "多喝水，注意休息。",  # no claim at all
+])
+def test_current_answers_are_not_flagged(store, answer):
+    assert stale_claims(answer, ["cn-hypertension"], store) == []
+
+
+def test_a_guideline_without_older_versions_is_never_flagged(store):
+    assert stale_claims("HbA1c控制目标为<8.0%。", ["cn-t2dm"], store) == []
+
+
+@pytest.fixture
+def gateway(settings, store, embedder):
+    sync_index(settings, store, embedder=embedder)
+    retriever = Retriever(settings, store=store, embedder=embedder)
+    app = build_app(settings, ScriptedEngine("一般高血压患者血压应控制在<140/90 mmHg以下。"), retriever)
+    with LiveServer(app) as live:
+        yield live
+
+
+def test_the_response_carries_stale_claims_plain_and_streamed(gateway):
+    question = "一般高血压患者血压应控制在多少以下"
+    response = ask(gateway.client(), question, model="thinker")
+    message = response.choices[0].message.content
+    assert "⚠️ 注意：回答中的“<140/90 mmHg”与2018版一致；2024版已更新为<130/80 mmHg" in message
+    evidence = response.model_extra["evidence"]
+    claims = [c for e in evidence for c in e["stale_claims"]]
+    assert [(c["guideline_id"], c["stale_version"], c["live_says"]) for c in claims] == \
+        [("cn-hypertension", "2018", "<130/80 mmHg")]
+
+    chunks = list(ask(gateway.client(), question, model="thinker", stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == message
+    last_evidence = [c.model_extra["evidence"] for c in chunks if (c.model_extra or {}).get("evidence")][-1]
+    assert [c for e in last_evidence for c in e["stale_claims"]] == claims
+    metrics = httpx.get(gateway.url + "/metrics").text
+    assert "medloop_stale_answers_total 2.0" in metrics
