@@ -56,7 +56,7 @@ def analyse(question: str, lexicon: Lexicon) -> Query:
         concepts.append(Concept(" ".join(forms[0]), forms))
     for run in CJK_RUN.findall(rest):
         for word, tag in jieba.posseg.lcut(run):
-            weight = UNKNOWN_WEIGHT.get(tag[:1], 0.0)
+            weight = 0.0 if _a_name(word, tag) else UNKNOWN_WEIGHT.get(tag[:1], 0.0)
             if len(word) < 2 or word in STOPWORDS or not weight:
                 continue  # a leftover character or a function word is phrasing, not topic
             concepts.append(Concept(word, (tuple(bigrams(word)),), partial=True, weight=weight))
@@ -69,6 +69,16 @@ def analyse(question: str, lexicon: Lexicon) -> Query:
     sparse = list(tokenize(question))
     sparse += [t for c in concepts for form in c.forms for t in form]
     return Query(question, tuple(dict.fromkeys(concepts)), tuple(dict.fromkeys(sparse)))
+
+
+# jieba tags names "nr", but also some phrases ("喝咖啡"): a name is an nr word that starts with a common surname.
+SURNAMES = set("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕"
+               "丁任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤")
+
+
+def _a_name(word: str, tag: str) -> bool:
+    """A person's name in the question ("患者张三") is who asks, never what about."""
+    return tag.startswith("nr") and word[0] in SURNAMES and len(word) <= 3
 
 
 def _compounds(question: str, lexicon: Lexicon) -> list[Concept]:
