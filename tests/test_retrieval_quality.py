@@ -183,3 +183,32 @@ def test_a_reranker_orders_the_candidates_and_can_cite(indexed, settings, tmp_pa
     assert [h.score for h in hits] == pytest.approx([float(s) for s in scores], abs=1e-5)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert all(h.relevant for h in hits)
+
+
+def test_the_exported_question_encoder_matches_sentence_transformers(indexed, settings):
+    from medloop.retrieval import query_encoder
+    from medloop.retrieval.index import ensure_query_encoder
+
+    assert ensure_query_encoder(settings, indexed.embedder)
+    onnx = query_encoder.load(settings.index_dir, settings.embedder)
+    questions = ["Is aspirin good for headaches?", "一般高血压患者血压应控制在多少以下", "A1C " * 300]  # and truncation
+    ours = onnx.encode(questions, normalize_embeddings=True)
+    theirs = indexed.embedder.encode(questions, normalize_embeddings=True, convert_to_numpy=True)
+    assert (ours * theirs).sum(axis=1).min() > 0.9999
+    fresh = Retriever(settings, store=indexed.store)  # what `medloop search` builds
+    assert isinstance(fresh.embedder, query_encoder.OnnxQueryEncoder)
+    question = "How long should dual antiplatelet therapy last after ACS?"
+    assert [h.chunk.chunk_id for h in fresh.search(question, 3)] == \
+        [h.chunk.chunk_id for h in indexed.search(question, 3)]
+
+
+def test_a_pipeline_onnx_cannot_reproduce_keeps_sentence_transformers(settings, tmp_path):
+    from sentence_transformers import SentenceTransformer, models
+
+    from medloop.retrieval import query_encoder
+
+    word = models.Transformer(str(tiny_bert(tmp_path / "bert", "embed")))
+    pooling = models.Pooling(word.get_embedding_dimension(), pooling_mode="max")
+    model = SentenceTransformer(modules=[word, pooling])
+    assert not query_encoder.export(model, tmp_path / "out", "max-pooled")
+    assert query_encoder.load(tmp_path, "max-pooled") is None

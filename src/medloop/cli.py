@@ -80,9 +80,12 @@ def ingest(
 ) -> None:
     """Ingest guideline files: parse, chunk, version (newest wins) and index them."""
     from medloop.knowledge.ingest import FileOutcome
+    from medloop.retrieval.index import ensure_query_encoder
 
     settings = Settings()
     report, synced = run_ingest(settings, paths, recursive)
+    if synced.total:
+        ensure_query_encoder(settings)  # once per embedder: `medloop search` then starts in about a second
     for f in report.files:
         for w in f.warnings:
             console.print(f"[yellow]warning[/] {f.path}: {w}")
@@ -129,14 +132,17 @@ def search(
 def index_rebuild() -> None:
     """Re-embed every chunk and write a fresh index version (after changing the embedder or index type)."""
     from medloop.knowledge import KnowledgeStore
-    from medloop.retrieval import sync_index
+    from medloop.retrieval import load_embedder, sync_index
+    from medloop.retrieval.index import ensure_query_encoder
 
     settings = Settings()
+    embedder = load_embedder(settings.embedder)
     with _progress() as progress:
         task = progress.add_task("embed", total=None)
         with KnowledgeStore(settings.knowledge_db) as store:
-            result = sync_index(settings, store, rebuild=True,
+            result = sync_index(settings, store, embedder=embedder, rebuild=True,
                                 on_progress=lambda d, t: progress.update(task, completed=d, total=t))
+    ensure_query_encoder(settings, embedder, force=True)
     out.print(f"index v{result.version}: {result.total} chunks")
 
 

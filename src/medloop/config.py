@@ -62,7 +62,7 @@ class Settings(BaseSettings):
         "(measured: any weight demotes right Chinese passages)")
     rrf_k: int = 60
     lexicon: Path | None = Field(None, description="your own lexicon lines, added to the built-in zh/en one")
-    min_relevance: float = Field(0.57, description="a hit is cited when it covers this IDF-weighted share of the "
+    min_relevance: float = Field(0.53, description="a hit is cited when it covers this IDF-weighted share of the "
                                  "question's concepts (calibrated: medloop eval retrieval --calibrate)")
     min_cosine: float = Field(0.75, description="...or reaches this cosine, when the embedder knows the language")
     reranker: str = Field("", description="optional cross-encoder (sentence-transformers CrossEncoder name or "

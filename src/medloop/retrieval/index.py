@@ -50,6 +50,18 @@ def load_embedder(name: str):
     return SentenceTransformer(resolve_embedder_path(name), device="cpu")
 
 
+def ensure_query_encoder(settings: Settings, embedder=None, *, force: bool = False) -> bool:
+    """Export the embedder for fast question embedding (see `query_encoder`) unless already there.
+    True when an export is in place afterwards."""
+    from medloop.retrieval import query_encoder
+
+    folder = query_encoder.encoder_dir(settings.index_dir, settings.embedder)
+    if (folder / "encoder.json").exists() and not force:
+        return True
+    with writer_lock(settings.index_dir):
+        return query_encoder.export(embedder or load_embedder(settings.embedder), folder, settings.embedder)
+
+
 def chunk_index_text(title: str, section: str, text: str) -> str:
     # Title and section carry the topic that a short paragraph often leaves implicit.
     return f"{title} {section}\n{text}".strip()

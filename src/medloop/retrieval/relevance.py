@@ -17,14 +17,23 @@ from dataclasses import dataclass
 
 import jieba
 import jieba.posseg
+from wordfreq import zipf_frequency
 
 from medloop.retrieval.lexicon import ENGLISH_WORD, Form, Lexicon
 from medloop.retrieval.tokenize import CJK_RUN, STOPWORDS, bigrams, english_token, tokenize
 
-# A word outside the lexicon may be the topic ("香蕉", "骨折") or the phrasing ("会不会", "注意"): it counts at a
-# fraction of its IDF, by part of speech (jieba's tags for Chinese; English words count as nouns). Function
-# words (pronouns, adverbs, particles, numerals...) do not count. Calibrated on the dev set.
-UNKNOWN_WEIGHT = {"n": 0.5, "v": 0.25, "a": 0.25, "l": 0.25, "t": 0.25, "s": 0.25, "i": 0.25, "z": 0.25}
+# A word outside the lexicon may be the topic ("香蕉", "骨折", "sunscreen") or the phrasing ("会不会", "注意",
+# "reasonable"). General-language frequency tells them apart: the rarer a word in everyday text (wordfreq's
+# Zipf scale: 7 for "the", 3 for "sunscreen"), the likelier it is the topic. An unknown word counts at
+# its rarity x its IDF; Chinese function words (jieba tags: pronouns, adverbs, particles, numerals...) not at
+# all. Calibrated on the dev set (a sweep of both bounds; the widest threshold gap at the best cited recall).
+COMMON_ZIPF, RARE_ZIPF = 6.0, 3.5  # rarity 0 at or above the first, 1 at or below the second
+CONTENT_TAGS = set("nvalstiz")
+
+
+def rarity(word: str) -> float:
+    zipf = zipf_frequency(word, "zh" if CJK_RUN.search(word) else "en")
+    return min(1.0, max(0.0, (COMMON_ZIPF - zipf) / (COMMON_ZIPF - RARE_ZIPF)))
 
 
 @dataclass(frozen=True)
@@ -56,16 +65,15 @@ def analyse(question: str, lexicon: Lexicon) -> Query:
         concepts.append(Concept(" ".join(forms[0]), forms))
     for run in CJK_RUN.findall(rest):
         for word, tag in jieba.posseg.lcut(run):
-            weight = 0.0 if _a_name(word, tag) else UNKNOWN_WEIGHT.get(tag[:1], 0.0)
-            if len(word) < 2 or word in STOPWORDS or not weight:
+            if len(word) < 2 or word in STOPWORDS or tag[:1] not in CONTENT_TAGS or _a_name(word, tag):
                 continue  # a leftover character or a function word is phrasing, not topic
-            concepts.append(Concept(word, (tuple(bigrams(word)),), partial=True, weight=weight))
+            concepts.append(Concept(word, (tuple(bigrams(word)),), partial=True, weight=rarity(word)))
     concepts += _compounds(question, lexicon)
     english = CJK_RUN.sub(" ", rest)
     for word in dict.fromkeys(m.group() for m in ENGLISH_WORD.finditer(english)):
         token = english_token(word)
         if token and not word.isdigit():  # numbers are the answer's business, not the topic
-            concepts.append(Concept(word, ((token,),), weight=UNKNOWN_WEIGHT["n"]))
+            concepts.append(Concept(word, ((token,),), weight=rarity(word)))
     sparse = list(tokenize(question))
     sparse += [t for c in concepts for form in c.forms for t in form]
     return Query(question, tuple(dict.fromkeys(concepts)), tuple(dict.fromkeys(sparse)))
@@ -91,7 +99,7 @@ def _compounds(question: str, lexicon: Lexicon) -> list[Concept]:
         inner = lexicon.longest_inside(word)
         if inner and word.replace(inner, "", 1) not in STOPWORDS:
             # Whole or nothing: half of "血压计" is always found wherever "血压" is.
-            out.append(Concept(word, (tuple(bigrams(word)),), weight=UNKNOWN_WEIGHT["n"]))
+            out.append(Concept(word, (tuple(bigrams(word)),), weight=rarity(word)))
     return out
 
 

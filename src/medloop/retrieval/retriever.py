@@ -11,6 +11,7 @@ from medloop.config import Settings
 from medloop.knowledge.language import is_chinese
 from medloop.knowledge.similarity import fingerprint, near_duplicates, shingles
 from medloop.knowledge.store import ChunkRecord, KnowledgeStore
+from medloop.retrieval import query_encoder
 from medloop.retrieval.index import LoadedIndex, current_version, load_embedder, load_index
 from medloop.retrieval.lexicon import lexicon
 from medloop.retrieval.relevance import analyse, concept_weights, relevance
@@ -47,8 +48,11 @@ class Retriever:
 
     @property
     def embedder(self):
+        """The exported ONNX question encoder when `medloop ingest` left one (loads in a fraction of a second),
+        else the sentence-transformers model."""
         if self._embedder is None:
-            self._embedder = load_embedder(self.settings.embedder)
+            exported = query_encoder.load(self.settings.index_dir, self.settings.embedder)
+            self._embedder = exported or load_embedder(self.settings.embedder)
         return self._embedder
 
     @property

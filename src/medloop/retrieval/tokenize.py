@@ -18,7 +18,7 @@ from medloop.knowledge.language import CJK, CJK_RANGES
 
 jieba.setLogLevel(logging.WARNING)
 
-VERSION = 3  # bump when tokens change: an index built with other tokens is rebuilt
+VERSION = 4  # bump when tokens change: an index built with other tokens is rebuilt
 WORD = re.compile(f"[\\w{CJK_RANGES}]+")
 CJK_RUN = re.compile(f"[{CJK_RANGES}]+")
 # Question words, particles and phrasing that every guideline "matches"; without them BM25 and the relevance
@@ -72,7 +72,7 @@ def _keep(cjk_word: str) -> bool:
 def english_token(word: str) -> str | None:
     """The stem of a non-CJK word, or None for a stop word (as written or once stemmed: "used", "treating")."""
     word = word.strip().lower()
-    if not word or word in STOPWORDS:
+    if len(word) < 2 or word in STOPWORDS:  # "I'm" leaves an "m"
         return None
     stemmed = stem(word)
     return None if stemmed in STOPWORDS else stemmed

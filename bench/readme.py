@@ -1,0 +1,63 @@
+"""Write the README's generated figures from bench/results/*.json, between `<!-- figures:NAME -->` and
+`<!-- /figures:NAME -->` markers, so every figure there traces to a saved run.
+
+    python bench/readme.py          # rewrite README.md in place
+    python bench/readme.py --check  # exit 1 when README.md is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def retrieval_quality() -> str:
+    dev, held = load("retrieval_quality-dev"), load("retrieval_quality-heldout")
+    names = ("hit_at_1", "hit_at_3", "mrr", "cited_recall", "false_cite_rate", "newest_version_share")
+    rows = [f"| {n} | {dev[n]:.3f} | {held[n]:.3f} |" for n in names]
+    return "\n".join(["| figure (k=3) | dev set | held-out set |", "|---|---|---|", *rows,
+                      f"\n`min_relevance` {dev['min_relevance']}, `min_cosine` {dev['min_cosine']}."])
+
+
+def search() -> str:
+    f = load("search")["figures"]
+    return "\n".join([
+        "| question | sentence-transformers | exported ONNX encoder | speed-up |", "|---|---|---|---|",
+        *(f"| {lang} | {f[f'sentence-transformers/{lang}']['median_s']:.2f} s | {f[f'onnx/{lang}']['median_s']:.2f} s "
+          f"| {f[f'speedup/{lang}']:.2f}x |" for lang in ("zh", "en"))])
+
+
+SECTIONS = {"retrieval-quality": retrieval_quality, "search": search}
+
+
+def render(text: str) -> str:
+    for name, make in SECTIONS.items():
+        pattern = re.compile(rf"(<!-- figures:{name} -->\n)(?:.*?\n)?(<!-- /figures:{name} -->)", re.S)
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    readme = ROOT / "README.md"
+    old = readme.read_text(encoding="utf-8")
+    new = render(old)
+    if args.check:
+        sys.exit(0 if new == old else 1)
+    readme.write_text(new, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
