@@ -46,6 +46,14 @@ def test_current_answers_are_not_flagged(store, answer):
     assert stale_claims(answer, ["cn-hypertension"], store) == []
 
 
+def test_a_drug_class_only_the_superseded_version_names_is_flagged(store):
+    claims = stale_claims("初始治疗可以选用利尿剂。", ["cn-hypertension"], store)
+    assert [(c.claim, c.kind, c.stale_version, c.live_version) for c in claims] == [("利尿剂", "name", "2018", "2024")]
+    assert claims[0].note("zh").startswith("注意：回答中的“利尿剂”见于2018版，2024版已不再提及（药物治疗：")
+    # named by the live version too: current
+    assert stale_claims("合并蛋白尿者优先选用ACEI或ARB。", ["cn-hypertension"], store) == []
+
+
 def test_a_guideline_without_older_versions_is_never_flagged(store):
     assert stale_claims("HbA1c控制目标为<8.0%。", ["cn-t2dm"], store) == []
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from medloop.knowledge.language import language_of
 from medloop.retrieval.retriever import Hit
-from medloop.retrieval.staleness import StaleClaim
+
+if TYPE_CHECKING:
+    from medloop.retrieval.staleness import StaleClaim
 
 HEADINGS = {"zh": "最新临床依据", "en": "Latest clinical evidence"}
 

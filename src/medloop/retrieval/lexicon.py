@@ -71,30 +71,33 @@ class Lexicon:
         """The longest Chinese lexicon name inside `word`, if any."""
         return next((t.text for t in self.terms if CJK.search(t.text) and t.text in word), None)
 
-    def find(self, question: str) -> tuple[list[tuple[int, ...]], str]:
-        """(the concept lines each name in the question belongs to, the question with those names blanked out).
-        A name on two lines ("心梗": myocardial infarction, ACS) is one concept with both lines' forms."""
+    def find(self, question: str) -> tuple[list[tuple[tuple[int, ...], str]], str]:
+        """([(the concept lines a name in the question belongs to, the name as written)], the question with those
+        names blanked out). A name on two lines ("心梗": myocardial infarction, ACS) is one concept with both
+        lines' forms."""
         text = question.lower()
         words = [(m, t) for m in ENGLISH_WORD.finditer(text) if (t := english_token(m.group()))]
         used = [False] * len(words)
         blank: list[tuple[int, int]] = []
-        found: list[tuple[int, ...]] = []
+        found: list[tuple[tuple[int, ...], str]] = []
         for term in self.terms:
             if CJK.search(term.text):
                 if term.text in text:
+                    start = text.index(term.text)
+                    found.append((term.groups, question[start : start + len(term.text)]))
                     text = text.replace(term.text, " " * len(term.text))  # same length: spans stay valid
-                    found.append(term.groups)
                 continue
             n = len(term.tokens)
             for i in range(len(words) - n + 1):
                 if not any(used[i : i + n]) and tuple(s for _, s in words[i : i + n]) == term.tokens:
                     used[i : i + n] = [True] * n
-                    blank.append((words[i][0].start(), words[i + n - 1][0].end()))
-                    found.append(term.groups)
+                    start, end = words[i][0].start(), words[i + n - 1][0].end()
+                    blank.append((start, end))
+                    found.append((term.groups, question[start:end]))
                     break
         for start, end in blank:
             text = text[:start] + " " * (end - start) + text[end:]
-        return list(dict.fromkeys(found)), text
+        return list({groups: (groups, name) for groups, name in found}.values()), text
 
 
 def form_of(name: str) -> Form:

@@ -60,7 +60,7 @@ class Query:
 def analyse(question: str, lexicon: Lexicon) -> Query:
     groups, rest = lexicon.find(question)
     concepts = []
-    for line_ids in groups:
+    for line_ids, _ in groups:
         forms = tuple(dict.fromkeys(f for g in line_ids for f in lexicon.groups[g]))
         concepts.append(Concept(" ".join(forms[0]), forms))
     for run in CJK_RUN.findall(rest):

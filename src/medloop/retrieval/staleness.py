@@ -1,11 +1,13 @@
 """The stale-answer check: does the answer follow a superseded version of a guideline it cites?
 
 After generation, the answer's numeric claims (thresholds, targets, durations: "<140/90 mmHg", "7%", "48小时",
-"12 months") are looked up in the live and the superseded versions of each cited guideline, clause by clause.
-A claim is stale when a superseded clause states it and the live version does not say it in that context: the
-value appears nowhere in the live version, or only in a clause about something else (the 2024 hypertension
-guideline still says <140/90, for patients over 80, while its general target is <130/80). The live
-counterpart of the superseded clause gives what the current version says instead.
+"12 months") and the drugs and classes it names (lexicon concepts: "利尿剂", "β受体阻滞剂") are looked up in
+the live and the superseded versions of each cited guideline, clause by clause. A value is stale when a
+superseded clause states it and the live version does not say it in that context: the value appears nowhere in
+the live version, or only in a clause about something else (the 2024 hypertension guideline still says <140/90,
+for patients over 80, while its general target is <130/80). A name is stale when the answer says what a
+superseded clause says and the live version never names it. The live counterpart of the superseded clause
+gives what the current version says instead.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import re
 from dataclasses import dataclass
 
 from medloop.knowledge.store import KnowledgeStore
+from medloop.retrieval.evidence import quote
+from medloop.retrieval.lexicon import lexicon
 from medloop.retrieval.tokenize import tokenize
 
 UNITS = {
@@ -28,6 +32,7 @@ CLAIM = re.compile(
 )
 CLAUSE = re.compile(r"[。；;！？!?\n]|\.(?=\s|$)")
 MARGIN = 0.05  # how much closer to the superseded clause than to any live one the answer must be
+NAME_CONTAINMENT = 0.5  # a name is checked only in an answer clause that says what the superseded clause says
 
 
 @dataclass(frozen=True)
@@ -53,11 +58,26 @@ def clauses(text: str) -> list[str]:
     return [c.strip() for c in CLAUSE.split(text) if c.strip()]
 
 
+def _topic(text: str) -> set[str]:
+    return {t for t in tokenize(text) if not t.isdigit()}
+
+
 def similarity(a: str, b: str) -> float:
     """Jaccard similarity of the two clauses' tokens, numbers left out: what they are about."""
-    ta = {t for t in tokenize(a) if not t.isdigit()}
-    tb = {t for t in tokenize(b) if not t.isdigit()}
+    ta, tb = _topic(a), _topic(b)
     return len(ta & tb) / len(ta | tb) if ta | tb else 0.0
+
+
+def containment(a: str, b: str) -> float:
+    """The share of what clause `a` is about that clause `b` also says."""
+    ta = _topic(a)
+    return len(ta & _topic(b)) / len(ta) if ta else 0.0
+
+
+@dataclass(frozen=True)
+class Name:
+    text: str  # as written in the answer
+    forms: tuple[tuple[str, ...], ...]  # the lexicon concept's forms, either language
 
 
 @dataclass
@@ -68,8 +88,15 @@ class StaleClaim:
     live_version: str
     live_says: str  # what the live version says on the same point ("" when it says nothing there)
     section: str  # the live section
+    kind: str = "value"  # a threshold/target/duration, or a "name" (a drug or class) only the old version names
 
     def note(self, language: str) -> str:
+        if self.kind == "name":
+            if language == "zh":
+                return (f"注意：回答中的“{self.claim}”见于{self.stale_version}版，{self.live_version}版已不再提及"
+                        f"（{self.section}：“{self.live_says}”）。")
+            return (f"Note: “{self.claim}” in this answer comes from the {self.stale_version} version; the "
+                    f"{self.live_version} version no longer names it ({self.section}: “{self.live_says}”).")
         if language == "zh":
             now = f"已更新为{self.live_says}" if self.live_says else "已不再采用此值"
             return (f"注意：回答中的“{self.claim}”与{self.stale_version}版一致；"
@@ -82,10 +109,27 @@ class StaleClaim:
         return dict(self.__dict__)
 
 
+def names(text: str) -> list[Name]:
+    """The lexicon concepts a clause names (drugs, classes, tests...), as written."""
+    lex = lexicon()
+    out = []
+    for line_ids, written in lex.find(text)[0]:
+        forms = tuple(dict.fromkeys(f for g in line_ids for f in lex.groups[g]))
+        out.append(Name(written, forms))
+    return out
+
+
+def _states(claim: Value | Name, clause: str) -> bool:
+    if isinstance(claim, Value):
+        return any(v.key == claim.key for v in values(clause))
+    tokens = set(tokenize(clause))
+    return any(all(t in tokens for t in form) for form in claim.forms)
+
+
 def stale_claims(answer: str, cited_guidelines: list[str], store: KnowledgeStore) -> list[StaleClaim]:
     found: list[StaleClaim] = []
-    answer_clauses = [(c, values(c)) for c in clauses(answer)]
-    if not any(v for _, v in answer_clauses):
+    answer_clauses = [(c, [*values(c), *names(c)]) for c in clauses(answer)]
+    if not any(claims for _, claims in answer_clauses):
         return found
     for doc_id in dict.fromkeys(cited_guidelines):
         chunks = store.guideline_chunks(doc_id)
@@ -93,34 +137,40 @@ def stale_claims(answer: str, cited_guidelines: list[str], store: KnowledgeStore
         old = [(c, clause) for c in chunks if c.superseded for clause in clauses(c.text)]
         if not old or not live:
             continue
-        for sentence, claimed in answer_clauses:
-            for value in claimed:
-                claim = _check(sentence, value, live, old, doc_id)
-                if claim and all(claim.claim != f.claim or claim.guideline_id != f.guideline_id for f in found):
-                    found.append(claim)
+        for sentence, claims in answer_clauses:
+            for claim in claims:
+                stale = _check(sentence, claim, live, old, doc_id)
+                if stale and all(stale.claim != f.claim or stale.guideline_id != f.guideline_id for f in found):
+                    found.append(stale)
     return found
 
 
-def _check(sentence: str, value: Value, live, old, doc_id: str) -> StaleClaim | None:
-    old_with = [(c, clause) for c, clause in old if any(v.key == value.key for v in values(clause))]
+def _check(sentence: str, claim: Value | Name, live, old, doc_id: str) -> StaleClaim | None:
+    old_with = [(c, clause) for c, clause in old if _states(claim, clause)]
     if not old_with:
         return None
     old_chunk, old_clause = max(old_with, key=lambda x: similarity(sentence, x[1]))
     sim_old = similarity(sentence, old_clause)
-    live_with = [clause for _, clause in live if any(v.key == value.key for v in values(clause))]
+    live_with = [clause for _, clause in live if _states(claim, clause)]
+    if isinstance(claim, Name):
+        # A name is stale only where the live version never names it, and the answer says what the old did.
+        if live_with or containment(sentence, old_clause) < NAME_CONTAINMENT:
+            return None
+        live_chunk, counterpart = max(live, key=lambda x: similarity(old_clause, x[1]))
+        return StaleClaim(claim.text, doc_id, old_chunk.version, live_chunk.version, quote(counterpart, 60),
+                          live_chunk.section, kind="name")
     sim_live = max((similarity(sentence, clause) for clause in live_with), default=None)
     if sim_live is not None and sim_old <= sim_live + MARGIN:
         return None  # the live version says it too, in a clause at least as close to the answer
     # What the live version says instead: its clause closest to the superseded one, same kind of value.
-    unit = value.key[1]
+    unit = claim.key[1]
     same_kind = [(c, clause) for c, clause in live if any(v.key[1] == unit for v in values(clause))]
     if same_kind:
         live_chunk, counterpart = max(same_kind, key=lambda x: similarity(old_clause, x[1]))
         says = [v for v in values(counterpart) if v.key[1] == unit]
-        if any(v.key == value.key for v in says) and similarity(old_clause, counterpart) > 0.5:
+        if any(v.key == claim.key for v in says) and similarity(old_clause, counterpart) > 0.5:
             return None  # the same point, the same value: unchanged
         live_says = " / ".join(dict.fromkeys(v.text for v in says))
     else:
         live_chunk, live_says = live[0][0], ""
-    return StaleClaim(value.text, doc_id, old_chunk.version, live_chunk.version, live_says, live_chunk.section)
-
+    return StaleClaim(claim.text, doc_id, old_chunk.version, live_chunk.version, live_says, live_chunk.section)
