@@ -258,3 +258,62 @@ def test_cli_search_output_carries_no_third_party_noise(settings):
                             capture_output=True, text=True)
     assert search.returncode == 0 and json.loads(search.stdout)[0]["doc_id"] == "ada-standards-of-care"
     assert search.stderr == ""  # no import-time warnings, no weight-loading bars (they are behind --verbose)
+
+
+class RecordingEmbedder:
+    """The real embedder, recording the texts it is asked to embed; `fail_after` batches, it raises (an
+    interrupted ingest)."""
+
+    def __init__(self, inner, fail_after=None):
+        self.inner, self.texts, self.batches, self.fail_after = inner, [], 0, fail_after
+
+    def get_embedding_dimension(self):
+        return self.inner.get_embedding_dimension()
+
+    def encode(self, texts, **kw):
+        if self.fail_after is not None and self.batches >= self.fail_after:
+            raise KeyboardInterrupt("interrupted")
+        self.batches += 1
+        self.texts += list(texts)
+        return self.inner.encode(texts, **kw)
+
+
+def test_an_english_only_embedder_never_reads_chinese_chunks(settings, embedder):
+    from medloop.knowledge.language import is_chinese
+
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES])
+    recording = RecordingEmbedder(embedder)
+    sync_index(settings, store, embedder=recording)
+    english = [c for c in store.chunks() if not is_chinese(c.title + c.text)]
+    assert recording.texts and not any(is_chinese(t) for t in recording.texts)
+    assert load_index(settings.index_dir).dense.ntotal == len(english)
+    hits = Retriever(settings, store=store, embedder=embedder).search("一般高血压患者血压应控制在多少以下", 3)
+    assert hits[0].chunk.doc_id == "cn-hypertension" and hits[0].relevant  # BM25 and the lexicon find it
+
+    settings.embedder_multilingual = True  # a multilingual embedder reads everything
+    recording = RecordingEmbedder(embedder)
+    sync_index(settings, store, embedder=recording, rebuild=True)
+    assert any(is_chinese(t) for t in recording.texts)
+    assert load_index(settings.index_dir).dense.ntotal == len(store.chunks())
+
+
+def test_an_interrupted_index_write_resumes_with_the_embeddings_done(settings, embedder):
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES])
+    settings.embedder_multilingual = True  # every chunk is embedded: more batches
+    first = RecordingEmbedder(embedder, fail_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        sync_index(settings, store, embedder=first, batch_size=4)
+    assert current_version(settings.index_dir) is None and len(first.texts) == 8  # two batches done
+    second = RecordingEmbedder(embedder)
+    result = sync_index(settings, store, embedder=second, batch_size=4)
+    total = len(store.chunks())
+    assert result.total == total and len(second.texts) == total - 8  # only what was left
+    assert not set(first.texts) & set(second.texts)
+    index = load_index(settings.index_dir)
+    assert index.dense.ntotal == total
+    # a vector kept from the interrupted run is the one a fresh encode gives
+    staged = embedder.encode([first.texts[0]], normalize_embeddings=True)[0]
+    assert float(index.embeddings.dot(staged).max()) > 0.9999
+    assert not (settings.index_dir / ".staging").exists()  # cleared once published

@@ -27,6 +27,7 @@ from filelock import FileLock
 
 from medloop.atomic import failpoint, write_text_atomic
 from medloop.config import DEFAULT_EMBEDDER, Settings
+from medloop.knowledge.language import is_chinese
 from medloop.knowledge.store import KnowledgeStore
 from medloop.retrieval.tokenize import VERSION as TOKENS_VERSION
 from medloop.retrieval.tokenize import tokenize
@@ -125,7 +126,10 @@ def load_index(index_dir: Path, version: int | None = None) -> LoadedIndex | Non
 
 
 def build_dense(embeddings: np.ndarray, ids: np.ndarray, settings: Settings) -> faiss.Index:
+    """Only chunks with a vector go in: a zero row is text the embedder was not asked to read."""
     dim = embeddings.shape[1]
+    embedded = np.linalg.norm(embeddings, axis=1) > 0 if len(ids) else np.zeros(0, dtype=bool)
+    embeddings, ids = embeddings[embedded], ids[embedded]
     n = len(ids)
     kind = settings.index_type
     if kind == "ivf":
@@ -199,32 +203,77 @@ def _sync(settings, store, embedder, rebuild, on_progress, batch_size) -> SyncRe
     keep = np.array([i in want for i in old.ids.tolist()], dtype=bool) if old is not None else None
     new_ids = sorted(want - have)
     embedder = embedder or load_embedder(settings.embedder)
-    ids, embeddings, tokens = _embed_new(store, new_ids, embedder, batch_size, on_progress)
+    staging = _Staging(index_dir / ".staging", _index_params(settings))
+    reads_chinese = settings.embedder_multilingual
+    ids, embeddings, tokens = _embed_new(store, new_ids, embedder, batch_size, on_progress, reads_chinese, staging)
     if old is not None:  # what is still in the store keeps its vectors
         ids = np.concatenate([old.ids[keep], ids])
         embeddings = np.concatenate([old.embeddings[keep], embeddings])
         tokens = [t for t, k in zip(old.tokens, keep, strict=True) if k] + tokens
     version = _publish(settings, ids, embeddings, tokens, revision)
+    staging.clear()  # published: what was staged for it is in the index now
     removed = int((~keep).sum()) if keep is not None else 0
     return SyncResult(version, len(new_ids), removed, int(len(ids)), changed=True)
 
 
-def _embed_new(store, new_ids: list[int], embedder, batch_size: int, on_progress):
-    """(ids, normalised embeddings, BM25 tokens) of the chunks not yet in the index, in batches."""
+class _Staging:
+    """Vectors of an index write in progress, kept batch by batch, so an interrupted ingest resumes with the
+    embeddings already done (the store holds the chunks; only their vectors would be lost)."""
+
+    def __init__(self, folder: Path, params: dict):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / "params.json"
+        if marker.exists() and json.loads(marker.read_text()) != params:
+            self.clear()  # another embedder: those vectors do not apply
+            folder.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(params))
+
+    def load(self) -> dict[int, np.ndarray]:
+        done: dict[int, np.ndarray] = {}
+        for f in sorted(self.folder.glob("batch-*.npz")):
+            with np.load(f) as batch:
+                done.update(zip(batch["ids"].tolist(), batch["vectors"], strict=True))
+        return done
+
+    def keep(self, ids: list[int], vectors: np.ndarray) -> None:
+        tmp = self.folder / f".batch-{ids[0]}.npz"
+        np.savez(tmp, ids=np.array(ids, dtype=np.int64), vectors=vectors)
+        os.replace(tmp, self.folder / f"batch-{ids[0]}.npz")
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _embed_new(store, new_ids: list[int], embedder, batch_size: int, on_progress, reads_chinese: bool,
+               staging: _Staging):
+    """(ids, normalised embeddings, BM25 tokens) of the chunks not yet in the index, in batches. Chinese text
+    on an English-only embedder gets a zero row and no embedding: a Chinese question never consults it and
+    its vector would be noise (BM25 and the lexicon find it); a large Chinese file ingests at BM25 speed."""
     dim = embedder.get_embedding_dimension() if hasattr(embedder, "get_embedding_dimension") \
         else embedder.get_sentence_embedding_dimension()
-    vectors, tokens = [np.zeros((0, dim), dtype=np.float32)], []
     rows = list(store.iter_chunk_texts(new_ids))
+    vectors = np.zeros((len(rows), dim), dtype=np.float32)
+    staged = staging.load()
+    tokens = []
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         texts = [chunk_index_text(title, section, text) for _, title, section, text in batch]
-        vectors.append(
-            embedder.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
-        )
         tokens += [tokenize(t) for t in texts]
+        todo = []
+        for offset, ((cid, *_), text) in enumerate(zip(batch, texts, strict=True)):
+            if cid in staged:
+                vectors[start + offset] = staged[cid]
+            elif reads_chinese or not is_chinese(text):
+                todo.append(offset)
+        if todo:
+            encoded = embedder.encode([texts[i] for i in todo], batch_size=64, normalize_embeddings=True,
+                                      convert_to_numpy=True).astype(np.float32)
+            vectors[[start + i for i in todo]] = encoded
+            staging.keep([batch[i][0] for i in todo], encoded)
         if on_progress:
             on_progress(start + len(batch), len(rows))
-    return np.array([r[0] for r in rows], dtype=np.int64), np.concatenate(vectors), tokens
+    return np.array([r[0] for r in rows], dtype=np.int64), vectors, tokens
 
 
 def _publish(settings, ids: np.ndarray, embeddings: np.ndarray, tokens: list[list[str]], revision: int) -> int:
