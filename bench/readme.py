@@ -47,7 +47,28 @@ def ingest_chinese() -> str:
             f"{before['mb']} MB): {f['speedup']:.0f}x.")
 
 
-SECTIONS = {"retrieval-quality": retrieval_quality, "search": search, "ingest-chinese": ingest_chinese}
+def sabotage() -> str:
+    run = load("sabotage_gate")
+    train = run["settings"]["train"]
+    lines = [f"SmolLM2-135M-Instruct, LoRA r{train['lora_r']}, lr {train['learning_rate']}, {train['epochs']} epochs, "
+             f"replay {run['settings']['replay_fraction']}; every figure is candidate vs live:", "",
+             "| month | outcome | decided by | new-data loss | regression loss | MCQ | fact recall |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in run["figures"].items():
+        cells = []
+        for signal in ("new_data_loss", "regression_loss", "mcq_accuracy", "fact_recall"):
+            v = r["signals"].get(signal, {})
+            if v.get("candidate") is None:
+                cells.append("-")
+                continue
+            mark = "" if v["passed"] is not False else " ✗"
+            cells.append(f"{v['candidate']:.3f} vs {v['live']:.3f}{mark}")
+        lines.append(f"| {name} | {r['outcome']} | {r['decided_by']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+SECTIONS = {"sabotage": sabotage, "retrieval-quality": retrieval_quality, "search": search,
+            "ingest-chinese": ingest_chinese}
 
 
 def render(text: str) -> str:
