@@ -1,9 +1,11 @@
 """Ingesting a large Chinese guideline file: the defaults (an English-only embedder does not read Chinese
 chunks) against embedding every chunk (what ingestion did before), side by side.
 
-The file is the sample Chinese guidelines' sentences, replicated and varied (each copy numbered and its
-sentences reordered) to the requested size. The embed-everything side runs on `--baseline-mb` (it runs at
-embedding speed, ~20 chunks/s here) and is scaled to the full size by its measured chunks/s.
+Then the end-to-end search latency on that index (Chinese questions: lexicon, BM25 top-k without a full
+sort, relevance, records). The file is the sample Chinese guidelines' sentences, replicated and varied (each
+copy numbered and its sentences reordered) to the requested size. The embed-everything side runs on
+`--baseline-mb` (it runs at embedding speed, ~15 chunks/s here) and is scaled to the full size by its measured
+chunks/s.
 Saves bench/results/ingest_chinese.json.
 
     python bench/ingest_chinese.py --mb 50 --baseline-mb 1
@@ -44,7 +46,30 @@ def chinese_text(megabytes: float, seed: int = 0) -> str:
     return front + "".join(parts)
 
 
-def ingest(megabytes: float, multilingual: bool) -> dict:
+QUESTIONS = ["一般高血压患者血压应控制在多少以下", "流感患者什么时候开始抗病毒治疗", "2型糖尿病首选什么降糖药",
+             "冠心病合并慢阻肺能用β受体阻滞剂吗", "HbA1c多少可以诊断糖尿病", "儿童发热能用阿司匹林吗",
+             "骨折怎么处理", "高血压合并蛋白尿首选什么药"]
+
+
+def query_latency(settings, store, embedder, rounds: int = 25) -> dict:
+    """End-to-end search latency on the ingested index: lexicon, BM25 top-k, relevance, records."""
+    from medloop.retrieval import Retriever
+
+    retriever = Retriever(settings, store=store, embedder=embedder)
+    for q in QUESTIONS:
+        retriever.search(q, 3)  # load the index
+    times = []
+    for _ in range(rounds):
+        for q in QUESTIONS:
+            start = time.perf_counter()
+            retriever.search(q, 3)
+            times.append(time.perf_counter() - start)
+    times.sort()
+    return {"queries": len(times), "p50_ms": round(1000 * times[len(times) // 2], 1),
+            "p99_ms": round(1000 * times[int(len(times) * 0.99)], 1)}
+
+
+def ingest(megabytes: float, multilingual: bool, latency: bool = False) -> dict:
     from medloop.config import Settings
     from medloop.knowledge import KnowledgeStore, ingest_paths
     from medloop.retrieval import load_embedder, sync_index
@@ -60,10 +85,11 @@ def ingest(megabytes: float, multilingual: bool) -> dict:
         ingest_paths(store, [path])
         parsed = time.perf_counter() - start
         result = sync_index(settings, store, embedder=embedder)
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        query = query_latency(settings, store, embedder) if latency else None
     shutil.rmtree(home, ignore_errors=True)
     return {"mb": megabytes, "chunks": result.total, "seconds": round(seconds, 1), "parse_store_s": round(parsed, 1),
-            "chunks_per_s": round(result.total / seconds, 1)}
+            "chunks_per_s": round(result.total / seconds, 1), "query": query}
 
 
 def main() -> None:
@@ -71,9 +97,10 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=50)
     parser.add_argument("--baseline-mb", type=float, default=1)
     args = parser.parse_args()
-    ours = ingest(args.mb, multilingual=False)
+    ours = ingest(args.mb, multilingual=False, latency=True)
     print(f"defaults (Chinese not embedded): {ours['mb']} MB, {ours['chunks']} chunks in {ours['seconds']} s "
-          f"({ours['chunks_per_s']} chunks/s)")
+          f"({ours['chunks_per_s']} chunks/s); Chinese search p50 {ours['query']['p50_ms']} ms, "
+          f"p99 {ours['query']['p99_ms']} ms")
     before = ingest(args.baseline_mb, multilingual=True)
     projected = ours["chunks"] / before["chunks_per_s"]
     print(f"embedding every chunk: {before['mb']} MB, {before['chunks']} chunks in {before['seconds']} s "
