@@ -212,3 +212,14 @@ def test_a_pipeline_onnx_cannot_reproduce_keeps_sentence_transformers(settings, 
     model = SentenceTransformer(modules=[word, pooling])
     assert not query_encoder.export(model, tmp_path / "out", "max-pooled")
     assert query_encoder.load(tmp_path, "max-pooled") is None
+
+
+def test_a_pasted_document_is_read_only_as_far_as_its_opening(indexed, monkeypatch):
+    """A 32k-character message must not cost each request seconds of lexicon work."""
+    from medloop.retrieval import retriever as module
+
+    seen = []
+    real = module.analyse
+    monkeypatch.setattr(module, "analyse", lambda q, lex: seen.append(len(q)) or real(q, lex))
+    indexed.search("一般高血压患者血压应控制在多少以下？" + "患者病史记录，" * 5000, 3)
+    assert seen == [module.QUESTION_CHARS]

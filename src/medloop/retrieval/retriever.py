@@ -32,6 +32,7 @@ class Hit:
 
 
 CANDIDATES = 20  # fused candidates whose relevance is scored before the top k are chosen
+QUESTION_CHARS = 2000  # what a question is about is in its first lines; a pasted document must not cost seconds
 
 
 class Retriever:
@@ -84,6 +85,7 @@ class Retriever:
             return []
         s = self.settings
         n = min(len(index.ids), max(50, 10 * k))
+        question = question[:QUESTION_CHARS]
         query = analyse(question, self.lexicon)
         w_dense = self.dense_weight(question)
         knows_language = s.embedder_multilingual or not is_chinese(question)
