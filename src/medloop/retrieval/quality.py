@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from medloop.jsonl import JSONLError, json_objects
-from medloop.knowledge.language import is_chinese
+from medloop.retrieval.retriever import cited as cites
 
 TARGETS = {"cited_recall": (">=", 0.95), "false_cite_rate": ("<=", 0.02), "newest_version_share": (">=", 1.0)}
 
@@ -43,10 +43,6 @@ def load_labelled(path: Path) -> list[dict]:
     return rows
 
 
-def _passes(hit, min_relevance: float, min_cosine: float, knows_language: bool) -> bool:
-    return hit.relevance >= min_relevance or (knows_language and hit.dense_score >= min_cosine)
-
-
 def retrieval_quality(retriever, rows: list[dict], k: int = 3, *, min_relevance: float | None = None,
                       min_cosine: float | None = None) -> dict:
     """hit@1, hit@3, MRR over the top k; cited recall (an accepted guideline among the cited hits of the top
@@ -60,9 +56,10 @@ def retrieval_quality(retriever, rows: list[dict], k: int = 3, *, min_relevance:
     on_topic = [r for r in rows if r["guideline_ids"]]
     for row in rows:
         hits = retriever.search(row["question"], max(k, 3))
-        knows = s.embedder_multilingual or not is_chinese(row["question"])
-        cited = [h for h in hits[:k] if (h.relevant if min_relevance is None and min_cosine is None
-                                          else _passes(h, t_rel, t_cos, knows))]
+        knows = retriever.knows_language(row["question"])
+        default = min_relevance is None and min_cosine is None  # the retriever's own verdict (reranker included)
+        cited = [h for h in hits[:k] if (h.relevant if default else cites(h.relevance, h.dense_score, knows,
+                                                                           t_rel, t_cos))]
         accepted = set(row["guideline_ids"])
         docs = [h.chunk.doc_id for h in hits[:k]]
         record = {"question": row["question"], "kind": row["kind"], "top": docs[:3],

@@ -31,6 +31,12 @@ class Hit:
                 "sparse_score": self.sparse_score, "relevance": self.relevance, "relevant": self.relevant}
 
 
+def cited(relevance: float, cosine: float, knows_language: bool, min_relevance: float, min_cosine: float) -> bool:
+    """The evidence rule: enough of the question's concepts covered, or (only where the embedder understands the
+    question's language) a high enough cosine."""
+    return relevance >= min_relevance or (knows_language and cosine >= min_cosine)
+
+
 CANDIDATES = 20  # fused candidates whose relevance is scored before the top k are chosen
 QUESTION_CHARS = 2000  # what a question is about is in its first lines; a pasted document must not cost seconds
 
@@ -64,10 +70,9 @@ class Retriever:
             self._reranker = CrossEncoder(self.settings.reranker, device="cpu")
         return self._reranker
 
-    def dense_weight(self, question: str) -> float:
-        """An English-only embedder places a Chinese question at random: it gets no say (by default)."""
-        s = self.settings
-        return s.dense_weight if s.embedder_multilingual or not is_chinese(question) else s.dense_weight_cjk
+    def knows_language(self, question: str) -> bool:
+        """Does the embedder understand the question? An English-only one places a Chinese question at random."""
+        return self.settings.embedder_multilingual or not is_chinese(question)
 
     def index(self) -> LoadedIndex | None:
         live = current_version(self.settings.index_dir)
@@ -87,8 +92,8 @@ class Retriever:
         n = min(len(index.ids), max(50, 10 * k))
         question = question[:QUESTION_CHARS]
         query = analyse(question, self.lexicon)
-        w_dense = self.dense_weight(question)
-        knows_language = s.embedder_multilingual or not is_chinese(question)
+        knows_language = self.knows_language(question)
+        w_dense = s.dense_weight if knows_language else s.dense_weight_cjk
 
         dense: dict[int, float] = {}
         if w_dense > 0:
@@ -120,7 +125,7 @@ class Retriever:
             seen.append(grams)
             d = dense.get(cid, float("nan"))
             rel = relevance(query, index.token_set(cid), weights)
-            relevant = rel >= s.min_relevance or (knows_language and d >= s.min_cosine)
+            relevant = cited(rel, d, knows_language, s.min_relevance, s.min_cosine)
             candidates.append(Hit(chunk, fused[cid], d, sparse.get(cid, 0.0), rel, relevant))
             if len(candidates) == (s.reranker_candidates if s.reranker else max(k, CANDIDATES)):
                 break
