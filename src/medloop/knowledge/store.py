@@ -64,6 +64,15 @@ class ChunkRecord:
     superseded: bool
 
 
+# The columns of a ChunkRecord, in its order (superseded last).
+CHUNK_RECORDS = ("SELECT c.id, v.doc_id, v.version, v.title, v.issuer, v.published, v.language, c.section, c.text,"
+                 " v.superseded FROM chunks c JOIN versions v ON v.id = c.version_id")
+
+
+def _record(row: tuple) -> ChunkRecord:
+    return ChunkRecord(*row[:-1], superseded=bool(row[-1]))
+
+
 def version_key(published: str, version: str) -> tuple:
     natural = tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|[^\d]+", version))
     return (published, natural)
@@ -146,10 +155,7 @@ class KnowledgeStore:
         self.db.execute("UPDATE versions SET superseded = (id != ?) WHERE doc_id=?", (latest, doc_id))
 
     def chunks(self, ids: list[int] | None = None) -> list[ChunkRecord]:
-        sql = (
-            "SELECT c.id, v.doc_id, v.version, v.title, v.issuer, v.published, v.language, c.section,"
-            " c.text, v.superseded FROM chunks c JOIN versions v ON v.id = c.version_id"
-        )
+        sql = CHUNK_RECORDS
         if ids is None:
             rows = self.db.execute(sql + " ORDER BY c.id").fetchall()
         else:
@@ -157,15 +163,12 @@ class KnowledgeStore:
             for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
                 part = ids[start : start + 900]
                 rows += self.db.execute(sql + f" WHERE c.id IN ({','.join('?' * len(part))})", part).fetchall()
-        return [ChunkRecord(*r[:-1], superseded=bool(r[-1])) for r in rows]
+        return [_record(r) for r in rows]
 
     def guideline_chunks(self, doc_id: str) -> list[ChunkRecord]:
         """Every chunk of every version of one guideline, live and superseded."""
-        rows = self.db.execute(
-            "SELECT c.id, v.doc_id, v.version, v.title, v.issuer, v.published, v.language, c.section,"
-            " c.text, v.superseded FROM chunks c JOIN versions v ON v.id = c.version_id WHERE v.doc_id=?"
-            " ORDER BY v.published, c.ord", (doc_id,)).fetchall()
-        return [ChunkRecord(*r[:-1], superseded=bool(r[-1])) for r in rows]
+        rows = self.db.execute(CHUNK_RECORDS + " WHERE v.doc_id=? ORDER BY v.published, c.ord", (doc_id,))
+        return [_record(r) for r in rows]
 
     def iter_chunk_texts(self, ids: list[int]) -> Iterator[tuple[int, str, str, str]]:
         """(chunk id, guideline title, section, text) of the given chunks."""

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
-from medloop.knowledge.store import KnowledgeStore
+from medloop.knowledge.store import ChunkRecord, KnowledgeStore
 from medloop.retrieval.evidence import quote
 from medloop.retrieval.lexicon import lexicon
 from medloop.retrieval.tokenize import tokenize
@@ -58,20 +59,31 @@ def clauses(text: str) -> list[str]:
     return [c.strip() for c in CLAUSE.split(text) if c.strip()]
 
 
-def _topic(text: str) -> set[str]:
-    return {t for t in tokenize(text) if not t.isdigit()}
+@dataclass(frozen=True)
+class Clause:
+    """A clause read once: its values and its tokens (numbers left out of `topic`: what it is about)."""
+
+    text: str
+    values: tuple[Value, ...]
+    tokens: frozenset[str]
+    topic: frozenset[str]
+    chunk: ChunkRecord | None = None
+
+    @classmethod
+    def of(cls, text: str, chunk: ChunkRecord | None = None) -> Clause:
+        tokens = frozenset(tokenize(text))
+        return cls(text, tuple(values(text)), tokens, frozenset(t for t in tokens if not t.isdigit()), chunk)
 
 
-def similarity(a: str, b: str) -> float:
-    """Jaccard similarity of the two clauses' tokens, numbers left out: what they are about."""
-    ta, tb = _topic(a), _topic(b)
-    return len(ta & tb) / len(ta | tb) if ta | tb else 0.0
+def similarity(a: Clause, b: Clause) -> float:
+    """Jaccard similarity of what the two clauses are about."""
+    union = a.topic | b.topic
+    return len(a.topic & b.topic) / len(union) if union else 0.0
 
 
-def containment(a: str, b: str) -> float:
+def containment(a: Clause, b: Clause) -> float:
     """The share of what clause `a` is about that clause `b` also says."""
-    ta = _topic(a)
-    return len(ta & _topic(b)) / len(ta) if ta else 0.0
+    return len(a.topic & b.topic) / len(a.topic) if a.topic else 0.0
 
 
 @dataclass(frozen=True)
@@ -119,22 +131,32 @@ def names(text: str) -> list[Name]:
     return out
 
 
-def _states(claim: Value | Name, clause: str) -> bool:
+def _states(claim: Value | Name, clause: Clause) -> bool:
     if isinstance(claim, Value):
-        return any(v.key == claim.key for v in values(clause))
-    tokens = set(tokenize(clause))
-    return any(all(t in tokens for t in form) for form in claim.forms)
+        return any(v.key == claim.key for v in clause.values)
+    return any(all(t in clause.tokens for t in form) for form in claim.forms)
+
+
+@lru_cache(maxsize=64)
+def _guideline_clauses(store: KnowledgeStore, doc_id: str, revision: int) -> tuple[list[Clause], list[Clause]]:
+    """(live clauses, superseded clauses) of one guideline, read once per store revision; nothing is loaded for
+    a guideline without a superseded version, which is most of them."""
+    if not any(v["superseded"] for v in store.versions(doc_id)):
+        return [], []
+    chunks = store.guideline_chunks(doc_id)
+    live = [Clause.of(text, c) for c in chunks if not c.superseded for text in clauses(c.text)]
+    old = [Clause.of(text, c) for c in chunks if c.superseded for text in clauses(c.text)]
+    return live, old
 
 
 def stale_claims(answer: str, cited_guidelines: list[str], store: KnowledgeStore) -> list[StaleClaim]:
     found: list[StaleClaim] = []
-    answer_clauses = [(c, [*values(c), *names(c)]) for c in clauses(answer)]
+    answer_clauses = [(c, [*c.values, *names(c.text)]) for c in map(Clause.of, clauses(answer))]
     if not any(claims for _, claims in answer_clauses):
         return found
+    revision = store.revision()
     for doc_id in dict.fromkeys(cited_guidelines):
-        chunks = store.guideline_chunks(doc_id)
-        live = [(c, clause) for c in chunks if not c.superseded for clause in clauses(c.text)]
-        old = [(c, clause) for c in chunks if c.superseded for clause in clauses(c.text)]
+        live, old = _guideline_clauses(store, doc_id, revision)
         if not old or not live:
             continue
         for sentence, claims in answer_clauses:
@@ -145,32 +167,34 @@ def stale_claims(answer: str, cited_guidelines: list[str], store: KnowledgeStore
     return found
 
 
-def _check(sentence: str, claim: Value | Name, live, old, doc_id: str) -> StaleClaim | None:
-    old_with = [(c, clause) for c, clause in old if _states(claim, clause)]
+def _check(sentence: Clause, claim: Value | Name, live: list[Clause], old: list[Clause],
+           doc_id: str) -> StaleClaim | None:
+    old_with = [c for c in old if _states(claim, c)]
     if not old_with:
         return None
-    old_chunk, old_clause = max(old_with, key=lambda x: similarity(sentence, x[1]))
+    old_clause = max(old_with, key=lambda c: similarity(sentence, c))
     sim_old = similarity(sentence, old_clause)
-    live_with = [clause for _, clause in live if _states(claim, clause)]
+    live_with = [c for c in live if _states(claim, c)]
     if isinstance(claim, Name):
         # A name is stale only where the live version never names it, and the answer says what the old did.
         if live_with or containment(sentence, old_clause) < NAME_CONTAINMENT:
             return None
-        live_chunk, counterpart = max(live, key=lambda x: similarity(old_clause, x[1]))
-        return StaleClaim(claim.text, doc_id, old_chunk.version, live_chunk.version, quote(counterpart, 60),
-                          live_chunk.section, kind="name")
-    sim_live = max((similarity(sentence, clause) for clause in live_with), default=None)
+        counterpart = max(live, key=lambda c: similarity(old_clause, c))
+        return StaleClaim(claim.text, doc_id, old_clause.chunk.version, counterpart.chunk.version,
+                          quote(counterpart.text, 60), counterpart.chunk.section, kind="name")
+    sim_live = max((similarity(sentence, c) for c in live_with), default=None)
     if sim_live is not None and sim_old <= sim_live + MARGIN:
         return None  # the live version says it too, in a clause at least as close to the answer
     # What the live version says instead: its clause closest to the superseded one, same kind of value.
     unit = claim.key[1]
-    same_kind = [(c, clause) for c, clause in live if any(v.key[1] == unit for v in values(clause))]
+    same_kind = [c for c in live if any(v.key[1] == unit for v in c.values)]
     if same_kind:
-        live_chunk, counterpart = max(same_kind, key=lambda x: similarity(old_clause, x[1]))
-        says = [v for v in values(counterpart) if v.key[1] == unit]
+        counterpart = max(same_kind, key=lambda c: similarity(old_clause, c))
+        says = [v for v in counterpart.values if v.key[1] == unit]
         if any(v.key == claim.key for v in says) and similarity(old_clause, counterpart) > 0.5:
             return None  # the same point, the same value: unchanged
-        live_says = " / ".join(dict.fromkeys(v.text for v in says))
+        live_chunk, live_says = counterpart.chunk, " / ".join(dict.fromkeys(v.text for v in says))
     else:
-        live_chunk, live_says = live[0][0], ""
-    return StaleClaim(claim.text, doc_id, old_chunk.version, live_chunk.version, live_says, live_chunk.section)
+        live_chunk, live_says = live[0].chunk, ""
+    return StaleClaim(claim.text, doc_id, old_clause.chunk.version, live_chunk.version, live_says,
+                      live_chunk.section)
