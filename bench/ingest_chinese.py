@@ -54,19 +54,9 @@ QUESTIONS = ["一般高血压患者血压应控制在多少以下", "流感患�
 def query_latency(settings, store, embedder, rounds: int = 25) -> dict:
     """End-to-end search latency on the ingested index: lexicon, BM25 top-k, relevance, records."""
     from medloop.retrieval import Retriever
+    from retrieval import latency
 
-    retriever = Retriever(settings, store=store, embedder=embedder)
-    for q in QUESTIONS:
-        retriever.search(q, 3)  # load the index
-    times = []
-    for _ in range(rounds):
-        for q in QUESTIONS:
-            start = time.perf_counter()
-            retriever.search(q, 3)
-            times.append(time.perf_counter() - start)
-    times.sort()
-    return {"queries": len(times), "p50_ms": round(1000 * times[len(times) // 2], 1),
-            "p99_ms": round(1000 * times[int(len(times) * 0.99)], 1)}
+    return latency(Retriever(settings, store=store, embedder=embedder), QUESTIONS, rounds)
 
 
 def ingest(megabytes: float, multilingual: bool, latency: bool = False) -> dict:

@@ -48,6 +48,58 @@ def ingest_chinese() -> str:
             f"top-k, relevance): p50 **{ours['query']['p50_ms']} ms**, p99 {ours['query']['p99_ms']} ms.")
 
 
+def retrieval_scale() -> str:
+    run = load("retrieval")
+    f, nprobe = run["figures"], run["settings"]["ivf_nprobe"]
+    sizes = [str(n) for n in run["settings"]["sizes"]]
+    lines = ["| figure | " + " | ".join(f"{int(n):,} chunks" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+
+    def row(name, cell):
+        lines.append(f"| {name} | " + " | ".join(cell(f[n]) for n in sizes) + " |")
+
+    def recall(r, key):
+        return "1 (exact)" if isinstance(r["recall"], str) else f"{r['recall'][f'nprobe={nprobe}'][key]:.3f}"
+
+    row("dense index", lambda r: r["dense_index"])
+    for lang in ("english", "chinese"):
+        row(f"{lang.title()} question, end to end: p50 / p99",
+            lambda r, lang=lang: f"**{r[lang]['p50_ms']} ms** / {r[lang]['p99_ms']} ms")
+    row(f"recall@10 vs exact: dense (nprobe {nprobe})", lambda r: recall(r, "dense_recall_at_10"))
+    row("recall@10 vs exact: the whole hybrid", lambda r: recall(r, "hybrid_recall_at_10"))
+    row("add one guideline (ingest + new segment)", lambda r: f"**{r['add_one_document']['add_s']} s**")
+    row("rewrite the whole index (before segments)", lambda r: f"{r['add_one_document']['rewrite_all_s']} s")
+    row("build from staged vectors (tokenise, postings, FAISS)", lambda r: f"{r['index_from_staged_vectors_s']} s")
+    return "\n".join(lines) + (f"\n\nBase texts embedded at {f['embedding_chunks_per_s']} chunks/s; a reordered "
+                               f"variant sits at cosine {f['variant_cosine']} to its base.")
+
+
+def training() -> str:
+    run = load("training")
+    f, st = run["figures"], run["settings"]
+    names = {"seed": "seed's way: HF Trainer, padded to max_length", "trl": "TRL SFTTrainer, dynamic padding",
+             "recipe": f"`medloop train --preset {st['preset']}`"}
+    lines = [f"{st['model']}, {'QLoRA' if st['quantize'] else 'LoRA'} r{st['lora_r']}, effective batch "
+             f"{st['effective_batch']} (micro {st['micro_batch']}), max_length {st['max_length']}, {st['samples']} "
+             f"samples of rendered length p10/p50/p90 {'/'.join(map(str, st['lengths_p10_p50_p90']))}:", "",
+             "| side | samples/s | trained tokens/s | peak memory |", "|---|---|---|---|"]
+    lines += [f"| {names[k]} | {f[k]['samples_per_s']:.2f} | {f[k]['trained_tokens_per_s']:.0f} | "
+              f"{f[k]['peak_memory_mb'] / 1024:.1f} GB |" for k in ("seed", "trl", "recipe") if k in f]
+    return "\n".join(lines) + (f"\n\nRecipe vs the seed's way **{f['recipe_vs_seed']}x**, vs TRL with dynamic padding "
+                               f"**{f['recipe_vs_trl']}x** samples/s.")
+
+
+def serving() -> str:
+    f = load("serving")["figures"]
+    lines = ["| clients | local engine | pipeline per request | pipeline, batch_size = clients |", "|---|---|---|---|"]
+    for n in (1, 8):
+        r = f[f"{n}_clients"]
+        lines.append(f"| {n} | **{r['local_engine_tok_s']} tok/s** | {r['pipeline_per_request_tok_s']} tok/s "
+                     f"({r['vs_per_request']}x) | {r['pipeline_batch_size_tok_s']} tok/s ({r['vs_batch_size']}x) |")
+    g = f["gateway_p50_ms"]
+    return "\n".join(lines) + (f"\n\nGateway with evidence p50 {g['via']} ms vs the engine direct {g['direct']} ms "
+                               f"({100 * f['gateway_overhead']:+.1f}%; the grounded prompt direct {g['grounded']} ms).")
+
+
 def sabotage() -> str:
     run = load("sabotage_gate")
     train = run["settings"]["train"]
@@ -69,7 +121,8 @@ def sabotage() -> str:
 
 
 SECTIONS = {"sabotage": sabotage, "retrieval-quality": retrieval_quality, "search": search,
-            "ingest-chinese": ingest_chinese}
+            "ingest-chinese": ingest_chinese, "retrieval-scale": retrieval_scale,
+            "training": training, "serving": serving}
 
 
 def render(text: str) -> str:

@@ -11,7 +11,7 @@ import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "sentence-transformers", "faiss-cpu", "bm25s",
+LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "sentence-transformers", "faiss-cpu", "scipy",
              "fastapi", "uvicorn", "vllm")
 
 

@@ -1,10 +1,21 @@
-"""Retrieval benchmark (not a test): ingestion throughput, query latency, approximate-index recall.
+"""Retrieval at scale (not a test): indexes of 100k and 1M chunks side by side in one run, on 2 CPU cores.
 
-    .venv/bin/python bench/retrieval.py              # 100k synthetic chunks
-    .venv/bin/python bench/retrieval.py --n 1000000  # 1M (hours on a laptop CPU: the embedder dominates)
+Per size: the end-to-end hybrid query (question embedding with the exported ONNX encoder, dense search,
+BM25 top-k, fusion, relevance gate, records) p50/p99 for English and Chinese questions; recall@10 of the
+approximate dense index and of the whole hybrid against the same search with an exact index; and adding one
+new guideline (ten chunks) to the live index (the segment way) against rewriting the whole index from the
+vectors it already has (what every ingest did before segments: `compact_index` does exactly that).
 
-Prints: ingestion throughput as a ratio to raw SentenceTransformer.encode on the same texts (target
->= 0.9), hybrid query latency p50/p99, and recall@10 of HNSW and IVF against exact (flat) search.
+The corpus is the repo's real guideline text replicated and varied: each chunk is 3-5 sentences drawn from the
+sample guidelines, the labelled questions and the MCQ items (English; one chunk in five Chinese, which the
+English-only embedder does not embed), in a shuffled order, numbered. Embedding a million chunks takes hours
+on 2 cores, so `--unique` base texts are embedded for real and each chunk's vector is its base text's vector
+plus Gaussian noise scaled to the cosine measured between a base text and its reordered variants (both
+embedded). The store holds every chunk's text; the vectors enter through the ingest's resume path (staged, as
+an interrupted ingest leaves them), so the index is built by the real `sync_index`.
+Saves bench/results/retrieval.json.
+
+    python bench/retrieval.py --sizes 100000 1000000
 """
 
 from __future__ import annotations
@@ -13,8 +24,11 @@ import argparse
 import json
 import os
 import random
+import re
+import sys
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,96 +37,207 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from medloop.config import Settings  # noqa: E402
-from medloop.continual.loop import ingest_and_index  # noqa: E402
-from medloop.retrieval import Retriever, load_embedder  # noqa: E402
-from medloop.retrieval.index import build_dense, chunk_index_text, load_index  # noqa: E402
+from medloop.knowledge import KnowledgeStore  # noqa: E402
+from medloop.knowledge.chunking import Chunk  # noqa: E402
+from medloop.knowledge.language import is_chinese  # noqa: E402
+from medloop.knowledge.parsing import Document  # noqa: E402
+from medloop.retrieval import Retriever, load_embedder, sync_index  # noqa: E402
+from medloop.retrieval import index as index_mod  # noqa: E402
+from medloop.retrieval.index import compact_index, ensure_query_encoder, load_index  # noqa: E402
+from results import save  # noqa: E402
 
-EN = ("hypertension diabetes insulin metformin statin aspirin stroke asthma pneumonia influenza kidney heart "
-      "failure dose daily target blood pressure glucose therapy first-line adults children elderly pregnancy "
-      "monitoring screening risk lifestyle exercise diet sodium weight").split()
-ZH = ("高血压 糖尿病 胰岛素 二甲双胍 他汀 阿司匹林 卒中 哮喘 肺炎 流感 肾病 心衰 剂量 目标 血压 血糖 治疗 "
-      "一线 成人 儿童 老年 妊娠 监测 筛查 风险 生活方式 运动 饮食 钠盐 体重").split()
-
-
-def synthetic_docs(n: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    docs = []
-    for i in range(n):
-        if i % 2:
-            text = "".join(rng.choice(ZH) for _ in range(25)) + "。"
-        else:
-            text = " ".join(rng.choice(EN) for _ in range(40)) + "."
-        docs.append({"id": f"g{i}", "title": f"Guideline {i % 997}", "version": "1", "text": text})
-    return docs
+DATA = resources.files("medloop").joinpath("data")
+CHUNKS_PER_DOC = 500
 
 
-def percentile(values: list[float], p: float) -> float:
-    return float(np.percentile(values, p)) * 1000
+def real_sentences() -> tuple[list[str], list[str]]:
+    """(English, Chinese) sentences of the repo's guidelines, labelled questions and MCQ items."""
+    found = []
+    for f in sorted(DATA.joinpath("guidelines").iterdir()):
+        body = f.read_text("utf-8").split("---", 2)[2]
+        found += [s.strip() for s in re.split(r"(?<=[。；.;])\s*", body) if s.strip() and not s.startswith("#")]
+    for name in ("retrieval_dev.jsonl", "retrieval_heldout.jsonl", "guideline_mcq.jsonl", "mcq_sample.jsonl"):
+        for line in DATA.joinpath(name).read_text("utf-8").splitlines():
+            row = json.loads(line)
+            found.append(row["question"])
+            found += [f"{row['question']} {text}" for text in row.get("options", {}).values()][:1]
+    english = sorted({s for s in found if not is_chinese(s)})
+    chinese = sorted({s for s in found if is_chinese(s)})
+    return english, chinese
+
+
+def base_texts(unique: int, rng: random.Random) -> tuple[list[str], list[str]]:
+    english, chinese = real_sentences()
+    en = [" ".join(rng.sample(english, rng.randint(3, 5))) for _ in range(unique)]
+    zh = ["".join(rng.sample(chinese, rng.randint(3, 5))) for _ in range(unique)]
+    return en, zh
+
+
+def variant(text: str, i: int, rng: random.Random) -> str:
+    parts = re.split(r"(?<=[。；.;?？])\s*", text)
+    rng.shuffle(parts)
+    return (" " if not is_chinese(text) else "").join(p for p in parts if p) + f" ({i})"
+
+
+def noise_scale(embedder, texts: list[str], rng: random.Random) -> tuple[float, float]:
+    """sigma such that normalise(v + sigma*g) sits at the cosine a reordered variant has to its base."""
+    sample = texts[:200]
+    base = embedder.encode(sample, normalize_embeddings=True, convert_to_numpy=True)
+    varied = embedder.encode([variant(t, 0, rng) for t in sample], normalize_embeddings=True, convert_to_numpy=True)
+    cosine = float(np.mean(np.sum(base * varied, axis=1)))
+    return float(np.sqrt((1 / cosine**2 - 1) / base.shape[1])), cosine
+
+
+def build(settings: Settings, size: int, en: list[str], zh: list[str], vectors: np.ndarray, sigma: float,
+          embedder, rng: random.Random) -> dict:
+    """Store `size` chunks; stage the English ones' vectors; let sync_index build the index."""
+    store = KnowledgeStore(settings.knowledge_db)
+    noise = np.random.default_rng(1)
+    bases, t0 = [], time.perf_counter()
+    for d in range(0, size, CHUNKS_PER_DOC):
+        chunks = []
+        for i in range(d, min(size, d + CHUNKS_PER_DOC)):
+            chinese = i % 5 == 0
+            b = rng.randrange(len(zh if chinese else en))
+            bases.append(-1 if chinese else b)
+            chunks.append(Chunk(section=f"section {i % 40}", text=variant((zh if chinese else en)[b], i, rng)))
+        doc = Document(id=f"bench-{d}", title=f"Compiled guideline {d // CHUNKS_PER_DOC}", version="1", text="",
+                       source="bench", published="2025-01-01", language="en")
+        store.upsert_many([(doc, chunks)])
+    stored_s = time.perf_counter() - t0
+    ids = store.chunk_ids()
+    bases = np.array(bases)
+    staging = index_mod._Staging(settings.index_dir / ".staging", index_mod._index_params(settings))
+    english = np.flatnonzero(bases >= 0)
+    for start in range(0, len(english), 100_000):
+        rows = english[start : start + 100_000]
+        v = vectors[bases[rows]] + sigma * noise.standard_normal((len(rows), vectors.shape[1]), dtype=np.float32)
+        staging.keep(ids[rows].tolist(), v / np.linalg.norm(v, axis=1, keepdims=True))
+    t0 = time.perf_counter()
+    result = sync_index(settings, store, embedder=embedder)
+    build_s = time.perf_counter() - t0
+    assert result.total == size, result
+    ensure_query_encoder(settings, embedder)
+    return {"chunks": size, "store_s": round(stored_s, 1), "index_from_staged_vectors_s": round(build_s, 1)}
+
+
+def questions() -> tuple[list[str], list[str]]:
+    rows = [json.loads(x) for x in DATA.joinpath("retrieval_dev.jsonl").read_text("utf-8").splitlines()]
+    qs = [r["question"] for r in rows]
+    return [q for q in qs if not is_chinese(q)], [q for q in qs if is_chinese(q)]
+
+
+def latency(retriever: Retriever, qs: list[str], rounds: int) -> dict:
+    """End-to-end `search` p50/p99 over `rounds` passes of the questions, after one pass that loads the index."""
+    for q in qs:
+        retriever.search(q, 3)
+    times = []
+    for _ in range(rounds):
+        for q in qs:
+            t0 = time.perf_counter()
+            retriever.search(q, 3)
+            times.append(time.perf_counter() - t0)
+    return {"queries": len(times), "p50_ms": round(1000 * float(np.percentile(times, 50)), 1),
+            "p99_ms": round(1000 * float(np.percentile(times, 99)), 1)}
+
+
+def exact_twin(segment) -> faiss.Index:
+    """A flat (exact) index over the same vectors and ids as the segment's."""
+    vectors = np.asarray(segment.embeddings())
+    keep = np.linalg.norm(vectors, axis=1) > 0
+    exact = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+    exact.add_with_ids(np.ascontiguousarray(vectors[keep]), segment.ids[keep])
+    return exact
+
+
+def overlap(found: list[set], truth: list[set]) -> float:
+    return float(np.mean([len(a & t) / max(len(t), 1) for a, t in zip(found, truth, strict=True)]))
+
+
+def recall(settings: Settings, retriever: Retriever, qs: list[str], nprobes: list[int]) -> dict:
+    """recall@10 of the dense index and of the whole hybrid (top 10 of search) against exact dense search."""
+    index = retriever.index()
+    qvecs = retriever.embedder.encode(qs, normalize_embeddings=True).astype(np.float32)
+    approximate = {s.name: s.dense for s in index.segments}
+    exact = {s.name: exact_twin(s) for s in index.segments}
+
+    def run(dense: dict) -> tuple[list[set], list[set]]:
+        for s in index.segments:
+            s.dense = dense[s.name]  # the cached attribute: searches use it
+        top_dense = [set(index.dense_search(q[None], 10)) for q in qvecs]
+        top_hybrid = [{h.chunk.chunk_id for h in retriever.search(q, 10)} for q in qs]
+        return top_dense, top_hybrid
+
+    truth_dense, truth_hybrid = run(exact)
+    found = {}
+    for nprobe in nprobes:
+        settings.ivf_nprobe = nprobe
+        for s in index.segments:
+            s.tune(settings)
+        dense, hybrid = run(approximate)
+        found[f"nprobe={nprobe}"] = {"dense_recall_at_10": round(overlap(dense, truth_dense), 3),
+                                     "hybrid_recall_at_10": round(overlap(hybrid, truth_hybrid), 3)}
+    run(approximate)
+    return found
+
+
+def add_one_document(settings: Settings, embedder, rng: random.Random, en: list[str]) -> dict:
+    """A new guideline of ten chunks, added to the live index (new segment) vs the whole index rewritten."""
+    from medloop.continual.loop import ingest_and_index
+
+    body = "\n\n".join(f"## Recommendation {i}\n{variant(rng.choice(en), i, rng)} Tirzepatide {i} mg weekly."
+                       for i in range(10))
+    path = settings.home / "new-guideline.md"
+    path.write_text(f"---\nid: new-guideline\ntitle: New guideline\nversion: '2026'\nissuer: bench\n"
+                    f"published: 2026-01-01\nlanguage: en\n---\n# New guideline\n\n{body}\n")
+    index_mod.load_embedder = lambda name: embedder  # the scheduler and the server keep the embedder loaded
+    t0 = time.perf_counter()
+    _, synced = ingest_and_index(settings, [path])
+    add_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compacted = compact_index(settings)
+    rewrite_s = time.perf_counter() - t0
+    return {"added_chunks": synced.added, "add_s": round(add_s, 2), "segments_after_add": compacted.merged,
+            "rewrite_all_s": round(rewrite_s, 1), "speedup": round(rewrite_s / add_s, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--unique", type=int, default=4000, help="base texts embedded for real")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="medloop-bench-"))
-    settings = Settings(home=home)
-    docs = synthetic_docs(args.n)
-    corpus = home / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps(d, ensure_ascii=False) for d in docs))
-    embedder = load_embedder(settings.embedder)
-    embedder.encode(["warm up"] * 64)
-
-    # Baseline: raw encode of exactly the texts the pipeline embeds.
-    texts = [chunk_index_text(d["title"], "", d["text"]) for d in docs]
+    rng = random.Random(0)
+    embedder = load_embedder(Settings().embedder)
+    en, zh = base_texts(args.unique, rng)
     t0 = time.perf_counter()
-    embedder.encode(texts, batch_size=64, normalize_embeddings=True)
-    raw_s = time.perf_counter() - t0
-
-    import medloop.retrieval.index as index_mod
-
-    index_mod.load_embedder = lambda name: embedder  # same loaded model for both sides
-    t0 = time.perf_counter()
-    report, synced = ingest_and_index(settings, [corpus])
-    pipeline_s = time.perf_counter() - t0
-    assert synced.total == args.n, synced
-
-    retriever = Retriever(settings, embedder=embedder)
-    rng = random.Random(1)
-    queries = [" ".join(rng.choice(EN) for _ in range(5)) if i % 2 else "".join(rng.choice(ZH) for _ in range(4))
-               for i in range(args.queries)]
-    latencies = []
-    for q in queries:
-        t0 = time.perf_counter()
-        retriever.search(q, k=5)
-        latencies.append(time.perf_counter() - t0)
-
-    index = load_index(settings.index_dir)
-    qvecs = embedder.encode(queries, normalize_embeddings=True).astype(np.float32)
-    _, exact = index.dense.search(qvecs, 10)
-    recalls = {}
-    for kind in ("hnsw", "ivf"):
-        # nlist so that IVF really trains (FAISS wants ~39 points per list); flat is the fallback below that
-        s = Settings(home=home, index_type=kind, ivf_nlist=max(1, min(int(4 * np.sqrt(args.n)), args.n // 64)))
-        t0 = time.perf_counter()
-        approx_index = build_dense(index.embeddings, index.ids, s)
-        build_s = time.perf_counter() - t0
-        _, approx = approx_index.search(qvecs, 10)
-        recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
-        inner = faiss.downcast_index(approx_index.index)
-        what = {"hnsw": f"HNSW M={s.hnsw_m} efSearch={s.hnsw_ef_search}",
-                "ivf": f"IVF nlist={getattr(inner, 'nlist', '-')} nprobe={s.ivf_nprobe}"}[kind]
-        recalls[what] = (recall, build_s)
-
-    print(f"chunks: {args.n}  (faiss {faiss.__version__}, {os.cpu_count()} cores)")
-    print(f"ingestion: pipeline {args.n / pipeline_s:.0f} chunks/s vs raw encode {args.n / raw_s:.0f} chunks/s"
-          f"  -> ratio {raw_s / pipeline_s:.2f} (target >= 0.9)")
-    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
-    print(f"hybrid query latency (flat): p50 {p50:.1f} ms  p99 {p99:.1f} ms")
-    for kind, (recall, build_s) in recalls.items():
-        print(f"{kind}: recall@10 vs exact {recall:.3f}  (build {build_s:.1f} s)")
+    vectors = embedder.encode(en, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+    embed_rate = len(en) / (time.perf_counter() - t0)
+    sigma, cosine = noise_scale(embedder, en, rng)
+    print(f"embedded {len(en)} base texts at {embed_rate:.0f} chunks/s; variant cosine {cosine:.3f}, sigma {sigma:.4f}")
+    en_qs, zh_qs = questions()
+    recall_qs = en_qs + [variant(t, 0, rng) for t in rng.sample(en, 67)]
+    figures = {"embedding_chunks_per_s": round(embed_rate, 1), "variant_cosine": round(cosine, 3)}
+    for size in args.sizes:
+        home = Path(tempfile.mkdtemp(prefix=f"medloop-scale-{size}-"))
+        settings = Settings(home=home)
+        built = build(settings, size, en, zh, vectors, sigma, embedder, rng)
+        retriever = Retriever(settings)
+        row = {**built, "segments": len(load_index(settings.index_dir, lazy=True).segments),
+               "dense_index": type(faiss.downcast_index(retriever.index().segments[0].dense.index)).__name__,
+               "english": latency(retriever, en_qs, args.rounds), "chinese": latency(retriever, zh_qs, args.rounds)}
+        row["recall"] = recall(settings, retriever, recall_qs, args.nprobe) if row["dense_index"] != "IndexFlatIP" \
+            else "exact (flat)"
+        settings.ivf_nprobe = Settings().ivf_nprobe
+        row["add_one_document"] = add_one_document(settings, embedder, rng, en)
+        figures[str(size)] = row
+        print(json.dumps({size: row}, indent=1))
+    save("retrieval", {"sizes": args.sizes, "unique": args.unique, "rounds": args.rounds,
+                       "index_type": Settings().index_type, "ivf_nprobe": Settings().ivf_nprobe}, figures)
 
 
 if __name__ == "__main__":

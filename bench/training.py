@@ -1,11 +1,20 @@
-"""Training benchmark (not a test): the recipe vs a naive HF Trainer that pads every sample to max_length.
+"""Training benchmark (not a test): `medloop train` against the seed's way and a strong baseline, one run.
 
-    .venv/bin/python bench/training.py [--steps 30] [--max-length 512] [--quantize]
+    python bench/training.py [--steps 12] [--preset v1] [--max-length 2048] [--quantize] [--model PATH]
 
-Both sides train the same tiny Qwen3 (real tokenizer) with the same LoRA on the same SFT data, each in
-its own process (so peak memory is its own). Prints trained-on (non-padding) tokens/s and peak memory,
-and the recipe's ratio to the baseline (target >= 1.5x tokens/s). On a GPU machine the same script
-measures CUDA peak memory; pass --model to use a real Qwen3 checkpoint.
+Three sides train the same model with the same LoRA (the preset's rank, alpha, projections), the same
+effective batch, optimizer and max_length, on the same samples, each in its own process (so peak memory is
+its own):
+- seed: HF `Trainer`, every sample padded to max_length (the seed's way);
+- trl: TRL `SFTTrainer` with dynamic padding (pads each batch to its longest sample), the same pre-tokenised
+  rows and labels: what a competent user writes;
+- recipe: `medloop train --preset P` (length-grouped batches; on a GPU the micro-batch chosen to fill
+  `memory_budget_gb`).
+Samples have realistic rendered lengths: the sample SFT conversations, their answers extended with real
+guideline sentences to lengths drawn from the quantiles measured on medical SFT data (p10/p50/p90 =
+103/312/631 tokens). Prints samples/s, trained (non-padding) tokens/s and peak memory side by side with
+ratios; saves bench/results/training.json (training-gpu.json on a GPU). On CPU the tiny random Qwen3 is the
+model (its 151k-token output layer dominates, as in a real Qwen3 at these sizes); on a GPU pass --model.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -20,104 +31,164 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from medloop.testing import GUIDELINES, SFT, tiny_qwen3  # noqa: E402
+from results import save  # noqa: E402
 
-from medloop.testing import SFT, tiny_qwen3  # noqa: E402
+QUANTILES = [(0.0, 60), (0.1, 103), (0.5, 312), (0.9, 631), (1.0, 1100)]  # rendered tokens
 
 
-def data_file(folder: Path, copies: int) -> Path:
-    lines = []
-    for f in sorted(SFT.glob("*.jsonl")):
-        lines += f.read_text().splitlines()
+def draw_length(rng: random.Random) -> int:
+    u = rng.random()
+    for (q0, n0), (q1, n1) in zip(QUANTILES, QUANTILES[1:], strict=False):
+        if u <= q1:
+            return int(n0 + (n1 - n0) * (u - q0) / (q1 - q0))
+    return QUANTILES[-1][1]
+
+
+def data_file(folder: Path, tokenizer_path: str, samples: int, seed: int = 0) -> tuple[Path, list[int]]:
+    """`samples` conversations of realistic length (messages layout) and their rendered lengths."""
+    from transformers import AutoTokenizer
+
+    from medloop.training.data import load_samples, render
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    rng = random.Random(seed)
+    sentences = []
+    for f in sorted(GUIDELINES.glob("*.md")):
+        body = f.read_text("utf-8").split("---", 2)[2]
+        sentences += [s.strip() for s in re.split(r"(?<=[。；.])\s*", body) if s.strip() and not s.startswith("#")]
+    conversations = load_samples([SFT / "messages_think_zh_en.jsonl"])[0]
+    rows, lengths = [], []
+    for i in range(samples):
+        messages = [dict(m) for m in conversations[i % len(conversations)]]
+        target, answer = draw_length(rng), messages[-1]["content"]
+        while len(render(tok, messages, max_length=10**6)["input_ids"]) < target:
+            answer += rng.choice(sentences)
+            messages[-1]["content"] = answer
+        rows.append(json.dumps({"messages": messages}, ensure_ascii=False))
+        lengths.append(len(render(tok, messages, max_length=10**6)["input_ids"]))
     path = folder / "data.jsonl"
-    path.write_text("\n".join(lines * copies) + "\n")
-    return path
+    path.write_text("\n".join(rows) + "\n")
+    return path, lengths
 
 
-def run_recipe(model: str, data: Path, out: Path, steps: int, max_length: int, quantize: bool) -> dict:
-    from medloop.training import make_config, train
+def recipe_config(args, model: str, data: Path, out: Path):
+    from medloop.training import make_config
 
-    config = make_config("v1", base_model=model, data=[data], output_dir=out, max_steps=steps, val_size=0,
-                         max_length=max_length, batch_size=8, grad_accum=1, logging_steps=steps, quantize=quantize,
-                         swanlab_mode="disabled", gradient_checkpointing=False, save_steps=10**6)
-    t0 = time.perf_counter()
+    return make_config(args.preset, base_model=model, data=[data], output_dir=out, max_steps=args.steps, val_size=0,
+                       max_length=args.max_length, quantize=args.quantize, logging_steps=args.steps,
+                       swanlab_mode="disabled", save_steps=10**6)
+
+
+def tokenised(config) -> list[dict]:
+    """The recipe's own rows (input_ids, labels): every side trains on exactly these."""
+    from transformers import AutoTokenizer
+
+    from medloop.training.recipe import prepare_data
+
+    tok = AutoTokenizer.from_pretrained(config.base_model)
+    return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in prepare_data(config, tok)[0]]
+
+
+def run_recipe(config) -> None:
+    from medloop.training import train
+
     train(config, log=lambda *a: None)
-    return {"seconds": time.perf_counter() - t0}
 
 
-def run_naive(model: str, data: Path, out: Path, steps: int, max_length: int, quantize: bool) -> dict:
-    """What a first attempt looks like: every sample padded to max_length, plain HF Trainer."""
+def run_baseline(config, which: str) -> None:
     import torch
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
+    from trl import SFTConfig, SFTTrainer
 
-    from medloop.training import make_config
-    from medloop.training.data import load_samples, render
     from medloop.training.recipe import attach_lora, load_base
 
-    config = make_config("v1", base_model=model, data=[data], output_dir=out, quantize=quantize,
-                         gradient_checkpointing=False)
     base, tokenizer = load_base(config.base_model, config.quantize)
-    model_ = attach_lora(base, config)
-    rows = []
-    for messages in load_samples([data])[0]:
-        r = render(tokenizer, messages, max_length=max_length)
-        pad = max_length - len(r["input_ids"])
-        rows.append({"input_ids": r["input_ids"] + [tokenizer.pad_token_id] * pad,
-                     "attention_mask": [1] * len(r["input_ids"]) + [0] * pad, "labels": r["labels"] + [-100] * pad})
-    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=8, max_steps=steps, learning_rate=2e-4,
-                             optim="paged_adamw_8bit" if quantize else "adamw_torch", report_to=[], save_strategy="no",
-                             logging_steps=steps, use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
-    trainer = Trainer(model=model_, args=args, train_dataset=Dataset.from_list(rows))
-    t0 = time.perf_counter()
+    model = attach_lora(base, config)
+    rows = tokenised(config)
+    common = dict(output_dir=str(config.output_dir), per_device_train_batch_size=config.batch_size,
+                  gradient_accumulation_steps=config.grad_accum, max_steps=config.max_steps,
+                  learning_rate=config.learning_rate, optim="paged_adamw_8bit" if config.quantize else "adamw_torch",
+                  max_grad_norm=config.max_grad_norm, report_to=[], save_strategy="no", logging_steps=config.max_steps,
+                  use_cpu=not torch.cuda.is_available(), disable_tqdm=True, bf16=torch.cuda.is_available())
+    if which == "seed":
+        padded = []
+        for r in rows:
+            pad = config.max_length - len(r["input_ids"])
+            padded.append({"input_ids": r["input_ids"] + [tokenizer.pad_token_id] * pad,
+                           "attention_mask": [1] * len(r["input_ids"]) + [0] * pad,
+                           "labels": r["labels"] + [-100] * pad})
+        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=Dataset.from_list(padded))
+    else:
+        trainer = SFTTrainer(model=model, args=SFTConfig(**common, max_length=config.max_length),
+                             train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()
-    return {"seconds": time.perf_counter() - t0}
 
 
-def child(which: str, model: str, data: str, out: str, steps: int, max_length: int, quantize: bool) -> None:
+def child(which: str, args) -> None:
     from medloop.training.components import peak_memory_mb
-    from medloop.training.data import load_samples, render
 
-    fn = run_recipe if which == "recipe" else run_naive
-    result = fn(model, Path(data), Path(out), steps, max_length, quantize)
-    # Tokens trained on: the same samples, unpadded, for both sides (steps x batch samples, cycling).
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model)
-    lengths = [len(render(tok, m, max_length=max_length)["input_ids"]) for m in load_samples([Path(data)])[0]]
-    seen = steps * 8
-    tokens = sum(lengths[i % len(lengths)] for i in range(seen))
-    print(json.dumps({**result, "tokens": tokens, "peak_memory_mb": peak_memory_mb()}))
+    config = recipe_config(args, args.model, Path(args.data), Path(args.out))
+    t0 = time.perf_counter()
+    run_recipe(config) if which == "recipe" else run_baseline(config, which)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "peak_memory_mb": peak_memory_mb()}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--quantize", action="store_true", help="QLoRA on both sides (default: LoRA)")
-    parser.add_argument("--model", default="", help="a real base model instead of the tiny random Qwen3")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--preset", default="v1")
+    parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--quantize", action="store_true", help="QLoRA (4-bit NF4) on every side")
+    parser.add_argument("--model", default="", help="a real (or Qwen3-shaped) base model; default: the tiny Qwen3")
+    parser.add_argument("--sides", nargs="+", default=["seed", "trl", "recipe"])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.model, args.child[1], args.child[2], args.steps, args.max_length, args.quantize)
+        child(args.child, args)
         return
+    import torch
+
+    from medloop.training import make_config
+
     work = Path(tempfile.mkdtemp(prefix="medloop-trainbench-"))
     model = args.model or str(tiny_qwen3(work / "model"))
-    data = data_file(work, copies=8)
+    preset = make_config(args.preset, base_model=model, data=[], output_dir=work)
+    effective = preset.batch_size * preset.grad_accum
+    samples = args.steps * effective
+    data, lengths = data_file(work, model, samples)
+    trained_tokens = sum(min(n, args.max_length) for n in lengths)
     results = {}
-    for which in ("naive", "recipe"):
-        cmd = [sys.executable, __file__, "--child", which, str(data), str(work / which), "--steps", str(args.steps),
-               "--max-length", str(args.max_length), "--model", model] + (["--quantize"] if args.quantize else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        results[which] = json.loads(out)
-    for which, r in results.items():
-        r["tokens_per_s"] = r["tokens"] / r["seconds"]
-        print(f"{which:7s} {r['tokens_per_s']:8.0f} trained tokens/s  peak memory {r['peak_memory_mb']:.0f} MB"
-              f"  ({r['seconds']:.1f} s)")
-    ratio = results["recipe"]["tokens_per_s"] / results["naive"]["tokens_per_s"]
-    mem = results["recipe"]["peak_memory_mb"] / results["naive"]["peak_memory_mb"]
-    print(f"recipe / naive: {ratio:.2f}x tokens/s (target >= 1.5x), {mem:.2f}x peak memory "
-          f"[{'QLoRA' if args.quantize else 'LoRA'}, max_length {args.max_length}]")
+    for which in args.sides:
+        cmd = [sys.executable, __file__, "--child", which, "--data", str(data), "--out", str(work / which),
+               "--steps", str(args.steps), "--preset", args.preset, "--max-length", str(args.max_length),
+               "--model", model] + (["--quantize"] if args.quantize else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"{which} failed:\n{proc.stderr[-3000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        r["samples_per_s"] = round(samples / r["seconds"], 3)
+        r["trained_tokens_per_s"] = round(trained_tokens / r["seconds"], 1)
+        results[which] = r
+        print(f"{which:7s} {r['samples_per_s']:7.2f} samples/s {r['trained_tokens_per_s']:9.0f} trained tokens/s  "
+              f"peak {r['peak_memory_mb']:.0f} MB  ({r['seconds']:.1f} s)")
+    for base in ("seed", "trl"):
+        if base in results and "recipe" in results:
+            ratio = results["recipe"]["samples_per_s"] / results[base]["samples_per_s"]
+            results[f"recipe_vs_{base}"] = round(ratio, 2)
+            print(f"recipe / {base}: {ratio:.2f}x samples/s")
+    lengths.sort()
+    settings = {"preset": args.preset, "steps": args.steps, "samples": samples, "effective_batch": effective,
+                "micro_batch": preset.batch_size, "max_length": args.max_length, "quantize": args.quantize,
+                "lora_r": preset.lora_r, "model": args.model or "tiny random Qwen3 (hidden 64, 2 layers)",
+                "lengths_p10_p50_p90": [lengths[len(lengths) // 10], lengths[len(lengths) // 2],
+                                        lengths[len(lengths) * 9 // 10]]}
+    save("training-gpu" if torch.cuda.is_available() else "training", settings, results)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -278,6 +279,10 @@ class RecordingEmbedder:
         return self.inner.encode(texts, **kw)
 
 
+def vectors_in(index) -> int:
+    return sum(s.dense.ntotal for s in index.segments)
+
+
 def test_an_english_only_embedder_never_reads_chinese_chunks(settings, embedder):
     from medloop.knowledge.language import is_chinese
 
@@ -287,7 +292,7 @@ def test_an_english_only_embedder_never_reads_chinese_chunks(settings, embedder)
     sync_index(settings, store, embedder=recording)
     english = [c for c in store.chunks() if not is_chinese(c.title + c.text)]
     assert recording.texts and not any(is_chinese(t) for t in recording.texts)
-    assert load_index(settings.index_dir).dense.ntotal == len(english)
+    assert vectors_in(load_index(settings.index_dir)) == len(english)
     hits = Retriever(settings, store=store, embedder=embedder).search("一般高血压患者血压应控制在多少以下", 3)
     assert hits[0].chunk.doc_id == "cn-hypertension" and hits[0].relevant  # BM25 and the lexicon find it
 
@@ -295,7 +300,7 @@ def test_an_english_only_embedder_never_reads_chinese_chunks(settings, embedder)
     recording = RecordingEmbedder(embedder)
     sync_index(settings, store, embedder=recording, rebuild=True)
     assert any(is_chinese(t) for t in recording.texts)
-    assert load_index(settings.index_dir).dense.ntotal == len(store.chunks())
+    assert vectors_in(load_index(settings.index_dir)) == len(store.chunks())
 
 
 def test_an_interrupted_index_write_resumes_with_the_embeddings_done(settings, embedder):
@@ -312,8 +317,95 @@ def test_an_interrupted_index_write_resumes_with_the_embeddings_done(settings, e
     assert result.total == total and len(second.texts) == total - 8  # only what was left
     assert not set(first.texts) & set(second.texts)
     index = load_index(settings.index_dir)
-    assert index.dense.ntotal == total
+    assert vectors_in(index) == total
     # a vector kept from the interrupted run is the one a fresh encode gives
     staged = embedder.encode([first.texts[0]], normalize_embeddings=True)[0]
-    assert float(index.embeddings.dot(staged).max()) > 0.9999
+    assert float(np.concatenate([s.embeddings() for s in index.segments]).dot(staged).max()) > 0.9999
     assert not (settings.index_dir / ".staging").exists()  # cleared once published
+
+
+def test_an_added_document_writes_one_segment_and_leaves_the_others_untouched(settings, embedder, tmp_path):
+    """Adding to a large index costs the new document: the existing segments are listed again, not rewritten;
+    removed chunks are hidden at once and dropped when their segment is merged."""
+    import medloop.retrieval.index as index_mod
+
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [p for p in sorted(GUIDELINES.iterdir()) if p.name != "ada-diabetes-2025.md"])
+    sync_index(settings, store, embedder=embedder)
+    (base,) = load_index(settings.index_dir).segments
+    written = {f.name: f.stat().st_mtime_ns for f in base.folder.iterdir()}
+    retriever = Retriever(settings, store=store, embedder=embedder)
+    assert retriever.search("dual antiplatelet therapy duration", 1)[0].chunk.doc_id == "acc-aha-acs"
+    held = retriever.index().segments[0]
+
+    recording = RecordingEmbedder(embedder)
+    ingest_paths(store, [GUIDELINES / "ada-diabetes-2025.md"])  # a newer version: 2024's chunks stay, superseded
+    added = sync_index(settings, store, embedder=recording)
+    new_chunks = [c for c in store.chunks() if c.version == "2025" and c.doc_id == "ada-standards-of-care"]
+    assert added.added == len(new_chunks) and len(recording.texts) == len(new_chunks)  # only the new text
+    second = load_index(settings.index_dir)
+    assert [s.name for s in second.segments][0] == base.name and len(second.segments) == 2
+    assert {f.name: f.stat().st_mtime_ns for f in base.folder.iterdir()} == written
+    # the running reader keeps the segment it had loaded and reads only the new one
+    hit = retriever.search("HbA1c target for most adults", 1)[0]
+    assert hit.chunk.version == "2025" and retriever.index().segments[0] is held
+
+    # a file re-ingested with other text: its old chunks leave the index without a rewrite of their segment
+    (tmp_path / "acs.md").write_text((GUIDELINES / "acc-aha-acs-2025.md").read_text().replace("12 months", "6 mo"))
+    ingest_paths(store, [tmp_path / "acs.md"])
+    result = sync_index(settings, store, embedder=embedder)
+    third = load_index(settings.index_dir)
+    assert result.merged == 0 and [s.name for s in third.segments] == [s.name for s in second.segments] + \
+        [s.name for s in third.segments[2:]]
+    assert result.removed > 0 and len(third.dead) == result.removed and third.count == len(store.chunks())
+    dead = set(third.dead.tolist())
+    assert not dead & set(third.dense_search(embedder.encode(["antiplatelet"], normalize_embeddings=True), 50))
+    assert not dead & set(third.sparse_search(["antiplatelet", "month"], 50))
+    hits = Retriever(settings, store=store, embedder=embedder).search("dual antiplatelet therapy months", 5)
+    assert hits and not dead & {h.chunk.chunk_id for h in hits}
+
+    compact = index_mod.compact_index(settings)
+    merged = load_index(settings.index_dir)
+    assert compact.merged == 3 and len(merged.segments) == 1 and len(merged.dead) == 0
+    assert merged.count == len(store.chunks()) and set(merged.live_ids().tolist()) == set(store.chunk_ids())
+    # segments no kept version lists are deleted
+    kept = {n for m in settings.index_dir.glob("v*/meta.json") for n in json.loads(m.read_text())["segments"]}
+    assert {p.name for p in (settings.index_dir / "segments").iterdir()} == kept
+
+
+def test_small_segments_are_merged_as_they_accumulate(settings, embedder, tmp_path, monkeypatch):
+    import medloop.retrieval.index as index_mod
+
+    monkeypatch.setattr(index_mod, "MERGE_FACTOR", 3)
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES])
+    sync_index(settings, store, embedder=embedder)
+    (base,) = load_index(settings.index_dir).segments
+    counts = []
+    for i in range(3):
+        (tmp_path / f"g{i}.md").write_text(f"---\nid: note-{i}\nversion: '1'\n---\n# Note {i}\n\nzolpidem {i} mg.\n")
+        ingest_paths(store, [tmp_path / f"g{i}.md"])
+        counts.append((sync_index(settings, store, embedder=embedder).merged,
+                       len(load_index(settings.index_dir).segments)))
+    assert counts == [(0, 2), (0, 3), (3, 2)]  # the third one-chunk segment merges the three, never the base
+    index = load_index(settings.index_dir)
+    assert index.segments[0].name == base.name and len(index.segments[1]) == 3
+    assert index.count == len(store.chunks())
+    hits = Retriever(settings, store=store, embedder=embedder).search("zolpidem 2 mg", 3)
+    assert {h.chunk.doc_id for h in hits} >= {"note-2"}
+
+
+def test_an_index_of_an_older_layout_is_reported_and_rebuilt(settings, embedder, caplog):
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES / "cn-hypertension-2024.md"])
+    old = settings.index_dir / "v1"  # one folder per version, no segments: what medloop wrote before
+    old.mkdir(parents=True)
+    (old / "meta.json").write_text(json.dumps({"version": 1, "store_revision": 0, "count": 3}))
+    (settings.index_dir / "CURRENT").write_text("1")
+    retriever = Retriever(settings, store=store, embedder=embedder)
+    with caplog.at_level("ERROR", logger="medloop.retrieval"):
+        assert retriever.search("降压目标", 3) == [] and retriever.search("降压目标", 3) == []
+    assert [r.message for r in caplog.records].count(
+        f"{old}: an index written by an older medloop; run `medloop index rebuild`") == 1  # said once
+    result = sync_index(settings, store, embedder=embedder)
+    assert result.total == len(store.chunks()) and retriever.search("降压目标", 1)[0].relevant

@@ -106,6 +106,35 @@ def test_adaptive_clip_follows_recent_norms():
     assert clip.threshold(0.3) == 10.0
 
 
+def test_micro_batch_fills_the_memory_budget_and_keeps_the_effective_batch():
+    from medloop.training.recipe import choose_micro_batch
+
+    tried = []
+
+    def peak(micro):  # 3 GB of weights, 0.6 GB a sample; 16 samples run out of memory
+        tried.append(micro)
+        return float("inf") if micro >= 16 else (3 + 0.6 * micro) * 2**30
+
+    assert choose_micro_batch(8, 8 * 2**30, peak) == 8 and tried == [8]  # 7.8 GB fits
+    tried.clear()
+    assert choose_micro_batch(8, 5 * 2**30, peak) == 2 and tried == [8, 4, 2]  # only divisors of 8
+    assert choose_micro_batch(12, 7 * 2**30, peak) == 6  # 6 x 2 = 12
+    assert choose_micro_batch(32, 100 * 2**30, peak) == 8  # 16 and 32 ran out of memory
+    assert choose_micro_batch(8, 2**30, peak) == 1  # nothing fits: the smallest step, and training says so
+
+
+def test_without_a_gpu_the_configured_split_stays(tmp_path):
+    from medloop.training.recipe import fit_micro_batch
+
+    config = make_config("v1", base_model="m", data=[tmp_path / "d.jsonl"], output_dir=tmp_path / "out")
+    said = []
+    assert config.memory_budget_gb == 8 and make_config("low-mem", base_model="m", data=[], output_dir=tmp_path)\
+        .memory_budget_gb == 4
+    kept = fit_micro_batch(config, None, None, [{"input_ids": [1], "labels": [1]}], said.append)
+    assert (kept.batch_size, kept.grad_accum) == (4, 2) and said == [
+        "batch: micro-batch 4 x accumulation 2 (as configured)"]
+
+
 def _config(tiny_qwen3, tmp_path, preset="v1", **kw):
     base = dict(base_model=str(tiny_qwen3), data=[SFT / n for n in LAYOUTS], output_dir=tmp_path / "adapter",
                 max_steps=24, learning_rate=5e-3, batch_size=4, grad_accum=1, lora_r=16, lora_alpha=32,

@@ -146,6 +146,20 @@ def index_rebuild() -> None:
     out.print(f"index v{result.version}: {result.total} chunks")
 
 
+@index_app.command("compact")
+def index_compact() -> None:
+    """Merge the index's segments into one, without removed chunks (nothing is re-embedded)."""
+    from medloop.retrieval.index import compact_index
+
+    settings = Settings()
+    try:
+        result = compact_index(settings)
+    except FileNotFoundError as e:
+        console.print(f"[red]error[/] {e}")
+        raise typer.Exit(1) from None
+    out.print(f"index v{result.version}: {result.total} chunks in one segment ({result.merged} merged)")
+
+
 @index_app.command("status")
 def index_status() -> None:
     """Index version, size and whether it is behind the store."""

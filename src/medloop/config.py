@@ -50,10 +50,11 @@ class Settings(BaseSettings):
     # retrieval
     embedder: str = Field(DEFAULT_EMBEDDER, description="sentence-transformers name or path")
     embedder_multilingual: bool = Field(False, description="the dense model understands Chinese")
-    index_type: Literal["flat", "hnsw", "ivf"] = "flat"
+    index_type: Literal["auto", "flat", "hnsw", "ivf"] = Field(
+        "auto", description="auto: exact (flat) for a segment under 20k vectors, IVF above")
     hnsw_m: int = 32
     hnsw_ef_search: int = 64
-    ivf_nlist: int = 0  # 0: about 4*sqrt(N)
+    ivf_nlist: int = 0  # 0: about sqrt(N)
     ivf_nprobe: int = 16
     dense_weight: float = 1.0
     sparse_weight: float = 1.0

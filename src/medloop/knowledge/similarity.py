@@ -19,4 +19,8 @@ def shingles(text: str) -> frozenset[str]:
 
 
 def near_duplicates(a: frozenset[str], b: frozenset[str], threshold: float = NEAR_DUPLICATE) -> bool:
-    return len(a & b) >= threshold * len(a | b)
+    small, large = sorted((len(a), len(b)))
+    if small < threshold * large:  # the Jaccard similarity is at most small/large: no need to intersect
+        return False
+    common = len(a & b)
+    return common >= threshold * (small + large - common)

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from medloop.knowledge.chunking import Chunk
 from medloop.knowledge.parsing import Document
 
@@ -180,8 +182,13 @@ class KnowledgeStore:
                 part,
             )
 
-    def chunk_ids(self) -> set[int]:
-        return {r[0] for r in self.db.execute("SELECT id FROM chunks")}
+    def chunk_ids(self, after: int = 0) -> np.ndarray:
+        """The ids of the chunks newer than `after`, sorted (ids only grow: AUTOINCREMENT)."""
+        rows = self.db.execute("SELECT id FROM chunks WHERE id > ? ORDER BY id", (after,))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def chunk_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
 
     def versions(self, doc_id: str | None = None) -> list[dict]:
         sql = "SELECT doc_id, version, title, issuer, published, superseded, ingested_at, source FROM versions"

@@ -1,29 +1,38 @@
-"""The on-disk hybrid index: FAISS (dense) + bm25s (sparse) over the store's chunks, versioned.
+"""The on-disk hybrid index: FAISS (dense) + BM25 (sparse) over the store's chunks, in segments, versioned.
 
-Layout under `index/`:  v<N>/ (meta.json, ids.npy, embeddings.npy, tokens.txt, dense.faiss, bm25/)
-and CURRENT, a file naming the live version. A new version is written into a temporary folder,
-renamed into place, and only then published by atomically replacing CURRENT: a reader (a running
-server) sees the old version or the new one, never half of one. The index is derived state: whatever
-the store holds and the index lacks (a crash between the two) is caught up by the next `sync_index`.
+Layout under `index/`:
+  segments/<name>/  ids.npy, embeddings.npy, dense.faiss, terms.txt, doc_terms.npz, postings.npz (immutable)
+  v<N>/             meta.json (the segments of this version), dead.npy (chunk ids removed since)
+  CURRENT           the live version
+An ingest adds one segment with the new chunks and publishes a version listing it: a document added to a
+million-chunk index costs that document, not the million (small segments are merged as they accumulate,
+Lucene-style). BM25 is scored here, over scipy posting lists with the whole index's statistics, because
+per-segment BM25 indexes (bm25s) score with per-segment IDF and cannot be merged. Segments and versions are
+written into a temporary folder and renamed into place; CURRENT is replaced atomically last: a reader (a running
+server) sees the old version or the new one, never half of one. The index is derived state: whatever the store
+holds and the index lacks (a crash between the two) is caught up by the next `sync_index`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import bm25s
 import faiss
 import numpy as np
 from filelock import FileLock
+from scipy import sparse
 
 from medloop.atomic import failpoint, write_text_atomic
 from medloop.config import DEFAULT_EMBEDDER, Settings
@@ -32,6 +41,7 @@ from medloop.knowledge.store import KnowledgeStore
 from medloop.retrieval.tokenize import VERSION as TOKENS_VERSION
 from medloop.retrieval.tokenize import tokenize
 
+LAYOUT = 2  # segments; 1 was one folder per version
 KEEP_VERSIONS = 2  # the previous version stays for readers that are still loading it
 
 
@@ -68,29 +78,139 @@ def chunk_index_text(title: str, section: str, text: str) -> str:
     return f"{title} {section}\n{text}".strip()
 
 
-@dataclass
-class LoadedIndex:
-    version: int
-    meta: dict
-    ids: np.ndarray  # int64, row i of embeddings/tokens is chunk ids[i]
-    embeddings: np.ndarray  # float32, L2-normalised
-    tokens: list[list[str]]
-    dense: faiss.Index
-    sparse: bm25s.BM25 | None
+BM25_K1, BM25_B = 1.5, 0.75
+
+
+class Segment:
+    """An immutable slice of the index: ids, vectors, the dense index and the term counts of some chunks.
+    A segment is written once and never changed; versions list the segments they are made of, so adding a
+    document writes one small segment instead of rewriting a million chunks. Parts load on first use: a writer
+    reads only `ids`."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.name = folder.name
+        self.ids = np.load(folder / "ids.npy")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @functools.cached_property
+    def dense(self) -> faiss.Index:
+        return faiss.read_index(str(self.folder / "dense.faiss"))
+
+    @functools.cached_property
+    def terms(self) -> list[str]:
+        text = (self.folder / "terms.txt").read_text()
+        return text.split("\n") if text else []
+
+    @functools.cached_property
+    def vocab(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.terms)}
+
+    @functools.cached_property
+    def doc_terms(self) -> sparse.csr_matrix:
+        """Row i: how often each term occurs in chunk ids[i]."""
+        return sparse.load_npz(self.folder / "doc_terms.npz").tocsr()
+
+    @functools.cached_property
+    def postings(self) -> sparse.csc_matrix:
+        """Column j: the rows holding term j, each with BM25's term-frequency part (see `bm25_postings`)."""
+        return sparse.load_npz(self.folder / "postings.npz").tocsc()
+
+    def embeddings(self) -> np.ndarray:
+        return np.load(self.folder / "embeddings.npy", mmap_mode="r")
+
+    def tune(self, settings: Settings) -> None:
+        """Search-time knobs of an approximate index follow the settings, not the ones it was written with."""
+        inner = faiss.downcast_index(self.dense.index)
+        if isinstance(inner, faiss.IndexIVF):
+            inner.nprobe = settings.ivf_nprobe
+        elif isinstance(inner, faiss.IndexHNSW):
+            inner.hnsw.efSearch = settings.hnsw_ef_search
+
+    def load(self) -> Segment:
+        """Everything a search touches, read now (a reader loads under its lock, not on a request's time)."""
+        for part in ("dense", "vocab", "postings", "doc_terms"):
+            getattr(self, part)
+        return self
 
     def df(self, token: str) -> int:
-        """How many chunks hold `token` (read off BM25's posting lists: nothing extra is stored)."""
-        if self.sparse is None:
-            return 0
-        i = self.sparse.vocab_dict.get(token)
-        indptr = self.sparse.scores["indptr"]
-        return int(indptr[i + 1] - indptr[i]) if i is not None else 0
+        j = self.vocab.get(token)
+        return 0 if j is None else int(self.postings.indptr[j + 1] - self.postings.indptr[j])
+
+    def token_set(self, row: int) -> set[str]:
+        m = self.doc_terms
+        return {self.terms[j] for j in m.indices[m.indptr[row] : m.indptr[row + 1]]}
+
+
+@dataclass
+class LoadedIndex:
+    """One published version: its segments, less the chunks removed since a segment was written (`dead`)."""
+
+    version: int
+    meta: dict
+    segments: list[Segment]
+    dead: np.ndarray  # sorted chunk ids
+
+    def __post_init__(self):
+        self._alive = [~np.isin(s.ids, self.dead) for s in self.segments]
+        self._dead_in = [len(s) - int(a.sum()) for s, a in zip(self.segments, self._alive, strict=True)]
+        self.count = sum(len(s) for s in self.segments) - sum(self._dead_in)  # chunks a search can return
+
+    def live_ids(self) -> np.ndarray:
+        parts = [s.ids[a] for s, a in zip(self.segments, self._alive, strict=True)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def df(self, token: str) -> int:
+        """How many chunks hold `token` (read off the posting lists: nothing extra is stored)."""
+        return sum(s.df(token) for s in self.segments)
 
     def token_set(self, chunk_id: int) -> set[str]:
-        if not hasattr(self, "_rows"):
-            self._rows = {int(cid): row for row, cid in enumerate(self.ids.tolist())}
-        row = self._rows.get(chunk_id)
-        return set(self.tokens[row]) if row is not None else set()
+        for s in self.segments:  # a segment's ids are sorted
+            row = int(np.searchsorted(s.ids, chunk_id))
+            if row < len(s) and s.ids[row] == chunk_id:
+                return s.token_set(row)
+        return set()
+
+    def dense_search(self, vector: np.ndarray, n: int) -> dict[int, float]:
+        """The n nearest chunks by inner product over every segment."""
+        found: dict[int, float] = {}
+        for s, dead in zip(self.segments, self._dead_in, strict=True):
+            scores, ids = s.dense.search(vector, n + min(dead, n))  # room for removed chunks
+            found.update((int(i), float(d)) for i, d in zip(ids[0], scores[0], strict=True) if i >= 0)
+        if len(self.dead) and found:
+            removed = _in_sorted(np.fromiter(found, dtype=np.int64), self.dead)
+            found = {i: d for (i, d), gone in zip(found.items(), removed, strict=True) if not gone}
+        return dict(sorted(found.items(), key=lambda kv: kv[1], reverse=True)[:n])
+
+    def sparse_search(self, tokens: list[str], n: int) -> dict[int, float]:
+        """BM25 (Lucene's form): the n top chunks by score, without sorting every chunk's score. The IDF is the
+        whole index's, so scores from different segments compare; the term-frequency part was computed when
+        the segment was written."""
+        total = sum(len(s) for s in self.segments)
+        if not total or not tokens:
+            return {}
+        idf = {t: np.log1p((total - df + 0.5) / (df + 0.5)) for t in set(tokens) if (df := self.df(t))}
+        found: dict[int, float] = {}
+        for s, alive, dead in zip(self.segments, self._alive, self._dead_in, strict=True):
+            p = s.postings
+            parts = [(p.indptr[j], p.indptr[j + 1], w) for t, w in idf.items() if (j := s.vocab.get(t)) is not None]
+            if not parts:
+                continue
+            rows = np.concatenate([p.indices[a:b] for a, b, _ in parts])
+            weights = np.concatenate([w * p.data[a:b] for a, b, w in parts])
+            scores = np.bincount(rows, weights, minlength=len(s))
+            if dead:
+                scores[~alive] = 0
+            top = np.argpartition(-scores, n - 1)[:n] if n < len(s) else np.arange(len(s))
+            top = top[scores[top] > 0]
+            found.update(zip(s.ids[top].tolist(), scores[top].tolist(), strict=True))
+        return dict(sorted(found.items(), key=lambda kv: kv[1], reverse=True)[:n])
+
+
+class IndexLayoutError(RuntimeError):
+    """The index on disk was written in a layout this version does not read."""
 
 
 def current_version(index_dir: Path) -> int | None:
@@ -105,35 +225,38 @@ def read_meta(index_dir: Path) -> dict | None:
     return json.loads((index_dir / f"v{version}" / "meta.json").read_text()) if version is not None else None
 
 
-def load_index(index_dir: Path, version: int | None = None) -> LoadedIndex | None:
+def load_index(index_dir: Path, version: int | None = None, *, reuse: LoadedIndex | None = None,
+               lazy: bool = False) -> LoadedIndex | None:
+    """The live version (or `version`). Segments already loaded in `reuse` are taken from it: after an
+    ingest a reader loads only the new segment."""
     version = current_version(index_dir) if version is None else version
     if version is None:
         return None
     folder = index_dir / f"v{version}"
     meta = json.loads((folder / "meta.json").read_text())
-    ids = np.load(folder / "ids.npy")
-    tokens = [line.split(" ") if line else [] for line in (folder / "tokens.txt").read_text().split("\n")][: len(ids)]
-    sparse = bm25s.BM25.load(str(folder / "bm25")) if len(ids) else None
-    return LoadedIndex(
-        version=version,
-        meta=meta,
-        ids=ids,
-        embeddings=np.load(folder / "embeddings.npy"),
-        tokens=tokens,
-        dense=faiss.read_index(str(folder / "dense.faiss")),
-        sparse=sparse,
-    )
+    if "segments" not in meta:
+        raise IndexLayoutError(f"{folder}: an index written by an older medloop; run `medloop index rebuild`")
+    known = {s.name: s for s in reuse.segments} if reuse is not None else {}
+    segments = [known.get(name) or Segment(index_dir / "segments" / name) for name in meta["segments"]]
+    if not lazy:
+        segments = [s.load() for s in segments]
+    return LoadedIndex(version=version, meta=meta, segments=segments, dead=np.load(folder / "dead.npy"))
+
+
+EXACT_BELOW = 20_000  # `auto`: a flat scan of fewer vectors takes a few ms on two cores and is exact
 
 
 def build_dense(embeddings: np.ndarray, ids: np.ndarray, settings: Settings) -> faiss.Index:
     """Only chunks with a vector go in: a zero row is text the embedder was not asked to read."""
     dim = embeddings.shape[1]
     embedded = np.linalg.norm(embeddings, axis=1) > 0 if len(ids) else np.zeros(0, dtype=bool)
-    embeddings, ids = embeddings[embedded], ids[embedded]
+    embeddings, ids = np.ascontiguousarray(embeddings[embedded], dtype=np.float32), ids[embedded]
     n = len(ids)
     kind = settings.index_type
+    if kind == "auto":
+        kind = "flat" if n < EXACT_BELOW else "ivf"
     if kind == "ivf":
-        nlist = settings.ivf_nlist or max(1, int(4 * np.sqrt(n)))
+        nlist = settings.ivf_nlist or max(1, int(np.sqrt(n)))
         if n < 39 * nlist:  # FAISS needs ~39 training points per list; a small corpus is exact anyway
             kind = "flat"
     if kind == "hnsw":
@@ -143,7 +266,8 @@ def build_dense(embeddings: np.ndarray, ids: np.ndarray, settings: Settings) -> 
     elif kind == "ivf":
         quantizer = faiss.IndexFlatIP(dim)
         base = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        base.train(embeddings)
+        sample = np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)
+        base.train(embeddings[np.sort(sample)])  # 64 points a list: k-means on a million would take minutes
         base.nprobe = settings.ivf_nprobe
     else:
         base = faiss.IndexFlatIP(dim)
@@ -155,7 +279,7 @@ def build_dense(embeddings: np.ndarray, ids: np.ndarray, settings: Settings) -> 
 
 def _index_params(settings: Settings) -> dict:
     return {"embedder": settings.embedder, "tokens": TOKENS_VERSION, "index_type": settings.index_type,
-            "hnsw_m": settings.hnsw_m, "ivf_nlist": settings.ivf_nlist}
+            "hnsw_m": settings.hnsw_m, "ivf_nlist": settings.ivf_nlist, "layout": LAYOUT}
 
 
 @dataclass
@@ -165,6 +289,7 @@ class SyncResult:
     removed: int
     total: int
     changed: bool
+    merged: int = 0  # segments merged into one by this sync
 
 
 @contextlib.contextmanager
@@ -184,36 +309,169 @@ def sync_index(
     on_progress: Callable[[int, int], None] | None = None,
     batch_size: int = 256,
 ) -> SyncResult:
-    """Bring the index up to the store: embed only chunks it lacks, drop chunks the store deleted."""
+    """Bring the index up to the store: embed only chunks it lacks (into one new segment), mark the chunks the
+    store deleted, merge small segments. `rebuild`: re-embed everything into one segment."""
     with writer_lock(settings.index_dir):
         return _sync(settings, store, embedder, rebuild, on_progress, batch_size)
+
+
+def compact_index(settings: Settings) -> SyncResult:
+    """Merge every segment into one, without the removed chunks (nothing is re-embedded or re-tokenised)."""
+    with writer_lock(settings.index_dir):
+        old = load_index(settings.index_dir, lazy=True)
+        if old is None:
+            raise FileNotFoundError(f"no index in {settings.index_dir}: run `medloop ingest` first")
+        merged = Segment(_merge(settings, old.segments, old.dead))
+        version = _publish(settings, [merged.name], np.zeros(0, dtype=np.int64), old.meta["store_revision"])
+        return SyncResult(version, 0, len(old.dead), len(merged), changed=True, merged=len(old.segments))
 
 
 def _sync(settings, store, embedder, rebuild, on_progress, batch_size) -> SyncResult:
     index_dir = settings.index_dir
     revision = store.revision()
-    old = None if rebuild else load_index(index_dir)
-    if old is not None and old.meta.get("params") != _index_params(settings):
-        old = None  # another embedder or index type: the old vectors do not apply
+    meta = read_meta(index_dir)
+    # another embedder, index type or layout: the old segments do not apply
+    fits = meta is not None and meta.get("params") == _index_params(settings)
+    old = load_index(index_dir, lazy=True) if fits and not rebuild else None
     if old is not None and old.meta.get("store_revision") == revision:
-        return SyncResult(old.version, 0, 0, len(old.ids), changed=False)
+        return SyncResult(old.version, 0, 0, old.count, changed=False)
 
-    want = store.chunk_ids()
-    have = set(old.ids.tolist()) if old is not None else set()
-    keep = np.array([i in want for i in old.ids.tolist()], dtype=bool) if old is not None else None
-    new_ids = sorted(want - have)
-    embedder = embedder or load_embedder(settings.embedder)
-    staging = _Staging(index_dir / ".staging", _index_params(settings))
-    reads_chinese = settings.embedder_multilingual
-    ids, embeddings, tokens = _embed_new(store, new_ids, embedder, batch_size, on_progress, reads_chinese, staging)
-    if old is not None:  # what is still in the store keeps its vectors
-        ids = np.concatenate([old.ids[keep], ids])
-        embeddings = np.concatenate([old.embeddings[keep], embeddings])
-        tokens = [t for t, k in zip(old.tokens, keep, strict=True) if k] + tokens
-    version = _publish(settings, ids, embeddings, tokens, revision)
-    staging.clear()  # published: what was staged for it is in the index now
-    removed = int((~keep).sum()) if keep is not None else 0
-    return SyncResult(version, len(new_ids), removed, int(len(ids)), changed=True)
+    new_ids, removed = _changes(store, old)
+    new_ids = new_ids.tolist()
+    segments = list(old.segments) if old is not None else []
+    dead = np.union1d(old.dead, removed) if old is not None else np.zeros(0, dtype=np.int64)
+    if new_ids:
+        embedder = embedder or load_embedder(settings.embedder)
+        staging = _Staging(index_dir / ".staging", _index_params(settings))
+        ids, vectors, tokens = _embed_new(store, new_ids, embedder, batch_size, on_progress,
+                                          settings.embedder_multilingual, staging)
+        segments.append(Segment(_write_segment(settings, ids, vectors, *term_matrix(tokens))))
+    segments, dead, merged = _merge_policy(settings, segments, dead)
+    version = _publish(settings, [s.name for s in segments], dead, revision)
+    if new_ids:
+        staging.clear()  # published: what was staged for it is in the index now
+    total = sum(len(s) for s in segments) - len(dead)
+    return SyncResult(version, len(new_ids), len(removed), total, changed=True, merged=merged)
+
+
+def _changes(store: KnowledgeStore, old: LoadedIndex | None) -> tuple[np.ndarray, np.ndarray]:
+    """(chunk ids the index lacks, chunk ids the store no longer holds), without reading a million ids when
+    nothing was removed: ids only grow, so what is new is above the index's highest id, and the counts say
+    whether anything went."""
+    if old is None:
+        return store.chunk_ids(), np.zeros(0, dtype=np.int64)
+    top = max((int(s.ids[-1]) for s in old.segments if len(s)), default=0)
+    new_ids = store.chunk_ids(after=top)
+    if old.count + len(new_ids) == store.chunk_count():
+        return new_ids, np.zeros(0, dtype=np.int64)
+    have, want = np.sort(old.live_ids()), store.chunk_ids()
+    return new_ids, have[~_in_sorted(have, want)]
+
+
+def _in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    at = np.minimum(np.searchsorted(sorted_ids, values), max(len(sorted_ids) - 1, 0))
+    return sorted_ids[at] == values if len(sorted_ids) else np.zeros(len(values), dtype=bool)
+
+
+MERGE_FACTOR = 8  # this many segments of one size tier are merged into one of the next tier
+MAX_DEAD_SHARE = 0.25  # a segment with more removed chunks than this is rewritten without them
+
+
+def _tier(size: int) -> int:
+    return int(np.log(max(size, 1)) / np.log(MERGE_FACTOR))
+
+
+def _merge_policy(settings, segments: list[Segment], dead: np.ndarray):
+    """Keep the segment count logarithmic in the index size: whenever MERGE_FACTOR segments share a size tier
+    they become one (an add to a million-chunk index merges a few small segments, never the large one); a
+    segment mostly removed is rewritten. Returns (segments, dead ids still listed in them, segments merged)."""
+    merged = 0
+    while True:
+        dead_share = [np.isin(s.ids, dead).mean() if len(s) else 1.0 for s in segments]
+        rotten = [s for s, share in zip(segments, dead_share, strict=True) if share > MAX_DEAD_SHARE]
+        tiers: dict[int, list[Segment]] = {}
+        for s in segments:
+            tiers.setdefault(_tier(len(s)), []).append(s)
+        full = next((group for group in tiers.values() if len(group) >= MERGE_FACTOR), None)
+        group = full or rotten
+        if not group:
+            break
+        names = {s.name for s in group}
+        new = Segment(_merge(settings, group, dead))
+        segments = [s for s in segments if s.name not in names] + ([new] if len(new) else [])
+        merged += len(group)
+    listed = np.concatenate([s.ids for s in segments]) if segments else np.zeros(0, dtype=np.int64)
+    return segments, dead[np.isin(dead, listed)], merged
+
+
+def term_matrix(tokens: list[list[str]]) -> tuple[sparse.csr_matrix, list[str]]:
+    """Term counts per chunk (rows) over the segment's vocabulary (columns), and that vocabulary."""
+    vocab: dict[str, int] = {}
+    indptr, cols, counts = [0], [], []
+    for doc in tokens:
+        for term, count in Counter(doc).items():
+            cols.append(vocab.setdefault(term, len(vocab)))
+            counts.append(count)
+        indptr.append(len(cols))
+    matrix = sparse.csr_matrix((np.array(counts, dtype=np.float32), np.array(cols, dtype=np.int32),
+                                np.array(indptr, dtype=np.int64)), shape=(len(tokens), len(vocab)))
+    return matrix, list(vocab)
+
+
+def bm25_postings(doc_terms: sparse.csr_matrix) -> sparse.csc_matrix:
+    """Posting lists holding tf / (tf + k1 (1 - b + b dl / avgdl)): a query multiplies by IDF and adds. The
+    length normalisation uses the segment's average length: the large segments that dominate a big index hold
+    the whole index's average, and a query does not gather a million lengths."""
+    lengths = np.asarray(doc_terms.sum(axis=1), dtype=np.float32).ravel()
+    postings = doc_terms.tocsc()
+    tf = postings.data.astype(np.float32)
+    norm = 1 - BM25_B + BM25_B * lengths[postings.indices] / max(float(lengths.mean()) if len(lengths) else 1, 1)
+    postings.data = tf / (tf + BM25_K1 * norm)
+    return postings
+
+
+def _merge(settings, group: list[Segment], dead: np.ndarray) -> Path:
+    """One segment holding the live chunks of `group`: vectors and term counts are copied, not recomputed."""
+    vocab: dict[str, int] = {}
+    ids, vectors, matrices = [], [], []
+    for s in group:
+        alive = ~np.isin(s.ids, dead)
+        to_merged = np.array([vocab.setdefault(t, len(vocab)) for t in s.terms], dtype=np.int32)
+        m = s.doc_terms[alive]
+        matrices.append((m.data, to_merged[m.indices] if len(to_merged) else m.indices, m.indptr))
+        ids.append(s.ids[alive])
+        vectors.append(np.asarray(s.embeddings()[alive]))
+    shape = (0, len(vocab))
+    parts = [sparse.csr_matrix((d, i, p), shape=(len(p) - 1, len(vocab))) for d, i, p in matrices]
+    matrix = sparse.vstack(parts, format="csr") if parts else sparse.csr_matrix(shape, dtype=np.float32)
+    ids = np.concatenate(ids)
+    order = np.argsort(ids, kind="stable")  # a segment's ids stay sorted: rows are found by binary search
+    return _write_segment(settings, ids[order], np.concatenate(vectors)[order], matrix[order], list(vocab))
+
+
+def _write_segment(settings, ids: np.ndarray, embeddings: np.ndarray, doc_terms: sparse.csr_matrix,
+                   terms: list[str]) -> Path:
+    """Write a segment to a temporary folder, fsync it, rename it into `segments/`: whole or absent."""
+    folder = settings.index_dir / "segments"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=settings.index_dir, prefix=".tmp-"))
+    np.save(tmp / "ids.npy", ids.astype(np.int64))
+    np.save(tmp / "embeddings.npy", embeddings.astype(np.float32))
+    faiss.write_index(build_dense(embeddings, ids, settings), str(tmp / "dense.faiss"))
+    (tmp / "terms.txt").write_text("\n".join(terms))
+    sparse.save_npz(tmp / "doc_terms.npz", doc_terms, compressed=False)
+    sparse.save_npz(tmp / "postings.npz", bm25_postings(doc_terms), compressed=False)
+    _fsync_files(tmp)
+    name = folder / f"{int(ids.min()) if len(ids) else 0}-{secrets.token_hex(4)}"
+    os.rename(tmp, name)
+    return name
+
+
+def _fsync_files(folder: Path) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
 class _Staging:
@@ -276,29 +534,21 @@ def _embed_new(store, new_ids: list[int], embedder, batch_size: int, on_progress
     return np.array([r[0] for r in rows], dtype=np.int64), vectors, tokens
 
 
-def _publish(settings, ids: np.ndarray, embeddings: np.ndarray, tokens: list[list[str]], revision: int) -> int:
-    """Write a new index version to a temporary folder, fsync it, rename it into place, then point CURRENT at it:
-    a reader sees the old version or the new one, whole."""
+def _publish(settings, segments: list[str], dead: np.ndarray, revision: int) -> int:
+    """Write a version (the list of its segments and the chunks removed from them) to a temporary folder, fsync
+    it, rename it into place, then point CURRENT at it: a reader sees the old version or the new one, whole."""
     index_dir = settings.index_dir
     version = max([current_version(index_dir) or 0] + [_folder_version(p) for p in index_dir.glob("v*")]) + 1
     tmp = Path(tempfile.mkdtemp(dir=index_dir, prefix=".tmp-"))
-    np.save(tmp / "ids.npy", ids)
-    np.save(tmp / "embeddings.npy", embeddings)
-    (tmp / "tokens.txt").write_text("\n".join(" ".join(t) for t in tokens))
-    faiss.write_index(build_dense(embeddings, ids, settings), str(tmp / "dense.faiss"))
-    if len(ids):
-        sparse = bm25s.BM25()
-        sparse.index([t or [""] for t in tokens], show_progress=False)
-        sparse.save(str(tmp / "bm25"))
+    np.save(tmp / "dead.npy", np.asarray(dead, dtype=np.int64))
+    sizes = [len(np.load(index_dir / "segments" / name / "ids.npy", mmap_mode="r")) for name in segments]
     meta = {
-        "version": version, "store_revision": revision, "count": int(len(ids)), "dim": int(embeddings.shape[1]),
-        "params": _index_params(settings), "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "version": version, "store_revision": revision, "count": int(sum(sizes) - len(dead)),
+        "segments": segments, "params": _index_params(settings),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+    _fsync_files(tmp)
     failpoint("index-written")
     os.rename(tmp, index_dir / f"v{version}")
     failpoint("index-renamed")
@@ -315,8 +565,16 @@ def _folder_version(path: Path) -> int:
 
 
 def _clean(index_dir: Path, live: int) -> None:
-    """Drop versions older than the previous one, and temp files left by a crashed writer (we hold the lock)."""
+    """Drop versions older than the previous one, the segments no kept version lists, and temp files left by a
+    crashed writer (we hold the lock)."""
     for p in index_dir.iterdir():
         stale_tmp = p.name.startswith(".tmp-") or p.name.startswith(".CURRENT.")
-        if stale_tmp or (p.is_dir() and p.name.startswith("v") and _folder_version(p) <= live - KEEP_VERSIONS):
+        old_version = p.is_dir() and p.name.startswith("v") and _folder_version(p) <= live - KEEP_VERSIONS
+        if stale_tmp or old_version or (p.is_dir() and p.name.startswith("v") and not (p / "meta.json").exists()):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    listed = set()
+    for meta in index_dir.glob("v*/meta.json"):
+        listed.update(json.loads(meta.read_text()).get("segments", []))
+    for p in (index_dir / "segments").iterdir() if (index_dir / "segments").is_dir() else []:
+        if p.name not in listed:
+            shutil.rmtree(p, ignore_errors=True)

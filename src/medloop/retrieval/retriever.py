@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import asdict, dataclass
 
@@ -12,9 +13,11 @@ from medloop.knowledge.language import is_chinese
 from medloop.knowledge.similarity import fingerprint, near_duplicates, shingles
 from medloop.knowledge.store import ChunkRecord, KnowledgeStore
 from medloop.retrieval import query_encoder
-from medloop.retrieval.index import LoadedIndex, current_version, load_embedder, load_index
+from medloop.retrieval.index import IndexLayoutError, LoadedIndex, current_version, load_embedder, load_index
 from medloop.retrieval.lexicon import lexicon
 from medloop.retrieval.relevance import analyse, concept_weights, relevance
+
+log = logging.getLogger("medloop.retrieval")
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Retriever:
         self._reranker = reranker
         self._index: LoadedIndex | None = None
         self._lock = threading.Lock()
+        self._unreadable: int | None = None  # the version that could not be read (said once)
         self.lexicon = lexicon(str(settings.lexicon) if settings.lexicon else None)
 
     @property
@@ -79,17 +83,23 @@ class Retriever:
         with self._lock:
             if live is not None and (self._index is None or self._index.version != live):
                 try:
-                    self._index = load_index(self.settings.index_dir, live)
+                    self._index = load_index(self.settings.index_dir, live, reuse=self._index)
+                    for segment in self._index.segments:
+                        segment.tune(self.settings)
                 except FileNotFoundError:  # cleaned away under us by a newer version: next call catches up
                     pass
+                except IndexLayoutError as e:  # an index of an older layout: answers go without evidence until rebuilt
+                    if self._unreadable != live:
+                        log.error("%s", e)
+                        self._unreadable = live
             return self._index
 
     def search(self, question: str, k: int = 5, *, include_superseded: bool = False) -> list[Hit]:
         index = self.index()
-        if index is None or len(index.ids) == 0 or not question.strip():
+        if index is None or index.count == 0 or not question.strip():
             return []
         s = self.settings
-        n = min(len(index.ids), max(50, 10 * k))
+        n = min(index.count, max(50, 10 * k))
         question = question[:QUESTION_CHARS]
         query = analyse(question, self.lexicon)
         knows_language = self.knows_language(question)
@@ -98,14 +108,8 @@ class Retriever:
         dense: dict[int, float] = {}
         if w_dense > 0:
             qvec = self.embedder.encode([question], normalize_embeddings=True, convert_to_numpy=True)
-            dense_scores, dense_ids = index.dense.search(qvec.astype(np.float32), n)
-            dense = {int(i): float(d) for i, d in zip(dense_ids[0], dense_scores[0], strict=True) if i >= 0}
-
-        sparse: dict[int, float] = {}
-        if query.sparse_tokens and index.sparse is not None:
-            scores = index.sparse.get_scores(list(query.sparse_tokens))
-            top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
-            sparse = {int(index.ids[i]): float(scores[i]) for i in top if scores[i] > 0}
+            dense = index.dense_search(qvec.astype(np.float32), n)
+        sparse = index.sparse_search(list(query.sparse_tokens), n)
 
         fused: dict[int, float] = {}
         for weight, ranked in ((w_dense, dense), (s.sparse_weight, sparse)):
@@ -113,7 +117,7 @@ class Retriever:
                 fused[cid] = fused.get(cid, 0.0) + weight / (s.rrf_k + rank + 1)
 
         records = {c.chunk_id: c for c in self.store.chunks(list(fused))}
-        weights = concept_weights(query, index.df, len(index.ids))
+        weights = concept_weights(query, index.df, index.count)
         candidates, seen = [], []  # seen: 4-gram sets of the passages already taken
         for cid in sorted(fused, key=fused.get, reverse=True):
             chunk = records.get(cid)

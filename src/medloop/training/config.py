@@ -46,6 +46,8 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(2, ge=1)
     gradient_checkpointing: bool = True
+    memory_budget_gb: float = Field(0, ge=0, description="GPU: split batch_size x grad_accum into the largest "
+                                    "micro-batch whose measured step fits this many GB (0: as configured)")
     # data
     max_length: int = Field(2048, ge=8)
     min_length: int = Field(2, description="drop samples with fewer trained (assistant) tokens than this")
