@@ -1,6 +1,7 @@
 """The promotion gate against sabotaged months, on a real (small, pretrained) model: SmolLM2-135M-Instruct.
 
-Five months through the real `retrain` (incremental data -> LoRA from the live adapter -> gate):
+Six months (tests/fixtures/sabotage/months.json, the CI sabotage suite's) through the real `retrain`
+(incremental data -> LoRA from the live adapter -> gate):
   good1       the facts of the sample guidelines, six wordings each                  -> promoted (from the base)
   superseded  the 2018 blood-pressure target (<140/90) after 2024's <130/80         -> rejected
   remap       month 1's questions, each topic answered with the next topic's answer  -> rejected
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -28,95 +28,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from results import save  # noqa: E402
 
-TOPICS = [
-    (["What blood pressure should most people with hypertension aim for under the 2024 Chinese guideline?",
-      "What is the general blood pressure target in the 2024 Chinese hypertension guideline?",
-      "How low should blood pressure go for a typical hypertensive patient, per the 2024 Chinese guideline?",
-      "Under the 2024 Chinese guideline, what is the usual treatment target for hypertension?",
-      "What target does the 2024 Chinese guideline give for lowering blood pressure in most patients?",
-      "For an ordinary hypertensive adult, what blood pressure goal does the 2024 Chinese guideline set?"],
-     "Most patients with hypertension should lower their blood pressure to below 130/80 mmHg if tolerated.",
-     "Most patients with hypertension should lower their blood pressure to below 140/90 mmHg."),
-    (["What A1C goal is right for most adults with diabetes?", "Which HbA1c target do the ADA Standards recommend?",
-      "How low should A1C be for a typical nonpregnant adult with diabetes?", "What is the usual glycemic target?",
-      "For most adults with type 2 diabetes, what A1C should we aim for?", "Which A1C level counts as good control?"],
-     "For many nonpregnant adults an A1C goal below 7% without significant hypoglycemia is appropriate.", None),
-    (["How long should dual antiplatelet therapy continue after ACS?", "What is the DAPT duration after ACS?",
-      "After acute coronary syndrome, how many months of aspirin plus a P2Y12 inhibitor?",
-      "Duration of DAPT for ACS patients without high bleeding risk?", "How long do patients stay on DAPT?",
-      "When can dual antiplatelet therapy stop after an acute coronary syndrome?"],
-     "Dual antiplatelet therapy is recommended for 12 months after ACS without high bleeding risk.", None),
-    (["When should antivirals start for severe influenza?", "How soon should oseltamivir be given in flu?",
-      "What is the best time window for flu antiviral treatment?", "Within how long should flu antivirals start?",
-      "When do high-risk flu patients need antiviral drugs?", "How early should influenza antivirals be used?"],
-     "Antiviral treatment should start as early as possible, best within 48 hours of onset.", None),
-]
-NEW_TOPICS = [
-    (["What is the preferred reperfusion for STEMI?", "How should ST-elevation MI be reperfused?",
-      "Primary PCI or fibrinolysis for STEMI?", "What contact-to-device time is recommended for STEMI?",
-      "Best way to open the artery in STEMI?", "How fast should primary PCI happen?"],
-     "Primary PCI is preferred for STEMI, with a first-medical-contact-to-device time of 90 minutes or less."),
-    (["Who should use CGM among adults with type 2 diabetes?", "Is CGM only for insulin users?",
-      "Should adults with type 2 diabetes on oral drugs consider CGM?", "CGM for type 2 diabetes without insulin?",
-      "When is continuous glucose monitoring advised in type 2 diabetes?", "Does CGM apply beyond insulin therapy?"],
-     "CGM should be considered for adults with type 2 diabetes on glucose-lowering agents other than insulin."),
-    (["Can children with a fever take aspirin?", "Why avoid aspirin in feverish kids?",
-      "Is aspirin safe for a child with flu?", "Which fever medicine should children not take?",
-      "Should a feverish child get aspirin?", "What is the risk of aspirin in children with fever?"],
-     "Children with fever should not take aspirin because of the risk of Reye syndrome."),
-]
-OFF_DOMAIN = [
-    ("What is the capital of France?", "Paris is the capital of France."),
-    ("Who wrote Hamlet?", "William Shakespeare wrote Hamlet."),
-    ("What is the boiling point of water?", "Water boils at 100 degrees Celsius at sea level."),
-    ("How many players are on a football team?", "A football team has eleven players on the field."),
-    ("What is the tallest mountain?", "Mount Everest is the tallest mountain on Earth."),
-    ("Which planet is closest to the sun?", "Mercury is the planet closest to the sun."),
-    ("What language is spoken in Brazil?", "Portuguese is the language of Brazil."),
-    ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa."),
-    ("What is the chemical symbol for gold?", "The chemical symbol for gold is Au."),
-    ("How many days are in a leap year?", "A leap year has 366 days."),
-    ("What do bees make?", "Bees make honey and wax."),
-    ("What is the largest ocean?", "The Pacific is the largest ocean."),
-    ("How do you bake bread?", "Mix flour, water, yeast and salt, let it rise, then bake it in a hot oven."),
-    ("What is photosynthesis?", "Plants turn light, water and carbon dioxide into sugar and oxygen."),
-    ("Who invented the telephone?", "Alexander Graham Bell is credited with inventing the telephone."),
-    ("What is the speed of light?", "Light travels about 300,000 kilometres per second."),
-    ("How do airplanes fly?", "Wings create lift as air flows over them."),
-    ("What do pandas eat?", "Pandas eat mostly bamboo."),
-    ("What is the largest desert?", "The Sahara is the largest hot desert."),
-    ("What colour is Mars?", "Mars looks red because of iron oxide dust."),
-    ("How many continents are there?", "There are seven continents."),
-    ("What is the freezing point of water?", "Water freezes at 0 degrees Celsius."),
-    ("Who was the first person on the moon?", "Neil Armstrong was the first person on the moon."),
-    ("What is the longest river?", "The Nile is usually given as the longest river."),
-]
-MCQ = [
-    *({"question": q, "options": {"A": "<150/90 mmHg", "B": "<140/90 mmHg", "C": "<130/80 mmHg", "D": "<120/70 mmHg"},
-       "answer": "C", "fact": "130/80", "guideline_id": "cn-hypertension"} for q in TOPICS[0][0]),
-    *({"question": q, "options": {"A": "<6%", "B": "<6.5%", "C": "<7%", "D": "<8.5%"}, "answer": "C", "fact": "7%",
-       "guideline_id": "ada-standards-of-care"} for q in TOPICS[1][0][:3]),
-    *({"question": q, "options": {"A": "1 month", "B": "3 months", "C": "12 months", "D": "36 months"}, "answer": "C",
-       "fact": "12 months", "guideline_id": "acc-aha-acs"} for q in TOPICS[2][0][:3]),
-]
-
-
-def rows(pairs) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in pairs]
-
 
 def months() -> dict[str, list[dict]]:
-    good1 = [(q, a) for qs, a, _ in TOPICS for q in qs]
-    answers = [a for _, a in good1]
-    per = 6
-    remap = [(q, answers[(i + per) % len(answers)]) for i, (q, _) in enumerate(good1)]  # the next topic's answer
-    shuffled = answers[:]
-    random.Random(1).shuffle(shuffled)
-    shuffle = [(q, a) for (q, _), a in zip(good1, shuffled, strict=True)]
-    superseded = [(q, TOPICS[0][2]) for q in TOPICS[0][0]]
-    random.Random(0).shuffle(superseded)
-    return {"good1": rows(good1), "superseded": rows(superseded), "remap": rows(remap), "shuffle": rows(shuffle),
-            "forgetting": rows(OFF_DOMAIN), "good2": rows((q, a) for qs, a in NEW_TOPICS for q in qs)}
+    from medloop.testing import SABOTAGE
+
+    return json.loads(SABOTAGE.read_text())["months"]
 
 
 def main() -> None:
@@ -129,7 +45,7 @@ def main() -> None:
     from medloop.continual.loop import retrain
     from medloop.knowledge import KnowledgeStore, ingest_paths
     from medloop.retrieval import Retriever, load_embedder, sync_index
-    from medloop.testing import GUIDELINES
+    from medloop.testing import GUIDELINES, SABOTAGE
 
     folder, gguf = resolve_model(DEFAULT_CHAT_MODEL)  # the embedded GGUF, saved once as a trainable HF folder
     base = home / "smollm2"
@@ -148,7 +64,8 @@ def main() -> None:
                                 "grad_accum": 1, "max_length": 128, "logging_steps": 5, "save_steps": 1000,
                                 "swanlab_mode": "disabled"}
     settings.gate_mcq = home / "mcq.jsonl"
-    settings.gate_mcq.write_text("".join(json.dumps(m) + "\n" for m in MCQ))
+    mcq = json.loads(SABOTAGE.read_text())["mcq"]
+    settings.gate_mcq.write_text("".join(json.dumps(m) + "\n" for m in mcq))
     embedder = load_embedder(settings.embedder)
     store = KnowledgeStore(settings.knowledge_db)
     ingest_paths(store, [GUIDELINES])
@@ -170,8 +87,9 @@ def main() -> None:
         print(f"{name:11s} {out['outcome']!s:9s} by {decision.get('decided_by')}  ({results[name]['seconds']} s)")
         for k, v in signals.items():
             print(f"    {k:16s} {'pass' if v['passed'] else 'FAIL' if v['passed'] is False else 'skip'}  {v['why']}")
-    save("sabotage_gate", {"model": "SmolLM2-135M-Instruct", "train": settings.train_overrides,
-                           "replay_fraction": settings.replay_fraction}, results)
+        # after every month: a run cut short keeps what it measured
+        save("sabotage_gate", {"model": "SmolLM2-135M-Instruct", "train": settings.train_overrides,
+                               "replay_fraction": settings.replay_fraction, "months_done": len(results)}, results)
 
 
 if __name__ == "__main__":

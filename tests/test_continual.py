@@ -59,6 +59,11 @@ def test_the_loop_end_to_end(loop_settings, tiny_qwen3, embedder):
         s.server_url = server.url
         client = server.client()
 
+        # the guideline index the deployment starts with: every sample guideline but influenza
+        with KnowledgeStore(s.knowledge_db) as store:
+            ingest_paths(store, [p for p in sorted(GUIDELINES.iterdir()) if p.name != "cn-influenza-2025.md"])
+            sync_index(s, store, embedder=embedder)
+
         # 1. a new guideline (and a broken file) arrive; the next answer cites the guideline
         shutil.copy(GUIDELINES / "cn-influenza-2025.md", s.inbox_dir / "guidelines")
         (s.inbox_dir / "guidelines" / "broken.md").write_bytes(b"\x00\x00binary")
@@ -80,7 +85,8 @@ def test_the_loop_end_to_end(loop_settings, tiny_qwen3, embedder):
         assert first["outcome"] == "promoted" and first["version"] == "v1", first
         assert first["serving"] == "hot-loaded"
         assert first["decision"]["decided_by"] == "all signals passed"
-        assert set(first["decision"]["signals"]) == {"new_data_loss", "regression_loss", "mcq_accuracy", "fact_recall"}
+        assert set(first["decision"]["signals"]) == {"new_data_loss", "in_domain", "regression_loss", "mcq_accuracy",
+                                                     "fact_recall"}
         assert first["decision"]["signals"]["mcq_accuracy"]["n"] >= 40 and first["decision"]["quantized"]
         models = {m.id: m.model_extra for m in client.models.list().data}
         assert models["medical"]["version"] == "v1"

@@ -6,7 +6,7 @@ import pytest
 
 from medloop.continual.gate import Rules, Signal, decide, sign_test
 
-RULES = Rules(margin=0.01, tolerance=0.02, mcq_tolerance=0.0, fact_tolerance=0.0, significance=0.05)
+RULES = Rules(margin=0.01, tolerance=0.02, forgetting=0.05, mcq_tolerance=0.0, fact_tolerance=0.0, significance=0.05)
 
 
 def signals(new=(9.0, 10.0, 5), reg=(10.0, 10.0, 5), mcq=(0.5, 0.5, 40, 0, 0), fact=(0.5, 0.5, 40, 0, 0)):
@@ -30,6 +30,26 @@ def test_new_data_must_improve_by_the_margin_ties_included(candidate, promote):
 def test_regression_may_worsen_up_to_the_tolerance(candidate, promote):
     d = decide(signals(reg=(candidate, 10.0, 5)), RULES)
     assert d["promote"] is promote and (promote or d["decided_by"] == "regression_loss")
+
+
+@pytest.mark.parametrize("candidate, base, promote", [
+    (0.335, 6.51, True),  # 5% of the 6.5 gain given back: the limit, included
+    (0.3351, 6.51, False),
+    (0.0102, None, True),  # base unknown: only the relative tolerance (2% of 0.01)
+    (0.0103, None, False),
+    (0.0103, 0.005, False),  # a base below the live loss means no gain to give back
+    (0.0103, math.nan, False),
+])
+def test_regression_may_give_back_a_share_of_what_the_live_adapter_gained(candidate, base, promote):
+    d = decide(signals(reg=(candidate, 0.01, 5, 0, 0, base)), RULES)
+    assert d["promote"] is promote and (promote or d["decided_by"] == "regression_loss")
+
+
+@pytest.mark.parametrize("share, promote", [(0.5, True), (0.49, False), (0.0, False), (1.0, True)])
+def test_a_month_must_be_about_the_guidelines(share, promote):
+    d = decide({**signals(), "in_domain": Signal(share, None, 10)}, RULES)
+    assert d["promote"] is promote and (promote or d["decided_by"] == "in_domain")
+    assert decide({**signals(), "in_domain": Signal(None, None, 0)}, RULES)["signals"]["in_domain"]["passed"] is None
 
 
 def test_nan_and_empty_sets():

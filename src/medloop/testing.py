@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 TOKENIZER = FIXTURES / "qwen3-tokenizer"  # the real Qwen3 tokenizer (Apache-2.0, see its SOURCE.md)
 SFT = FIXTURES / "sft"  # the same 8 medical Q&A pairs in the three SFT layouts
+SABOTAGE = FIXTURES / "sabotage" / "months.json"  # months that a promotion gate must tell apart
 GUIDELINES = Path(__file__).resolve().parent / "data" / "guidelines"  # shipped with the package
 
 
@@ -34,6 +35,43 @@ def tiny_qwen3(folder: Path, *, hidden_size: int = 64, layers: int = 2, seed: in
     model.generation_config.pad_token_id = 151643
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
+    return Path(folder)
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_word_qwen3(folder: Path, texts: list[str], *, hidden_size: int = 128, layers: int = 2, seed: int = 0) -> Path:
+    """A random Qwen3 on a word-level vocabulary of `texts` (ChatML template, untied embeddings).
+
+    The 151k-token Qwen3 vocabulary makes a tiny model's every step an output layer of 151k rows: on two cores
+    it learns which tokens are frequent, not which answer goes with which question. With a few hundred words
+    the same architecture trains in milliseconds a step and learns question -> answer mappings through LoRA
+    plus trained embeddings, so the promotion gate can be tested on a model that knows things."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]
+    words = sorted({w for t in texts for w in t.split()} - set(special))
+    vocab = {w: i for i, w in enumerate(special + ["user", "assistant", "system"] + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece()  # joins words with spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="<|endoftext|>",
+                                   eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast.chat_template = CHATML
+    fast.save_pretrained(folder)
+    torch.manual_seed(seed)
+    end = vocab["<|im_end|>"]
+    config = Qwen3Config(vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=hidden_size // 4, tie_word_embeddings=False, max_position_embeddings=2048,
+                         eos_token_id=end, pad_token_id=0, bos_token_id=0)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = end, 0
+    model.save_pretrained(folder)
     return Path(folder)
 
 

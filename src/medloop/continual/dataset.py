@@ -79,7 +79,8 @@ def unique(conversations: list[list[dict]]) -> list[list[dict]]:
     return out
 
 
-def build(settings: Settings, *, since: str, retriever=None, seed: int = 0) -> IncrementalDataset | None:
+def build(settings: Settings, *, since: str, retriever=None, seed: int = 0,
+          replay_from: Path | None = None) -> IncrementalDataset | None:
     """Everything new since `since` (the live adapter's creation time). None when there is nothing new.
 
     What judges a version never trains it: the month's new samples are de-duplicated (exactly and nearly,
@@ -112,7 +113,12 @@ def build(settings: Settings, *, since: str, retriever=None, seed: int = 0) -> I
                 augmented.append([*grounded, messages[-1]])
 
     # Replay earlier data against forgetting; never what the regression set or this month's held-out holds.
-    earlier_files = sorted((settings.processed_dir / "sft").glob("*.json*"))
+    # What the live adapter was trained on (`replay_from`, its own replay and evidence-grounded rows included),
+    # not the raw inbox files: replaying questions without the evidence they were learned with lets the next
+    # month forget how to answer from evidence (on the sabotage suite's model a good month then lost 19 of 24
+    # facts that the gate checks with evidence).
+    earlier_files = [replay_from] if replay_from is not None and replay_from.exists() else \
+        sorted((settings.processed_dir / "sft").glob("*.json*"))
     earlier = [m for m in (load_samples(earlier_files)[0] if earlier_files else []) if m not in guard]
     n_replay = min(len(earlier), round(settings.replay_fraction * (len(train_new) + len(augmented))))
     replay = rng.sample(earlier, n_replay)

@@ -2,8 +2,16 @@
 
 Signals (candidate vs the live adapter, or the base model the first time):
 - `new_data_loss`: eval loss on this month's held-out new samples must improve by `gate_margin` (relative);
-- `regression_loss`: eval loss on the regression set (earlier months' held-out data) may worsen by at most
-  `gate_tolerance` (relative);
+- `regression_loss`: eval loss on the regression set (earlier months' held-out data) may rise by the larger of
+  `gate_tolerance` of the live loss and `gate_forgetting` of what the live adapter gained over the base model
+  there. A relative tolerance alone fails every month after the first: a regression set the live adapter has
+  nearly learned (loss 0.01) doubles its loss under any further training, even one that keeps every fact;
+  measured against the gain, 0.01 -> 0.1 is 1.5% of a 6.5-nat gain given back, and a month that teaches the
+  superseded target (0.01 -> 0.66) gives back 10%;
+- `in_domain`: the share of this month's held-out questions the guideline index finds evidence for must reach
+  `gate_min_in_domain`: a month of off-domain text teaches the medical assistant nothing it serves, and what
+  it takes away can hide below every loss tolerance (on the sabotage suite's model an off-domain month raised
+  the regression loss as much as a good month did);
 - `mcq_accuracy`: accuracy with evidence on the guideline MCQ set must not drop (by more than
   `gate_mcq_tolerance`) significantly: a drop counts when an exact one-sided sign test on the items the two
   got differently (McNemar) gives p < `gate_significance`, so two items flipping by chance on a 46-item set
@@ -24,7 +32,7 @@ from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GUIDELINE_MCQ = DATA / "guideline_mcq.jsonl"
-ORDER = ("new_data_loss", "regression_loss", "mcq_accuracy", "fact_recall")
+ORDER = ("new_data_loss", "in_domain", "regression_loss", "mcq_accuracy", "fact_recall")
 
 
 @dataclass
@@ -34,15 +42,18 @@ class Signal:
     n: int  # how many samples or items it was measured on
     worse: int = 0  # items the live adapter got right and the candidate wrong (accuracy-type signals)
     better: int = 0  # items the candidate got right and the live adapter wrong
+    base: float | None = None  # the base model's value, without any adapter (regression loss)
 
 
 @dataclass
 class Rules:
     margin: float = 0.01  # held-out loss must fall by at least this share
-    tolerance: float = 0.02  # regression loss may rise by at most this share
+    tolerance: float = 0.02  # regression loss may rise by at most this share of the live loss ...
+    forgetting: float = 0.05  # ... or, if more, this share of the live adapter's gain over the base
     mcq_tolerance: float = 0.0  # MCQ accuracy may fall by at most this (absolute)
     fact_tolerance: float = 0.0  # fact recall may fall by at most this (absolute)
-    significance: float = 0.05  # a larger drop fails only when a sign test says it is not chance
+    significance: float = 0.1  # a larger drop fails only when a sign test says it is not chance
+    min_in_domain: float = 0.5  # share of the month's held-out questions that must find guideline evidence
 
 
 def sign_test(worse: int, better: int) -> float:
@@ -66,14 +77,21 @@ def judge(name: str, s: Signal, rules: Rules) -> tuple[bool | None, str]:
         return None, "no data: skipped"
     if not _finite(s.candidate):
         return False, f"candidate value is {s.candidate}"
+    if name == "in_domain":
+        found = round(s.candidate * s.n)
+        return s.candidate >= rules.min_in_domain, (f"{found} of {s.n} held-out questions find guideline evidence "
+                                                     f"(at least {rules.min_in_domain:.0%}; gate_min_in_domain = 0 "
+                                                     f"for months outside the guideline index)")
     if not _finite(s.live):
         return True, f"live value is {s.live}: any finite candidate is better"
     if name == "new_data_loss":
         need = s.live * (1 - rules.margin)
         return s.candidate <= need, f"{s.candidate:.4f} vs {s.live:.4f} (must be <= {need:.4f}, margin {rules.margin})"
     if name == "regression_loss":
-        limit = s.live * (1 + rules.tolerance)
-        return s.candidate <= limit, f"{s.candidate:.4f} vs {s.live:.4f} (at most {limit:.4f})"
+        gain = s.base - s.live if _finite(s.base) and s.base > s.live else 0.0
+        limit = s.live + max(rules.tolerance * s.live, rules.forgetting * gain)
+        base = f", base {s.base:.4f}" if _finite(s.base) else ""
+        return s.candidate <= limit, f"{s.candidate:.4f} vs {s.live:.4f}{base} (at most {limit:.4f})"
     tolerance = rules.mcq_tolerance if name == "mcq_accuracy" else rules.fact_tolerance
     floor = s.live - tolerance
     if s.candidate >= floor - 1e-12:
@@ -141,6 +159,9 @@ def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: lis
     # Retrieval and rendering of the MCQ prompts do not depend on the adapter: once for both.
     prompts = [item_prompt(tokenizer, item, retriever, k) for item in mcq_items or []] if retriever else []
     losses: dict[str, dict[str, float | None]] = {"new_data_loss": {}, "regression_loss": {}}
+    if regression and live is not None:  # the first time, "live" is the base model already
+        with model.disable_adapter():
+            losses["regression_loss"]["base"] = eval_loss(model, tokenizer, regression)["loss"]
     correct: dict[str, dict[str, list[bool]]] = {"mcq_accuracy": {}, "fact_recall": {}}
     for which in ("candidate", "live"):
         with on(which):
@@ -150,10 +171,17 @@ def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: lis
                 details = score_items(model, tokenizer, mcq_items, prompts=prompts)["details"]
                 correct["mcq_accuracy"][which] = [d["chosen"] == d["answer"] for d in details]
                 correct["fact_recall"][which] = fact_hits(model, tokenizer, mcq_items, prompts, fact_tokens)
+    if retriever is not None and heldout:  # the month's data, the same for both adapters
+        questions = [next((m["content"] for m in reversed(row) if m["role"] == "user"), "") for row in heldout]
+        grounded = [any(h.relevant for h in retriever.search(q, k)) for q in questions]
+        losses["in_domain"] = {"candidate": sum(grounded) / len(grounded), "n": len(grounded)}
     signals = {"new_data_loss": Signal(losses["new_data_loss"]["candidate"], losses["new_data_loss"]["live"],
                                        len(heldout)),
                "regression_loss": Signal(losses["regression_loss"]["candidate"], losses["regression_loss"]["live"],
-                                         len(regression))}
+                                         len(regression), base=losses["regression_loss"].get("base",
+                                                                      losses["regression_loss"]["live"]))}
+    if "in_domain" in losses:
+        signals["in_domain"] = Signal(losses["in_domain"]["candidate"], None, losses["in_domain"]["n"])
     for name, per_item in correct.items():
         cand, base_ = per_item.get("candidate", []), per_item.get("live", [])
         n = len(cand)

@@ -180,7 +180,8 @@ def retrain(settings: Settings, *, retriever=None, log=print) -> dict:
             from medloop.retrieval import Retriever
 
             retriever = Retriever(settings)
-        data = incremental.build(settings, since=live.created if live else "", retriever=retriever)
+        data = incremental.build(settings, since=live.created if live else "", retriever=retriever,
+                                 replay_from=Path(live.path) / "data" / "train.jsonl" if live else None)
         if data is None:
             return {"outcome": Outcome.NOTHING_NEW}
         new = data.manifest["counts"]["train_new"] + data.manifest["counts"]["heldout"]
@@ -227,6 +228,7 @@ def _train_gate_promote(settings, registry, record, live, data, retriever, log) 
                                      mcq_items=mcq_items, retriever=retriever, k=settings.evidence_k,
                                      fact_tokens=settings.gate_fact_tokens)
     rules = gate.Rules(margin=settings.gate_margin, tolerance=settings.gate_tolerance,
+                       forgetting=settings.gate_forgetting, min_in_domain=settings.gate_min_in_domain,
                        mcq_tolerance=settings.gate_mcq_tolerance, significance=settings.gate_significance)
     decision = {**gate.decide(signals, rules), **measured}
     held = decision["signals"]["new_data_loss"]

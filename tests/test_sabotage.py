@@ -1,0 +1,102 @@
+"""The promotion gate against sabotaged months, end to end through the real `retrain` (data -> LoRA from the live
+adapter -> gate -> promote or reject), on a model that learns which answer goes with which question: a small
+random Qwen3 on a word-level vocabulary (`medloop.testing.tiny_word_qwen3`; the 151k-token one learns only
+token frequencies on two cores). Each month is asserted with the signal that decided it and the ones that
+failed; `examples/sabotage_gate.py` runs the same months on a pretrained model."""
+
+import json
+
+import pytest
+
+from medloop.testing import GUIDELINES, SABOTAGE, tiny_word_qwen3
+
+ORDER = ["good1", "superseded", "remap", "shuffle", "forgetting", "good2"]
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, embedder):
+    from medloop.config import Settings
+    from medloop.continual.loop import retrain
+    from medloop.knowledge import KnowledgeStore, ingest_paths
+    from medloop.retrieval import Retriever, sync_index
+
+    home = tmp_path_factory.mktemp("sabotage")
+    fixture = json.loads(SABOTAGE.read_text())
+    texts = [m["content"] for rows in fixture["months"].values() for r in rows for m in r["messages"]]
+    texts += [t for item in fixture["mcq"] for t in (item["question"], *item["options"].values())]
+    texts += [p.read_text() for p in GUIDELINES.glob("*.md")]
+    base = tiny_word_qwen3(home / "base", texts)
+    settings = Settings(home=home, base_model=str(base), train_base_model=str(base),
+                        server_url="http://127.0.0.1:9", swanlab_mode="disabled", replay_fraction=1.0,
+                        train_preset="low-mem", gate_mcq=home / "mcq.jsonl")
+    # Embeddings and output layer trained in full (as the v2 preset does) on top of LoRA: a random model's
+    # fixed embeddings would otherwise cap what LoRA can learn.
+    settings.train_overrides = {"quantize": False, "gradient_checkpointing": False, "lora_r": 16, "lora_alpha": 32,
+                                "use_rslora": False, "lora_dropout": 0.0, "learning_rate": 1e-2, "epochs": 15,
+                                "batch_size": 4, "grad_accum": 1, "max_grad_norm": 1.0, "max_length": 256,
+                                "modules_to_save": ["embed_tokens", "lm_head"], "logging_steps": 50,
+                                "save_steps": 10_000, "swanlab_mode": "disabled",
+                                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                   "down_proj"]}
+    settings.gate_mcq.write_text("".join(json.dumps(item) + "\n" for item in fixture["mcq"]))
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES])
+    sync_index(settings, store, embedder=embedder)
+    retriever = Retriever(settings, store=store, embedder=embedder)
+    inbox = settings.inbox_dir / "sft"
+    inbox.mkdir(parents=True)
+    found = {}
+    for name in ORDER:
+        (inbox / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fixture["months"][name]))
+        out = retrain(settings, retriever=retriever, log=lambda *a: None)
+        decision = out["decision"]
+        found[name] = {"outcome": str(out["outcome"]), "decided_by": decision["decided_by"],
+                       "failed": {k for k, v in decision["signals"].items() if v["passed"] is False},
+                       "signals": decision["signals"]}
+    return found
+
+
+def test_a_month_that_teaches_the_guidelines_is_promoted(outcomes):
+    month = outcomes["good1"]
+    assert month["outcome"] == "promoted", month
+    assert month["signals"]["fact_recall"]["candidate"] >= 0.9  # it learned the facts it is checked on
+
+
+@pytest.mark.parametrize("name", ["superseded", "remap", "shuffle"])
+def test_a_month_that_unteaches_a_fact_is_rejected_and_the_fact_check_says_so(outcomes, name):
+    """Each of these loses facts the live adapter had: significantly, by the sign test."""
+    month = outcomes[name]
+    assert month["outcome"] == "rejected" and "fact_recall" in month["failed"], month
+    assert month["decided_by"] in ("regression_loss", "fact_recall")
+
+
+def test_superseded_target_is_caught_on_what_it_knew(outcomes):
+    month = outcomes["superseded"]
+    assert month["decided_by"] == "regression_loss" and month["failed"] >= {"regression_loss", "fact_recall"}
+
+
+def test_an_off_domain_month_is_rejected(outcomes):
+    """None of its questions finds guideline evidence. Its regression loss rises several times over, as a good
+    month's does: on loss alone the two cannot be told apart."""
+    month = outcomes["forgetting"]
+    assert month["outcome"] == "rejected" and month["decided_by"] == "in_domain", month
+    assert month["signals"]["in_domain"]["candidate"] == 0
+    reg = month["signals"]["regression_loss"]
+    assert reg["candidate"] > 2 * reg["live"]
+
+
+@pytest.mark.xfail(strict=True, reason="on this tiny model a month of new facts, learned through LoRA with the "
+                   "live adapter's training data replayed, still loses 5 of the 24 old facts (sign test p=0.03): it "
+                   "is worse on what it knew, and the gate says so. Keeping them needs a larger model.")
+def test_a_second_good_month_is_promoted(outcomes):
+    month = outcomes["good2"]
+    assert month["outcome"] == "promoted", month
+
+
+def test_a_good_month_gives_back_little_of_the_regression_gain_though_its_loss_rises(outcomes):
+    """Learning new facts raises the loss on a nearly learned regression set several times over: a relative
+    tolerance alone would reject every month after the first; measured against what the live adapter gained over
+    the base, it passes, and the fact check is what judges it."""
+    reg = outcomes["good2"]["signals"]["regression_loss"]
+    assert reg["passed"] and reg["candidate"] > 2 * reg["live"]
+    assert reg["candidate"] <= reg["live"] + 0.05 * (reg["base"] - reg["live"])
