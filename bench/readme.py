@@ -105,14 +105,17 @@ def sabotage() -> str:
     train = run["settings"]["train"]
     lines = [f"SmolLM2-135M-Instruct, LoRA r{train['lora_r']}, lr {train['learning_rate']}, {train['epochs']} epochs, "
              f"replay {run['settings']['replay_fraction']}; every figure is candidate vs live:", "",
-             "| month | outcome | decided by | new-data loss | regression loss | MCQ | fact recall |",
-             "|---|---|---|---|---|---|---|"]
+             "| month | outcome | decided by | new-data loss | in domain | regression loss | MCQ | fact recall |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in run["figures"].items():
         cells = []
-        for signal in ("new_data_loss", "regression_loss", "mcq_accuracy", "fact_recall"):
+        for signal in ("new_data_loss", "in_domain", "regression_loss", "mcq_accuracy", "fact_recall"):
             v = r["signals"].get(signal, {})
             if v.get("candidate") is None:
                 cells.append("-")
+                continue
+            if v.get("live") is None:  # a property of the month's data, the same for both adapters
+                cells.append(f"{v['candidate']:.2f}" + ("" if v["passed"] is not False else " ✗"))
                 continue
             mark = "" if v["passed"] is not False else " ✗"
             cells.append(f"{v['candidate']:.3f} vs {v['live']:.3f}{mark}")
