@@ -368,6 +368,7 @@ def test_an_added_document_writes_one_segment_and_leaves_the_others_untouched(se
     merged = load_index(settings.index_dir)
     assert compact.merged == 3 and len(merged.segments) == 1 and len(merged.dead) == 0
     assert merged.count == len(store.chunks()) and set(merged.live_ids().tolist()) == set(store.chunk_ids())
+    assert not index_mod.compact_index(settings).changed  # one segment, nothing removed: nothing to do
     # segments no kept version lists are deleted
     kept = {n for m in settings.index_dir.glob("v*/meta.json") for n in json.loads(m.read_text())["segments"]}
     assert {p.name for p in (settings.index_dir / "segments").iterdir()} == kept

@@ -157,7 +157,8 @@ def index_compact() -> None:
     except FileNotFoundError as e:
         console.print(f"[red]error[/] {e}")
         raise typer.Exit(1) from None
-    out.print(f"index v{result.version}: {result.total} chunks in one segment ({result.merged} merged)")
+    done = f"{result.merged} merged" if result.changed else "it was one already"
+    out.print(f"index v{result.version}: {result.total} chunks in one segment ({done})")
 
 
 @index_app.command("status")

@@ -321,6 +321,8 @@ def compact_index(settings: Settings) -> SyncResult:
         old = load_index(settings.index_dir, lazy=True)
         if old is None:
             raise FileNotFoundError(f"no index in {settings.index_dir}: run `medloop ingest` first")
+        if len(old.segments) <= 1 and not len(old.dead):
+            return SyncResult(old.version, 0, 0, old.count, changed=False)  # one segment, nothing removed
         merged = Segment(_merge(settings, old.segments, old.dead))
         version = _publish(settings, [merged.name], np.zeros(0, dtype=np.int64), old.meta["store_revision"])
         return SyncResult(version, 0, len(old.dead), len(merged), changed=True, merged=len(old.segments))
