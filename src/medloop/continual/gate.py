@@ -5,9 +5,9 @@ Signals (candidate vs the live adapter, or the base model the first time):
 - `regression_loss`: eval loss on the regression set (earlier months' held-out data) may rise by the larger of
   `gate_tolerance` of the live loss and `gate_forgetting` of what the live adapter gained over the base model
   there. A relative tolerance alone fails every month after the first: a regression set the live adapter has
-  nearly learned (loss 0.01) doubles its loss under any further training, even one that keeps every fact;
-  measured against the gain, 0.01 -> 0.1 is 1.5% of a 6.5-nat gain given back, and a month that teaches the
-  superseded target (0.01 -> 0.66) gives back 10%;
+  nearly learned (loss 0.05) triples its loss under any further training, even a good month's; measured
+  against the gain (6.4 nats on the sabotage suite's model), 0.05 -> 0.15 gives back 2%, and a month that
+  teaches the superseded target (0.05 -> 1.66) 25%;
 - `in_domain`: the share of this month's held-out questions the guideline index finds evidence for must reach
   `gate_min_in_domain`: a month of off-domain text teaches the medical assistant nothing it serves, and what
   it takes away can hide below every loss tolerance (on the sabotage suite's model an off-domain month raised
@@ -171,17 +171,15 @@ def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: lis
                 details = score_items(model, tokenizer, mcq_items, prompts=prompts)["details"]
                 correct["mcq_accuracy"][which] = [d["chosen"] == d["answer"] for d in details]
                 correct["fact_recall"][which] = fact_hits(model, tokenizer, mcq_items, prompts, fact_tokens)
-    if retriever is not None and heldout:  # the month's data, the same for both adapters
-        questions = [next((m["content"] for m in reversed(row) if m["role"] == "user"), "") for row in heldout]
-        grounded = [any(h.relevant for h in retriever.search(q, k)) for q in questions]
-        losses["in_domain"] = {"candidate": sum(grounded) / len(grounded), "n": len(grounded)}
     signals = {"new_data_loss": Signal(losses["new_data_loss"]["candidate"], losses["new_data_loss"]["live"],
                                        len(heldout)),
                "regression_loss": Signal(losses["regression_loss"]["candidate"], losses["regression_loss"]["live"],
                                          len(regression), base=losses["regression_loss"].get("base",
                                                                       losses["regression_loss"]["live"]))}
-    if "in_domain" in losses:
-        signals["in_domain"] = Signal(losses["in_domain"]["candidate"], None, losses["in_domain"]["n"])
+    if retriever is not None and heldout:  # a property of the month's data: no live value to compare with
+        questions = [next((m["content"] for m in reversed(row) if m["role"] == "user"), "") for row in heldout]
+        grounded = [any(h.relevant for h in retriever.search(q, k)) for q in questions]
+        signals["in_domain"] = Signal(sum(grounded) / len(grounded), None, len(grounded))
     for name, per_item in correct.items():
         cand, base_ = per_item.get("candidate", []), per_item.get("live", [])
         n = len(cand)
