@@ -324,7 +324,7 @@ def compact_index(settings: Settings) -> SyncResult:
         if len(old.segments) <= 1 and not len(old.dead):
             return SyncResult(old.version, 0, 0, old.count, changed=False)  # one segment, nothing removed
         merged = Segment(_merge(settings, old.segments, old.dead))
-        version = _publish(settings, [merged.name], np.zeros(0, dtype=np.int64), old.meta["store_revision"])
+        version = _publish(settings, [merged], np.zeros(0, dtype=np.int64), old.meta["store_revision"])
         return SyncResult(version, 0, len(old.dead), len(merged), changed=True, merged=len(old.segments))
 
 
@@ -349,7 +349,7 @@ def _sync(settings, store, embedder, rebuild, on_progress, batch_size) -> SyncRe
                                           settings.embedder_multilingual, staging)
         segments.append(Segment(_write_segment(settings, ids, vectors, *term_matrix(tokens))))
     segments, dead, merged = _merge_policy(settings, segments, dead)
-    version = _publish(settings, [s.name for s in segments], dead, revision)
+    version = _publish(settings, segments, dead, revision)
     if new_ids:
         staging.clear()  # published: what was staged for it is in the index now
     total = sum(len(s) for s in segments) - len(dead)
@@ -536,17 +536,16 @@ def _embed_new(store, new_ids: list[int], embedder, batch_size: int, on_progress
     return np.array([r[0] for r in rows], dtype=np.int64), vectors, tokens
 
 
-def _publish(settings, segments: list[str], dead: np.ndarray, revision: int) -> int:
+def _publish(settings, segments: list[Segment], dead: np.ndarray, revision: int) -> int:
     """Write a version (the list of its segments and the chunks removed from them) to a temporary folder, fsync
     it, rename it into place, then point CURRENT at it: a reader sees the old version or the new one, whole."""
     index_dir = settings.index_dir
     version = max([current_version(index_dir) or 0] + [_folder_version(p) for p in index_dir.glob("v*")]) + 1
     tmp = Path(tempfile.mkdtemp(dir=index_dir, prefix=".tmp-"))
     np.save(tmp / "dead.npy", np.asarray(dead, dtype=np.int64))
-    sizes = [len(np.load(index_dir / "segments" / name / "ids.npy", mmap_mode="r")) for name in segments]
     meta = {
-        "version": version, "store_revision": revision, "count": int(sum(sizes) - len(dead)),
-        "segments": segments, "params": _index_params(settings),
+        "version": version, "store_revision": revision, "count": sum(len(s) for s in segments) - len(dead),
+        "segments": [s.name for s in segments], "params": _index_params(settings),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
