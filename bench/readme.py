@@ -101,15 +101,17 @@ def serving() -> str:
 
 
 def sabotage() -> str:
+    from medloop.continual.gate import ORDER
+
     run = load("sabotage_gate")
     train = run["settings"]["train"]
     lines = [f"SmolLM2-135M-Instruct, LoRA r{train['lora_r']}, lr {train['learning_rate']}, {train['epochs']} epochs, "
              f"replay {run['settings']['replay_fraction']}; every figure is candidate vs live:", "",
-             "| month | outcome | decided by | new-data loss | in domain | regression loss | MCQ | fact recall |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| month | outcome | decided by | new-data loss | in domain | evidence agreement | regression loss | MCQ "
+             "| fact recall |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in run["figures"].items():
         cells = []
-        for signal in ("new_data_loss", "in_domain", "regression_loss", "mcq_accuracy", "fact_recall"):
+        for signal in ORDER:
             v = r["signals"].get(signal, {})
             if v.get("candidate") is None:
                 cells.append("-")

@@ -85,8 +85,8 @@ def test_the_loop_end_to_end(loop_settings, tiny_qwen3, embedder):
         assert first["outcome"] == "promoted" and first["version"] == "v1", first
         assert first["serving"] == "hot-loaded"
         assert first["decision"]["decided_by"] == "all signals passed"
-        assert set(first["decision"]["signals"]) == {"new_data_loss", "in_domain", "regression_loss", "mcq_accuracy",
-                                                     "fact_recall"}
+        assert set(first["decision"]["signals"]) == {"new_data_loss", "in_domain", "evidence_agreement",
+                                                     "regression_loss", "mcq_accuracy", "fact_recall"}
         assert first["decision"]["signals"]["mcq_accuracy"]["n"] >= 40 and first["decision"]["quantized"]
         models = {m.id: m.model_extra for m in client.models.list().data}
         assert models["medical"]["version"] == "v1"

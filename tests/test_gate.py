@@ -52,6 +52,21 @@ def test_a_month_must_be_about_the_guidelines(share, promote):
     assert decide({**signals(), "in_domain": Signal(None, None, 0)}, RULES)["signals"]["in_domain"]["passed"] is None
 
 
+@pytest.mark.parametrize("share, promote", [(0.8, True), (0.79, False), (0.0, False), (1.0, True)])
+def test_a_months_answers_must_agree_with_their_evidence(share, promote):
+    examples = ["'What is the BP target?' answered with 7%"]
+    d = decide({**signals(), "evidence_agreement": Signal(share, None, 20, examples=examples)}, RULES)
+    assert d["promote"] is promote and (promote or d["decided_by"] == "evidence_agreement")
+    assert "answered with 7%" in d["signals"]["evidence_agreement"]["why"]  # the report names what disagreed
+    nothing_checked = decide({**signals(), "evidence_agreement": Signal(None, None, 0)}, RULES)
+    assert nothing_checked["promote"] and nothing_checked["signals"]["evidence_agreement"]["passed"] is None
+
+
+def test_data_signals_decide_before_the_model_signals():
+    d = decide({**signals(fact=(0.2, 0.5, 40, 12, 0)), "evidence_agreement": Signal(0.25, None, 16)}, RULES)
+    assert d["decided_by"] == "evidence_agreement" and d["signals"]["fact_recall"]["passed"] is False
+
+
 def test_nan_and_empty_sets():
     assert decide(signals(new=(math.nan, 10.0, 5)), RULES)["decided_by"] == "new_data_loss"  # broken candidate
     assert decide(signals(new=(9.0, math.nan, 5)), RULES)["promote"]  # broken live: a finite candidate wins

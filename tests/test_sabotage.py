@@ -62,17 +62,24 @@ def test_a_month_that_teaches_the_guidelines_is_promoted(outcomes):
     assert month["signals"]["fact_recall"]["candidate"] >= 0.9  # it learned the facts it is checked on
 
 
-@pytest.mark.parametrize("name", ["superseded", "remap", "shuffle"])
-def test_a_month_that_unteaches_a_fact_is_rejected_and_the_fact_check_says_so(outcomes, name):
-    """Each of these loses facts the live adapter had: significantly, by the sign test."""
+@pytest.mark.parametrize("name", ["remap", "shuffle"])
+def test_a_month_whose_answers_disagree_with_their_evidence_is_rejected(outcomes, name):
+    """Answers moved to other questions state values that the questions' evidence does not: the data check
+    decides. The model learned the noise too: it answers fewer of the facts the live adapter knew (too few, on
+    the remapped month, for the sign test alone to call it a drop)."""
     month = outcomes[name]
-    assert month["outcome"] == "rejected" and "fact_recall" in month["failed"], month
-    assert month["decided_by"] in ("regression_loss", "fact_recall")
+    assert month["outcome"] == "rejected" and month["decided_by"] == "evidence_agreement", month
+    assert month["signals"]["evidence_agreement"]["candidate"] <= 0.25
+    fact = month["signals"]["fact_recall"]
+    assert fact["worse"] > fact["better"]
 
 
 def test_superseded_target_is_caught_on_what_it_knew(outcomes):
+    """Its answers state 140/90, which the 2024 guideline still states (for patients over 80): the data check
+    passes them, and the model signals catch the month."""
     month = outcomes["superseded"]
-    assert month["decided_by"] == "regression_loss" and month["failed"] >= {"regression_loss", "fact_recall"}
+    assert month["outcome"] == "rejected" and month["decided_by"] == "regression_loss", month
+    assert month["failed"] >= {"regression_loss", "fact_recall"} and "evidence_agreement" not in month["failed"]
 
 
 def test_an_off_domain_month_is_rejected(outcomes):
@@ -85,12 +92,12 @@ def test_an_off_domain_month_is_rejected(outcomes):
     assert reg["candidate"] > 2 * reg["live"]
 
 
-@pytest.mark.xfail(strict=True, reason="on this tiny model a month of new facts, learned through LoRA with the "
-                   "live adapter's training data replayed, still loses 5 of the 24 old facts (sign test p=0.03): it "
-                   "is worse on what it knew, and the gate says so. Keeping them needs a larger model.")
-def test_a_second_good_month_is_promoted(outcomes):
+def test_a_second_good_month_is_promoted_and_keeps_what_the_first_taught(outcomes):
     month = outcomes["good2"]
     assert month["outcome"] == "promoted", month
+    fact = month["signals"]["fact_recall"]
+    assert fact["candidate"] >= 0.9 and fact["worse"] <= 2, fact
+    assert month["signals"]["evidence_agreement"]["candidate"] == 1.0
 
 
 def test_a_good_month_gives_back_little_of_the_regression_gain_though_its_loss_rises(outcomes):

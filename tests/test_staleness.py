@@ -6,7 +6,7 @@ import pytest
 from conftest import GUIDELINES, LiveServer
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
-from medloop.retrieval.staleness import stale_claims, values
+from medloop.retrieval.staleness import stale_claims, unsupported_values, values
 from medloop.serving import build_app
 from test_serving import ScriptedEngine, ask
 
@@ -84,3 +84,28 @@ def test_the_response_carries_stale_claims_plain_and_streamed(gateway):
     assert [c for e in last_evidence for c in e["stale_claims"]] == claims
     metrics = httpx.get(gateway.url + "/metrics").text
     assert "medloop_stale_answers_total 2.0" in metrics
+
+
+@pytest.fixture
+def retriever(settings, store, embedder):
+    sync_index(settings, store, embedder=embedder)
+    return Retriever(settings, store=store, embedder=embedder)
+
+
+def evidence(retriever, question):
+    return [h for h in retriever.search(question, 3) if h.relevant]
+
+
+def test_a_training_answer_may_state_only_what_its_evidence_states(retriever):
+    """The promotion gate's data check: a value the question's evidence does not state, or that only a superseded
+    version states, is unsupported; an answer without values has nothing to disagree on."""
+    bp, a1c = "What is the general blood pressure target in the 2024 Chinese hypertension guideline?", \
+        "What A1C goal do the ADA Standards give for most nonpregnant adults?"
+    store = retriever.store
+    assert unsupported_values("An A1C goal below 7% is appropriate for many adults.", evidence(retriever, a1c),
+                              store) == []
+    assert unsupported_values("An A1C goal below 7% is appropriate for many adults.", evidence(retriever, bp),
+                              store) == ["7%"]
+    assert unsupported_values("一般高血压患者血压应控制在<140/90 mmHg以下。",
+                              evidence(retriever, "一般高血压患者血压应控制在多少以下"), store) == ["<140/90 mmHg"]
+    assert unsupported_values("Lower it if tolerated.", evidence(retriever, bp), store) == []

@@ -103,8 +103,10 @@ class Settings(BaseSettings):
     gate_mcq: Path | None = Field(Path(__file__).parent / "data" / "guideline_mcq.jsonl",
                                   description="guideline MCQ set for the gate's MCQ and fact signals (none: off)")
     gate_mcq_tolerance: float = Field(0.0, ge=0, description="MCQ accuracy may fall by at most this")
-    gate_min_in_domain: float = Field(0.5, ge=0, le=1, description="share of a month's held-out questions that "
+    gate_min_in_domain: float = Field(0.5, ge=0, le=1, description="share of a month's new questions that "
                                       "must find guideline evidence (0: off)")
+    gate_min_agreement: float = Field(0.8, ge=0, le=1, description="share of a month's answers with values whose "
+                                      "values their question's evidence states (0: off)")
     # 0.1, not 0.05: on a 24-46 item set a month that loses 4 facts and gains none (p = 0.06) is worse on what it
     # knew (SmolLM2's remapped month did exactly that and passed at 0.05); two items flipping each way still pass.
     gate_significance: float = Field(0.1, gt=0, lt=1, description="an MCQ/fact drop fails below this p-value")

@@ -23,6 +23,7 @@ class IncrementalDataset:
     regression: list[list[dict]]
     inbox_files: list[Path]
     manifest: dict = field(default_factory=dict)
+    new: list[list[dict]] = field(default_factory=list)  # the month's own samples: training and held-out
 
     def write(self, folder: Path) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
@@ -134,4 +135,4 @@ def build(settings: Settings, *, since: str, retriever=None, seed: int = 0,
                    "evidence_augmented": len(augmented), "replay": len(replay), "heldout": len(heldout),
                    "regression": len(regression), "train_total": len(train)},
     }
-    return IncrementalDataset(train, heldout, regression, inbox_files, manifest)
+    return IncrementalDataset(train, heldout, regression, inbox_files, manifest, new=train_new + heldout)

@@ -8,18 +8,26 @@ Signals (candidate vs the live adapter, or the base model the first time):
   nearly learned (loss 0.05) triples its loss under any further training, even a good month's; measured
   against the gain (6.4 nats on the sabotage suite's model), 0.05 -> 0.15 gives back 2%, and a month that
   teaches the superseded target (0.05 -> 1.66) 25%;
-- `in_domain`: the share of this month's held-out questions the guideline index finds evidence for must reach
+- `in_domain`: the share of this month's new questions the guideline index finds evidence for must reach
   `gate_min_in_domain`: a month of off-domain text teaches the medical assistant nothing it serves, and what
   it takes away can hide below every loss tolerance (on the sabotage suite's model an off-domain month raised
   the regression loss as much as a good month did);
+- `evidence_agreement`: of the month's answers that state a value (a target, threshold, duration) and whose
+  question finds evidence, the share whose every value that evidence states, and no superseded version alone,
+  must reach `gate_min_agreement`. Answers shuffled across questions, or a topic answered with another's
+  facts, disagree with their evidence; the model-side signals see such label noise only as far as the model
+  learns it, and on a small model a month of new facts loses about as many old ones as a shuffled month does;
 - `mcq_accuracy`: accuracy with evidence on the guideline MCQ set must not drop (by more than
   `gate_mcq_tolerance`) significantly: a drop counts when an exact one-sided sign test on the items the two
   got differently (McNemar) gives p < `gate_significance`, so two items flipping by chance on a 46-item set
   do not reject a month, and a month that teaches a superseded recommendation does;
-- `fact_recall`: on the same questions with evidence, the share of greedy answers that contain the
-  guideline's key fact must not drop, judged the same way.
-Measuring loads the base model once, the way the adapters were trained on it (4-bit where they were trained
-4-bit), with both adapters on it, and runs batched on the training device.
+- `fact_recall`: the same questions asked as a user asks them (with the evidence serving adds, no lettered
+  options), the share of greedy answers that contain the guideline's key fact must not drop, judged the same
+  way. (With the options in the prompt, a prompt no user sends, a month of new facts moved 5 of 24 answers on
+  the sabotage suite's model; asked plainly, none.)
+`in_domain` and `evidence_agreement` read the month's data against the guideline index (`data_signals`); the
+others measure the adapters. Measuring loads the base model once, the way the adapters were trained on it
+(4-bit where they were trained 4-bit), with both adapters on it, and runs batched on the training device.
 """
 
 from __future__ import annotations
@@ -27,12 +35,12 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GUIDELINE_MCQ = DATA / "guideline_mcq.jsonl"
-ORDER = ("new_data_loss", "in_domain", "regression_loss", "mcq_accuracy", "fact_recall")
+ORDER = ("new_data_loss", "in_domain", "evidence_agreement", "regression_loss", "mcq_accuracy", "fact_recall")
 
 
 @dataclass
@@ -43,6 +51,7 @@ class Signal:
     worse: int = 0  # items the live adapter got right and the candidate wrong (accuracy-type signals)
     better: int = 0  # items the candidate got right and the live adapter wrong
     base: float | None = None  # the base model's value, without any adapter (regression loss)
+    examples: list[str] = field(default_factory=list)  # what failed, for the run report (a few, as found)
 
 
 @dataclass
@@ -53,7 +62,8 @@ class Rules:
     mcq_tolerance: float = 0.0  # MCQ accuracy may fall by at most this (absolute)
     fact_tolerance: float = 0.0  # fact recall may fall by at most this (absolute)
     significance: float = 0.1  # a larger drop fails only when a sign test says it is not chance
-    min_in_domain: float = 0.5  # share of the month's held-out questions that must find guideline evidence
+    min_in_domain: float = 0.5  # share of the month's new questions that must find guideline evidence
+    min_agreement: float = 0.8  # share of the month's checkable answers whose values their evidence states
 
 
 def sign_test(worse: int, better: int) -> float:
@@ -79,9 +89,15 @@ def judge(name: str, s: Signal, rules: Rules) -> tuple[bool | None, str]:
         return False, f"candidate value is {s.candidate}"
     if name == "in_domain":
         found = round(s.candidate * s.n)
-        return s.candidate >= rules.min_in_domain, (f"{found} of {s.n} held-out questions find guideline evidence "
+        return s.candidate >= rules.min_in_domain, (f"{found} of {s.n} new questions find guideline evidence "
                                                      f"(at least {rules.min_in_domain:.0%}; gate_min_in_domain = 0 "
                                                      f"for months outside the guideline index)")
+    if name == "evidence_agreement":
+        agreeing = round(s.candidate * s.n)
+        shown = "; ".join(s.examples[:3])
+        return s.candidate >= rules.min_agreement, (f"{agreeing} of {s.n} answers state only values their evidence "
+                                                     f"states (at least {rules.min_agreement:.0%})"
+                                                     + (f"; e.g. {shown}" if shown else ""))
     if not _finite(s.live):
         return True, f"live value is {s.live}: any finite candidate is better"
     if name == "new_data_loss":
@@ -119,7 +135,7 @@ def decide(signals: dict[str, Signal], rules: Rules) -> dict:
 
 
 def fact_hits(model, tokenizer, items, prompts: list[list[int]], max_tokens: int) -> list[bool]:
-    """Per item: does the greedy answer to its prompt (with evidence) contain its key fact or the right
+    """Per item: does the greedy answer to its question (with evidence) contain its key fact or the right
     option's text?"""
     import torch
 
@@ -133,6 +149,35 @@ def fact_hits(model, tokenizer, items, prompts: list[list[int]], max_tokens: int
         wanted = [w for w in (item.fact, item.options[item.answer]) if w]
         hits.append(any(w.casefold() in answer for w in wanted))
     return hits
+
+
+def data_signals(rows: list[list[dict]], retriever, k: int) -> dict[str, Signal]:
+    """`in_domain` and `evidence_agreement` of the month's new rows (training and held-out): properties of the
+    data, with no live value to compare with."""
+    from medloop.retrieval.grounding import latest_question
+    from medloop.retrieval.staleness import unsupported_values, values
+
+    if retriever is None or not rows:
+        return {}
+    grounded, agreeing, disagreeing = 0, 0, []
+    for row in rows:
+        question = latest_question(row[:-1])
+        hits = [h for h in retriever.search(question, k) if h.relevant]
+        if not hits:
+            continue
+        grounded += 1
+        answer = row[-1]["content"]
+        if not values(answer):
+            continue  # nothing to check: an answer without a value cannot disagree on one
+        missing = unsupported_values(answer, hits, retriever.store)
+        if missing:
+            disagreeing.append(f"'{question[:60]}' answered with {', '.join(missing)}")
+        else:
+            agreeing += 1
+    checked = agreeing + len(disagreeing)
+    return {"in_domain": Signal(grounded / len(rows), None, len(rows)),
+            "evidence_agreement": Signal(agreeing / checked if checked else None, None, checked,
+                                         examples=disagreeing[:5])}
 
 
 def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: list, regression: list,
@@ -156,8 +201,11 @@ def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: lis
         model.set_adapter(which)
         return contextlib.nullcontext()
 
-    # Retrieval and rendering of the MCQ prompts do not depend on the adapter: once for both.
+    # Retrieval and rendering of the prompts do not depend on the adapter: once for both. The fact check asks
+    # each question as a user would, with the evidence serving adds, and no options to copy from.
     prompts = [item_prompt(tokenizer, item, retriever, k) for item in mcq_items or []] if retriever else []
+    questions = [item_prompt(tokenizer, item, retriever, k, options=False) for item in mcq_items or []] \
+        if retriever else []
     losses: dict[str, dict[str, float | None]] = {"new_data_loss": {}, "regression_loss": {}}
     if regression and live is not None:  # the first time, "live" is the base model already
         with model.disable_adapter():
@@ -170,16 +218,12 @@ def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: lis
             if mcq_items and retriever is not None:
                 details = score_items(model, tokenizer, mcq_items, prompts=prompts)["details"]
                 correct["mcq_accuracy"][which] = [d["chosen"] == d["answer"] for d in details]
-                correct["fact_recall"][which] = fact_hits(model, tokenizer, mcq_items, prompts, fact_tokens)
+                correct["fact_recall"][which] = fact_hits(model, tokenizer, mcq_items, questions, fact_tokens)
     signals = {"new_data_loss": Signal(losses["new_data_loss"]["candidate"], losses["new_data_loss"]["live"],
                                        len(heldout)),
                "regression_loss": Signal(losses["regression_loss"]["candidate"], losses["regression_loss"]["live"],
                                          len(regression), base=losses["regression_loss"].get("base",
                                                                       losses["regression_loss"]["live"]))}
-    if retriever is not None and heldout:  # a property of the month's data: no live value to compare with
-        questions = [next((m["content"] for m in reversed(row) if m["role"] == "user"), "") for row in heldout]
-        grounded = [any(h.relevant for h in retriever.search(q, k)) for q in questions]
-        signals["in_domain"] = Signal(sum(grounded) / len(grounded), None, len(grounded))
     for name, per_item in correct.items():
         cand, base_ = per_item.get("candidate", []), per_item.get("live", [])
         n = len(cand)

@@ -227,8 +227,10 @@ def _train_gate_promote(settings, registry, record, live, data, retriever, log) 
                                      heldout=data.heldout, regression=data.regression, quantize=config.quantize,
                                      mcq_items=mcq_items, retriever=retriever, k=settings.evidence_k,
                                      fact_tokens=settings.gate_fact_tokens)
+    signals.update(gate.data_signals(data.new, retriever, settings.evidence_k))
     rules = gate.Rules(margin=settings.gate_margin, tolerance=settings.gate_tolerance,
                        forgetting=settings.gate_forgetting, min_in_domain=settings.gate_min_in_domain,
+                       min_agreement=settings.gate_min_agreement,
                        mcq_tolerance=settings.gate_mcq_tolerance, significance=settings.gate_significance)
     decision = {**gate.decide(signals, rules), **measured}
     held = decision["signals"]["new_data_loss"]

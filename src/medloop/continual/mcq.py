@@ -124,12 +124,15 @@ def option_logprobs(model, prompt_ids: list[int], options_ids: list[list[int]]) 
     return scores
 
 
-def item_prompt(tokenizer, item: MCQItem, retriever=None, k: int = 3) -> list[int]:
-    """The chat prompt of one item: the question with its lettered options, and (given a retriever) the
-    evidence serving would put in front of it, retrieved for the question alone, not the option texts."""
+def item_prompt(tokenizer, item: MCQItem, retriever=None, k: int = 3, *, options: bool = True) -> list[int]:
+    """The chat prompt of one item: the question with its lettered options (or, `options=False`, the question
+    as a user asks it), and (given a retriever) the evidence serving would put in front of it, retrieved for the
+    question alone, not the option texts."""
     from medloop.retrieval import grounding
 
-    question = item.question + "\n" + "\n".join(f"{key}. {text}" for key, text in item.options.items())
+    question = item.question
+    if options:
+        question += "\n" + "\n".join(f"{key}. {text}" for key, text in item.options.items())
     messages = [{"role": "user", "content": question}]
     if retriever is not None:
         grounded = grounding.ground(retriever, [{"role": "user", "content": item.question}], k)[0]

@@ -95,6 +95,10 @@ class Segment:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def removed(self, dead: np.ndarray) -> np.ndarray:
+        """Which of this segment's chunks are among the removed ones (`dead`, sorted)."""
+        return _in_sorted(self.ids, dead)
+
     @functools.cached_property
     def dense(self) -> faiss.Index:
         return faiss.read_index(str(self.folder / "dense.faiss"))
@@ -154,7 +158,7 @@ class LoadedIndex:
     dead: np.ndarray  # sorted chunk ids
 
     def __post_init__(self):
-        self._alive = [~np.isin(s.ids, self.dead) for s in self.segments]
+        self._alive = [~s.removed(self.dead) for s in self.segments]
         self._dead_in = [len(s) - int(a.sum()) for s, a in zip(self.segments, self._alive, strict=True)]
         self.count = sum(len(s) for s in self.segments) - sum(self._dead_in)  # chunks a search can return
 
@@ -389,7 +393,7 @@ def _merge_policy(settings, segments: list[Segment], dead: np.ndarray):
     segment mostly removed is rewritten. Returns (segments, dead ids still listed in them, segments merged)."""
     merged = 0
     while True:
-        dead_share = [np.isin(s.ids, dead).mean() if len(s) else 1.0 for s in segments]
+        dead_share = [s.removed(dead).mean() if len(s) else 1.0 for s in segments]
         rotten = [s for s, share in zip(segments, dead_share, strict=True) if share > MAX_DEAD_SHARE]
         tiers: dict[int, list[Segment]] = {}
         for s in segments:
@@ -437,7 +441,7 @@ def _merge(settings, group: list[Segment], dead: np.ndarray) -> Path:
     vocab: dict[str, int] = {}
     ids, vectors, matrices = [], [], []
     for s in group:
-        alive = ~np.isin(s.ids, dead)
+        alive = ~s.removed(dead)
         to_merged = np.array([vocab.setdefault(t, len(vocab)) for t in s.terms], dtype=np.int32)
         m = s.doc_terms[alive]
         matrices.append((m.data, to_merged[m.indices] if len(to_merged) else m.indices, m.indptr))

@@ -8,6 +8,9 @@ the live version, or only in a clause about something else (the 2024 hypertensio
 for patients over 80, while its general target is <130/80). A name is stale when the answer says what a
 superseded clause says and the live version never names it. The live counterpart of the superseded clause
 gives what the current version says instead.
+
+The same reading of values serves the promotion gate's data check (`unsupported_values`): a training answer
+should state only values that the evidence for its question states, and not a superseded version's.
 """
 
 from __future__ import annotations
@@ -198,3 +201,15 @@ def _check(sentence: Clause, claim: Value | Name, live: list[Clause], old: list[
         live_chunk, live_says = live[0].chunk, ""
     return StaleClaim(claim.text, doc_id, old_clause.chunk.version, live_chunk.version, live_says,
                       live_chunk.section)
+
+
+def unsupported_values(answer: str, hits: list, store: KnowledgeStore) -> list[str]:
+    """The answer's values (thresholds, targets, durations) that none of the evidence `hits` states, and the ones
+    only a superseded version of a cited guideline states: what an answer grounded in that evidence cannot say."""
+    claims = values(answer)
+    if not claims:
+        return []
+    evidence = [v.key for h in hits for v in values(h.chunk.text)]
+    missing = [v.text for v in claims if v.key not in evidence]
+    stale = [s.claim for s in stale_claims(answer, [h.chunk.doc_id for h in hits], store)]
+    return list(dict.fromkeys(missing + stale))
