@@ -125,7 +125,23 @@ def sabotage() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"sabotage": sabotage, "retrieval-quality": retrieval_quality, "search": search,
+def month_report(month: str, r: dict) -> str:
+    """One month of the loop as `examples/loop_demo.py` prints it: the decision, then every signal."""
+    lines = [f"{month}: {r['outcome']} ({r['version']}), decided by {r['decided_by']}, gate {r['seconds']} s, "
+             f"{'4-bit' if r['quantized'] else 'full precision'}",
+             "| signal | candidate | live | n | passed | why |", "|---|---|---|---|---|---|"]
+    for name, s in r["signals"].items():
+        cand, live = (f"{v:.4f}" if isinstance(v, float) else "-" for v in (s["candidate"], s["live"]))
+        lines.append(f"| {name} | {cand} | {live} | {s['n']} | {s['passed']} | {s['why']} |")
+    return "\n".join(lines)
+
+
+def loop_report() -> str:
+    run = load("loop_demo")
+    return "```\n" + "\n\n".join(month_report(m, r) for m, r in run["figures"].items()) + "\n```"
+
+
+SECTIONS = {"sabotage": sabotage, "loop-report": loop_report, "retrieval-quality": retrieval_quality, "search": search,
             "ingest-chinese": ingest_chinese, "retrieval-scale": retrieval_scale,
             "training": training, "serving": serving}
 

@@ -2,6 +2,8 @@
 guidelines as the month's new guidelines, one promoted and one rejected retraining, each with the gate's report.
 
     .venv/bin/python examples/loop_demo.py [OUT.png]     # default docs/loop.png
+
+Saves both reports to bench/results/loop_demo.json (the README's loop section is generated from it).
 """
 
 import json
@@ -13,21 +15,25 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-
+sys.path.insert(0, str(ROOT / "bench"))
 from medloop.config import Settings  # noqa: E402
 from medloop.continual import AdapterRegistry, ingest_inbox, retrain  # noqa: E402
 from medloop.continual.registry import plot_loop  # noqa: E402
 from medloop.testing import GUIDELINES, SFT, paraphrased_month, tiny_qwen3  # noqa: E402
+from readme import month_report  # noqa: E402
+from results import save  # noqa: E402
+
+MONTHS: dict[str, dict] = {}
 
 
 def report(month: str, result: dict) -> None:
     decision = result["decision"]
-    print(f"\n{month}: {result['outcome']} ({result['version']}), decided by {decision['decided_by']}, "
-          f"gate {decision['seconds']} s, {'4-bit' if decision['quantized'] else 'full precision'}")
-    print("| signal | candidate | live | n | passed | why |\n|---|---|---|---|---|---|")
-    for name, s in decision["signals"].items():
-        cand, live = (f"{v:.4f}" if isinstance(v, float) else "-" for v in (s["candidate"], s["live"]))
-        print(f"| {name} | {cand} | {live} | {s['n']} | {s['passed']} | {s['why']} |")
+    MONTHS[month] = {"outcome": str(result["outcome"]), "version": result["version"],
+                     "decided_by": decision["decided_by"], "seconds": decision["seconds"],
+                     "quantized": decision["quantized"],
+                     "signals": {k: {f: v.get(f) for f in ("candidate", "live", "n", "passed", "why")}
+                                 for k, v in decision["signals"].items()}}
+    print("\n" + month_report(month, MONTHS[month]))
 
 
 home = Path(tempfile.mkdtemp(prefix="medloop-loop-"))
@@ -49,3 +55,5 @@ settings.train_overrides = {**month, "learning_rate": 30.0}  # a bad month: the 
 report("month 2 (learning rate 30)", retrain(settings, log=lambda *a: None))
 out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "loop.png"
 print("\npicture:", plot_loop(AdapterRegistry(settings.adapters_dir), out))
+save("loop_demo", {"model": "tiny random Qwen3 (hidden 64, 2 layers), Qwen3 tokenizer", "train": month,
+                   "preset": settings.train_preset}, MONTHS)

@@ -20,7 +20,8 @@ def store(settings):
 
 def test_claims_are_read_with_their_units():
     found = [v.key for v in values("血压<140/90 mmHg，HbA1c 7.0%，48小时内，12 months, type 2, 12-lead")]
-    assert found == [("140/90", "mmHg"), ("7.0", "%"), ("48", "h"), ("12", "mo")]
+    assert found == [("140/90", "mmHg"), ("7", "%"), ("48", "h"), ("12", "mo")]
+    assert [v.key for v in values("<7%, 6.50%, 10 hours")] == [("7", "%"), ("6.5", "%"), ("10", "h")]  # as numbers
 
 
 def test_an_answer_following_the_2018_target_is_flagged_in_chinese(store):

@@ -41,14 +41,15 @@ NAME_CONTAINMENT = 0.5  # a name is checked only in an answer clause that says w
 
 @dataclass(frozen=True)
 class Value:
-    key: tuple[str, str]  # (number, unit kind): "140/90" and a bare "<140/90 mmHg" are the same claim
+    key: tuple[str, str]  # (number, unit kind): "140/90" and a bare "<140/90 mmHg" are the same claim, as are
+    # "7.0%" and "7%"
     text: str  # as written
 
 
 def values(text: str) -> list[Value]:
     out = []
     for m in CLAIM.finditer(text):
-        number = re.sub(r"\s+", "", m["num"])
+        number = "/".join(n.rstrip("0").rstrip(".") if "." in n else n for n in re.sub(r"\s+", "", m["num"]).split("/"))
         unit = UNITS.get((m["unit"] or "").lower(), "")
         if "/" in number:
             unit = "mmHg"  # a systolic/diastolic pair
