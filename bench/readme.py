@@ -11,6 +11,7 @@ import argparse
 import json
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,20 +137,31 @@ def month_report(month: str, r: dict) -> str:
     return "\n".join(lines)
 
 
+def gate_speed() -> str:
+    f = load("gate")["figures"]
+    one, batched = f["one_at_a_time"], f["batched"]
+    return (f"Fact check on SmolLM2-135M, {f['items']} questions with evidence ({f['prompt_tokens_mean']:.0f} prompt "
+            f"tokens on average), 2 CPU cores: one answer at a time {one['seconds_per_item']:.2f} s a question, "
+            f"batches of {batched['batch_size']} {batched['seconds_per_item']:.2f} s (**{f['speedup']}x**); "
+            f"{f['same_answers']} of {f['items']} answers the same.")
+
+
 def loop_report() -> str:
     run = load("loop_demo")
     return "```\n" + "\n\n".join(month_report(m, r) for m, r in run["figures"].items()) + "\n```"
 
 
-SECTIONS = {"sabotage": sabotage, "loop-report": loop_report, "retrieval-quality": retrieval_quality, "search": search,
-            "ingest-chinese": ingest_chinese, "retrieval-scale": retrieval_scale,
-            "training": training, "serving": serving}
+SECTIONS = {"sabotage": sabotage, "loop-report": loop_report, "gate-speed": gate_speed,
+            "retrieval-quality": retrieval_quality, "search": search, "ingest-chinese": ingest_chinese,
+            "retrieval-scale": retrieval_scale, "training": training, "serving": serving}
 
 
 def render(text: str) -> str:
     for name, make in SECTIONS.items():
-        pattern = re.compile(rf"(<!-- figures:{name} -->\n)(?:.*?\n)?(<!-- /figures:{name} -->)", re.S)
-        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
+        # A section inside a list item is indented like its markers.
+        pattern = re.compile(rf"^([ \t]*)(<!-- figures:{name} -->\n).*?^\1(<!-- /figures:{name} -->)", re.S | re.M)
+        text = pattern.sub(lambda m, make=make: m[1] + m[2] + textwrap.indent(make() + "\n", m[1]) + m[1] + m[3],
+                           text)
     return text
 
 

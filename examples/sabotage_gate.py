@@ -58,7 +58,7 @@ def main() -> None:
 
     settings = Settings(base_model=str(base), train_base_model=str(base), server_url="http://127.0.0.1:9")
     settings.train_preset = "low-mem"
-    settings.replay_fraction = float(os.environ.get("REPLAY", "0.3"))
+    settings.replay_fraction = float(os.environ.get("REPLAY", settings.replay_fraction))
     settings.train_overrides = {"quantize": False, "gradient_checkpointing": False, "lora_r": 16, "lora_alpha": 32,
                                 "learning_rate": float(os.environ.get("LR", "1e-3")), "epochs": 3, "batch_size": 4,
                                 "grad_accum": 1, "max_length": 128, "logging_steps": 5, "save_steps": 1000,

@@ -95,7 +95,10 @@ class Settings(BaseSettings):
     server_url: str = "http://127.0.0.1:8000"
     ingest_poll_seconds: int = Field(10, ge=1, description="how often the scheduler looks into inbox/")
     retrain_cron: str = "0 3 1 * *"
-    replay_fraction: float = 0.3
+    # As many earlier rows as new ones. At 0.3, SmolLM2's second month of new facts lost 12 of the 24 facts the
+    # first had taught (the gate rejected it); at 1.0 it lost 3 and was promoted, every sabotaged month still
+    # rejected (examples/sabotage_gate.py).
+    replay_fraction: float = Field(1.0, ge=0, description="earlier rows replayed per new training row")
     gate_margin: float = Field(0.01, ge=0, description="held-out loss must fall by at least this share")
     gate_tolerance: float = Field(0.02, ge=0, description="regression loss may rise by this share of the live loss")
     gate_forgetting: float = Field(0.05, ge=0, lt=1, description="... or, if more, by this share of the live "

@@ -134,20 +134,29 @@ def decide(signals: dict[str, Signal], rules: Rules) -> dict:
             "signals": verdicts, "rules": asdict(rules)}
 
 
-def fact_hits(model, tokenizer, items, prompts: list[list[int]], max_tokens: int) -> list[bool]:
+def fact_hits(model, tokenizer, items, prompts: list[list[int]], max_tokens: int, batch_size: int = 16) -> list[bool]:
     """Per item: does the greedy answer to its question (with evidence) contain its key fact or the right
-    option's text?"""
+    option's text? Answered in length-sorted, left-padded batches: a batch decodes in max_tokens steps."""
     import torch
 
-    hits = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    for item, prompt in zip(items, prompts, strict=True):
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        width = max(len(prompts[i]) for i in batch)
+        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch], device=device)
         with torch.inference_mode():
-            out = model.generate(input_ids=torch.tensor([prompt], device=device), max_new_tokens=max_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        answer = tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True).casefold()
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False,
+                                 pad_token_id=pad)
+        for row, i in enumerate(batch):
+            answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).casefold()
+    hits = []
+    for i, item in enumerate(items):
         wanted = [w for w in (item.fact, item.options[item.answer]) if w]
-        hits.append(any(w.casefold() in answer for w in wanted))
+        hits.append(any(w.casefold() in answers[i] for w in wanted))
     return hits
 
 
