@@ -110,3 +110,22 @@ def test_a_training_answer_may_state_only_what_its_evidence_states(retriever):
     assert unsupported_values("一般高血压患者血压应控制在<140/90 mmHg以下。",
                               evidence(retriever, "一般高血压患者血压应控制在多少以下"), store) == ["<140/90 mmHg"]
     assert unsupported_values("Lower it if tolerated.", evidence(retriever, bp), store) == []
+
+
+def test_the_gate_reads_a_months_answers_against_their_evidence(retriever):
+    from medloop.continual.gate import data_signals
+
+    def row(question, answer):
+        return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+    a1c = "An A1C goal below 7% is appropriate for many adults."
+    signals = data_signals([
+        row("What A1C goal do the ADA Standards give for most nonpregnant adults?", a1c),  # agrees
+        row("What is the general blood pressure target in the 2024 Chinese hypertension guideline?", a1c),  # not
+        row("Can children with influenza take aspirin?", "No: avoid aspirin in children."),  # no value to check
+        row("How do I reset my router password?", "Hold the reset button for 30 seconds."),  # off-domain
+    ], retriever, 3)
+    assert (signals["in_domain"].candidate, signals["in_domain"].n) == (0.75, 4)
+    agreement = signals["evidence_agreement"]
+    assert (agreement.candidate, agreement.n) == (0.5, 2)
+    assert agreement.examples == ["'What is the general blood pressure target in the 2024 Chines' answered with 7%"]
