@@ -163,13 +163,14 @@ def fact_hits(model, tokenizer, items, prompts: list[list[int]], max_tokens: int
 def data_signals(rows: list[list[dict]], retriever, k: int) -> dict[str, Signal]:
     """`in_domain` and `evidence_agreement` of the month's new rows (training and held-out): properties of the
     data, with no live value to compare with."""
+    from medloop.retrieval.grounding import latest_question
     from medloop.retrieval.staleness import unsupported_values, values
 
     if retriever is None or not rows:
         return {}
     grounded, agreeing, disagreeing = 0, 0, []
     for row in rows:
-        question = next((m["content"] for m in reversed(row[:-1]) if m["role"] == "user"), "")
+        question = latest_question(row[:-1])
         hits = [h for h in retriever.search(question, k) if h.relevant]
         if not hits:
             continue

@@ -6,7 +6,8 @@ from medloop.retrieval.evidence import evidence_language, prompt_context
 
 
 def latest_question(messages: list[dict]) -> str:
-    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    """The last user turn's text; "" when there is none (nothing to retrieve for)."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
 def ground(retriever, messages: list[dict], k: int) -> tuple[list[dict], list, str]:
