@@ -9,7 +9,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from medloop.testing import GUIDELINES, SFT, TOKENIZER, LiveServer, free_port, make_adapter, tiny_qwen3  # noqa: E402, F401
+from medloop.testing import GUIDELINES, SFT, TOKENIZER, LiveServer, make_adapter, tiny_qwen3  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")

@@ -198,8 +198,7 @@ def test_adapters_cli_and_server_pick_up_live_adapter(loop_settings, tiny_qwen3)
     assert "live: v2" in runner.invoke(app, ["adapters", "promote", "v2"]).output
     listing = runner.invoke(app, ["adapters", "list"]).output
     assert "v1" in listing and "retired" in listing and "live" in listing
-    server = build_server(s, engine="local", base_model=str(tiny_qwen3), adapters={}, rag=False, vllm_url="",
-                          launch_vllm=False, port=0)
+    server = build_server(s, engine="local", base_model=str(tiny_qwen3), adapters={}, rag=False)
     with LiveServer(server) as live:
         assert "medical" in {m.id for m in live.client().models.list().data}
         s.server_url = live.url
@@ -287,8 +286,7 @@ def test_a_failed_hot_load_is_promoted_not_live_visible_and_retried(loop_setting
     assert registry.pending_hot_load().version == "v1"
     assert "promoted," in CliRunner().invoke(app, ["adapters", "list"]).output
     assert any(r["job"] == "hot-load" and r["last_outcome"] == "v1 promoted, not live" for r in status(s))
-    server = build_server(s, engine="local", base_model=str(tiny_qwen3), adapters={}, rag=False, vllm_url="",
-                          launch_vllm=False, port=0)
+    server = build_server(s, engine="local", base_model=str(tiny_qwen3), adapters={}, rag=False)
     with LiveServer(server) as live:
         assert 'medloop_registry_live_serving{version="v1"} 0.0' in httpx.get(live.url + "/metrics").text
         s.server_url = live.url

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import GUIDELINES, LiveServer, free_port, make_adapter
+from conftest import GUIDELINES, LiveServer, make_adapter
 from fake_vllm import fake_vllm
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
@@ -397,11 +397,10 @@ def test_launch_passes_lora_flags_and_configured_adapters_are_adopted(home, monk
 
     monkeypatch.setattr(vllm_engine.shutil, "which", lambda name: "/usr/bin/vllm")
     monkeypatch.setattr(vllm_engine.subprocess, "Popen", popen)
-    port = free_port()
     fake = fake_vllm("Qwen/Qwen3-8B", lora_modules={"medical": path})  # what vLLM serves after that launch
-    with LiveServer(fake, port=port + 1):
+    with LiveServer(fake) as upstream:
         app = cli.build_server(home, engine="vllm", base_model="Qwen/Qwen3-8B", adapters={"medical": path},
-                               rag=False, vllm_url="", launch_vllm=True, port=port)
+                               rag=False, launch_vllm=True, vllm_port=upstream.port)
         with LiveServer(app) as gateway:
             assert {m.id for m in gateway.client().models.list().data} == {"Qwen/Qwen3-8B", "medical"}
             assert "from a" in ask(gateway.client(), "hi", model="medical").choices[0].message.content
@@ -443,11 +442,10 @@ def test_vllm_engine_upstream_faults(home):
 
 
 def test_incremental_decoding_reassembles_multibyte_text_exactly():
-    import torch
     from transformers import AutoTokenizer
 
     from conftest import TOKENIZER
-    from medloop.serving.local_engine import _BatchStreamer, _Job
+    from medloop.serving.local_engine import Detokenizer, Sampler, _Job, _Row
 
     class Out:
         def __init__(self):
@@ -463,14 +461,11 @@ def test_incremental_decoding_reassembles_multibyte_text_exactly():
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     text = "高血压患者的降压目标是<130/80 mmHg 🩺，β受体阻滞剂 ok。"
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    engine = type("E", (), {"tokenizer": tok, "eos_ids": {151645}})()
     out = Out()
-    job = _Job(GenerationRequest("m", [], max_tokens=len(ids) + 5), [1, 2, 3], Loop(), out)
-    streamer = _BatchStreamer(engine, [job])
-    streamer.put(torch.tensor([[1, 2, 3]]))
-    for i in ids:
-        streamer.put(torch.tensor([i]))
-    streamer.put(torch.tensor([151645]))
+    request = GenerationRequest("m", [], max_tokens=len(ids) + 5, temperature=0)
+    row = _Row(_Job(request, [1, 2, 3], Loop(), out), "__base__", Sampler(request, "cpu"), Detokenizer(tok), 3)
+    for i in ids + [151645]:
+        row.accept(i, {151645})
     pieces = [d.text for d in out.deltas if d.text]
     assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
     assert out.deltas[-1].finish_reason == "stop" and out.deltas[-1].completion_tokens == len(ids) + 1

@@ -190,46 +190,13 @@ def _parse_adapters(values: list[str]) -> dict[str, str]:
     return adapters
 
 
-def build_server(settings: Settings, *, engine: str, base_model: str, adapters: dict[str, str], rag: bool,
-                 vllm_url: str, launch_vllm: bool, port: int):
-    """Engine + retriever + app, as `medloop serve` runs them (tests and benches build the same way)."""
-    from medloop.continual import AdapterRegistry
-    from medloop.retrieval import Retriever
-    from medloop.serving import build_app
+def build_server(settings: Settings, **kwargs):
+    """The server `medloop serve` runs, with the registry's live adapter served under its stable name."""
+    from medloop.continual.registry import served_live
+    from medloop.serving.server import build_server as build
 
-    retriever = Retriever(settings) if rag else None
-    if retriever is not None:
-        retriever.embedder  # load now, not on the first question  # noqa: B018
-    registry = AdapterRegistry(settings.adapters_dir) if settings.adapters_dir.exists() else None
-    live = registry.live() if registry is not None else None
-    if live is not None and settings.served_adapter_name not in adapters:  # the registry's live adapter
-        adapters = {settings.served_adapter_name: live.path, **adapters}
-    if engine == "vllm":
-        from medloop.serving.vllm_engine import VLLMEngine, launch
-
-        process = None
-        if launch_vllm:  # vLLM loads the configured adapters itself; the engine adopts them at start
-            upstream_port = port + 1
-            process = launch(base_model, port=upstream_port, adapters=adapters,
-                             served_name=settings.served_model_name or None, max_loras=settings.vllm_max_loras,
-                             max_lora_rank=settings.vllm_max_lora_rank)
-            vllm_url = f"http://127.0.0.1:{upstream_port}"
-        upstream_key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
-        eng = VLLMEngine(vllm_url, timeout=settings.upstream_timeout_s, served_name=settings.served_model_name,
-                         api_key=upstream_key, process=process,
-                         startup_wait_s=900 if process else None)  # model download and CUDA graphs take minutes
-    else:
-        from medloop.serving.local_engine import LocalEngine
-
-        eng = LocalEngine(base_model, served_name=settings.served_model_name, max_batch_size=settings.max_batch_size)
-    application = build_app(settings, eng, retriever, adapters=adapters)
-    if registry is not None:
-        def registry_status() -> tuple[str | None, bool]:
-            current = registry.live()
-            return (current.version, registry.pending_hot_load() is None) if current else (None, True)
-
-        application.state.registry_status = registry_status
-    return application
+    adapters, status = served_live(settings.adapters_dir, settings.served_adapter_name, kwargs.pop("adapters", {}))
+    return build(settings, adapters=adapters, registry_status=status, **kwargs)
 
 
 @app.command()
@@ -261,10 +228,12 @@ def serve(
     application = build_server(
         settings, engine=engine or settings.engine, base_model=base_model or settings.base_model,
         adapters={**settings.adapters, **_parse_adapters(adapter or [])}, rag=not no_rag,
-        vllm_url=vllm_url or settings.vllm_url, launch_vllm=launch, port=port,
+        vllm_url=vllm_url or settings.vllm_url, launch_vllm=launch, vllm_port=port + 1,
     )
     console.print(f"medloop: OpenAI API on http://{host}:{port}/v1  (model: {application.state.engine.base_name})")
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    # SIGTERM: requests in flight get shutdown_timeout_s to finish, then they are cancelled and the engine stops
+    uvicorn.run(application, host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=settings.shutdown_timeout_s)
 
 
 DEMO_QUESTIONS = ["What HbA1c target is recommended for most adults with diabetes?", "高血压患者的降压目标是多少？"]
@@ -286,8 +255,7 @@ def demo(
     if current_version(settings.index_dir) is None:
         console.print(f"demo: ingesting the sample guidelines into {settings.home}")
         run_ingest(settings, [SAMPLE_GUIDELINES], recursive=False, quiet=True)
-    application = build_server(settings, engine="local", base_model=settings.base_model, adapters={}, rag=True,
-                               vllm_url="", launch_vllm=False, port=0)
+    application = build_server(settings, engine="local", base_model=settings.base_model, adapters={}, rag=True)
     with LiveServer(application) as live:
         client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0, timeout=600)
         model = application.state.engine.base_name
@@ -511,8 +479,7 @@ def eval_compare(
         if local:
             model = base_model or settings.base_model
             application = build_server(settings, engine="local", base_model=model,
-                                       adapters=_parse_adapters(adapter or []), rag=any(t.rag for t in local),
-                                       vllm_url="", launch_vllm=False, port=0)
+                                       adapters=_parse_adapters(adapter or []), rag=any(t.rag for t in local))
             for t in local:
                 if t.model == "base":
                     t.model = application.state.engine.base_name

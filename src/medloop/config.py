@@ -79,7 +79,13 @@ class Settings(BaseSettings):
     vllm_url: str = "http://127.0.0.1:8001"
     vllm_api_key: SecretStr | None = Field(None, description="the upstream's own key (vllm serve --api-key)")
     vllm_max_loras: int = Field(4, description="--max-loras for --launch: room for hot-swapped versions")
-    vllm_max_lora_rank: int = Field(64, description="--max-lora-rank for --launch")
+    vllm_python: str = Field("", description="--launch: the python of a virtualenv with vLLM (started through its "
+                             "module); empty: the `vllm` command")
+    vllm_args: list[str] = Field(default_factory=list, description="--launch: more vLLM flags, e.g. "
+                                 "[\"--max-model-len\", \"8192\"]")
+    vllm_startup_s: float = Field(900, gt=0, description="--launch: how long vLLM may take to come up")
+    max_lora_rank: int = Field(64, ge=1, description="the largest LoRA rank served (vLLM's --max-lora-rank): a "
+                               "higher one is refused before anything is allocated")
     upstream_timeout_s: float = 60.0
     evidence_k: int = 3
     max_batch_size: int = 16
@@ -89,6 +95,12 @@ class Settings(BaseSettings):
     max_messages: int = 64
     max_chars: int = 32_000
     max_tokens_limit: int = 4096
+    max_body_bytes: int = Field(2 << 20, ge=1024, description="a larger request body is a 413, before it is read")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host headers served (DNS-rebinding "
+                                     "guard); empty: loopback names while no API key is set, any host with keys")
+    api_docs: bool = Field(False, description="serve /docs, /redoc and /openapi.json (their pages load Swagger's "
+                           "assets from a public CDN)")
+    shutdown_timeout_s: float = Field(5.0, ge=0, description="on SIGTERM, requests in flight get this long to end")
 
     # continual
     served_adapter_name: str = "medical"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medloop.serving.live import LiveServer, free_port  # noqa: F401  (re-exported for tests)
+from medloop.serving.live import LiveServer  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"

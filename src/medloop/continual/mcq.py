@@ -110,13 +110,13 @@ def option_logprobs(model, prompt_ids: list[int], options_ids: list[list[int]]) 
     device = next(model.parameters()).device
     out = model(torch.tensor([prompt_ids], device=device), use_cache=True, logits_to_keep=1)  # last position only
     first = out.logits[0, -1].float().log_softmax(-1)
-    cache = out.past_key_values
+    cache = out.cache
     cache.batch_repeat_interleave(len(options_ids))
     width = max(map(len, options_ids))
     ids = torch.tensor([o + [0] * (width - len(o)) for o in options_ids], device=device)
     mask = torch.tensor([[1] * (len(prompt_ids) + len(o)) + [0] * (width - len(o)) for o in options_ids],
                         device=device)
-    logp = model(ids, past_key_values=cache, attention_mask=mask, use_cache=False).logits.float().log_softmax(-1)
+    logp = model(ids, cache=cache, attention_mask=mask, use_cache=False).logits.float().log_softmax(-1)
     scores = []
     for i, option in enumerate(options_ids):
         total = first[option[0]] + sum(logp[i, j - 1, option[j]] for j in range(1, len(option)))

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
 
+from medloop.serving.adapters import checked_path
 from medloop.serving.auth import AdminKey
-from medloop.serving.engine import EngineError
-from medloop.serving.protocol import AdapterRequest, LoadLoraRequest
+from medloop.serving.errors import APIError
+from medloop.serving.protocol import AdapterRequest, LoadLoraRequest, UnloadLoraRequest
 
 router = APIRouter(dependencies=[AdminKey])
 
 
-def allowed_adapter_path(request: Request, path: str, param: str) -> str:
+def allowed_adapter_path(request: Request, path: str) -> str:
     """Adapters load only from the registry under the data home, or from folders configured at start."""
     state = request.app.state
-    resolved = Path(path).resolve()
-    allowed = [state.settings.adapters_dir.resolve()] + [Path(p).resolve() for p in state.configured_adapters.values()]
-    if not any(resolved == a or resolved.is_relative_to(a) for a in allowed):
-        raise EngineError(400, "adapter path must be inside the adapter registry", param=param)
-    if not (resolved / "adapter_config.json").exists():
-        raise EngineError(400, "no LoRA adapter at that path (adapter_config.json missing)", param=param)
-    return str(resolved)
+    allowed = [state.settings.adapters_dir] + [Path(p) for p in state.configured_adapters.values()]
+    return str(checked_path(path, allowed))
 
 
 @router.post("/admin/adapters")
@@ -30,27 +27,47 @@ async def admin_adapters(body: AdapterRequest, request: Request):
     engine = request.app.state.engine
     if body.action == "load":
         if not body.path:
-            raise EngineError(400, "'path' is required to load", param="path")
-        await engine.load_adapter(body.name, allowed_adapter_path(request, body.path, "path"), body.version)
+            raise APIError(400, "'path' is required to load", param="path")
+        await engine.load_adapter(body.name, allowed_adapter_path(request, body.path), body.version)
     else:
         await engine.unload_adapter(body.name)
     return {"status": "ok", "models": engine.models()}
 
 
-# vLLM's runtime LoRA API, with vLLM's answers: a loaded name is refused unless load_inplace.
+# vLLM's runtime LoRA API, answered as vLLM 0.32 answers (statuses, types, messages: recorded from the real server
+# in tests/fixtures/vllm_admin.json), so that a medloop server can stand in for a vLLM upstream.
+def _vllm_error(error: APIError, lora_name: str) -> APIError:
+    """A refusal in vLLM's words: a folder without an adapter is vLLM's LoRAAdapterNotFoundError (404)."""
+    if error.status == 404:
+        return APIError(404, f"Loading lora {lora_name} failed: {error.message}", type="NotFoundError")
+    return APIError(error.status, error.message, type="BadRequestError" if error.status < 500 else
+                    "InternalServerError")
+
+
 @router.post("/v1/load_lora_adapter")
 async def load_lora(body: LoadLoraRequest, request: Request):
     engine = request.app.state.engine
-    if not body.lora_path:
-        raise EngineError(400, "Both 'lora_name' and 'lora_path' must be provided.", param="lora_path")
-    if engine.has_model(body.lora_name) and not body.load_inplace:
-        raise EngineError(400, f"The lora adapter '{body.lora_name}' has already been loaded. If you want to load "
-                               "the adapter in place, set 'load_inplace' to True.", param="lora_name")
-    await engine.load_adapter(body.lora_name, allowed_adapter_path(request, body.lora_path, "lora_path"))
-    return Response(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
+    if not body.lora_name or not body.lora_path:
+        raise APIError(400, "Both 'lora_name' and 'lora_path' must be provided.", type="InvalidUserInput")
+    if body.lora_name == engine.base_name:
+        raise APIError(400, f"The lora adapter '{body.lora_name}' conflicts with a served base model.",
+                       type="InvalidUserInput")
+    if body.lora_name in engine.adapters and not body.load_inplace:
+        raise APIError(400, f"The lora adapter '{body.lora_name}' has already been loaded. If you want to load "
+                            "the adapter in place, set 'load_inplace' to True.", type="InvalidUserInput")
+    try:
+        await engine.load_adapter(body.lora_name, allowed_adapter_path(request, body.lora_path))
+    except APIError as e:
+        raise _vllm_error(e, body.lora_name) from e
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
 
 @router.post("/v1/unload_lora_adapter")
-async def unload_lora(body: LoadLoraRequest, request: Request):
-    await request.app.state.engine.unload_adapter(body.lora_name)  # an unknown name is a 404, as in vLLM
-    return Response(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+async def unload_lora(body: UnloadLoraRequest, request: Request):
+    engine = request.app.state.engine
+    if not body.lora_name:
+        raise APIError(400, "'lora_name' needs to be provided to unload a LoRA adapter.", type="InvalidUserInput")
+    if body.lora_name not in engine.adapters:
+        raise APIError(404, f"The lora adapter '{body.lora_name}' cannot be found.", type="NotFoundError")
+    await engine.unload_adapter(body.lora_name)
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")

@@ -1,5 +1,6 @@
-"""The OpenAI-compatible gateway, built as vLLM builds its API server: one `build_app`, engine and settings
-on `app.state`, routes on routers (chat, admin, ops), auth as dependencies, errors in OpenAI's shape."""
+"""The OpenAI-compatible gateway, built as vLLM builds its API server: one `build_app`, engine, settings and the
+chat service on `app.state`, routes on routers (chat, admin, ops), auth as dependencies (also checked before a
+body is read: `guard`), errors in OpenAI's shape."""
 
 from __future__ import annotations
 
@@ -8,26 +9,27 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from medloop.config import Settings
 from medloop.serving import admin, chat, ops
-from medloop.serving.engine import Engine, EngineError
-from medloop.serving.protocol import ErrorBody, ErrorResponse
+from medloop.serving.engine import Engine
+from medloop.serving.errors import APIError, error_response
+from medloop.serving.guard import Guard
 
 log = logging.getLogger("medloop.serving")
-
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "invalid_request_error", 422: "invalid_request_error",
-               429: "rate_limit_error"}
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+VLLM_PATHS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")  # answered in vLLM's words
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("medloop_requests", "chat requests", ["model", "status"], registry=self.registry)
+        self.requests = Counter("medloop_requests", "chat requests by outcome: ok, or the HTTP status of the "
+                                "failure (4xx: the request's fault, 5xx: the server's, 499: the client left)",
+                                ["model", "status"], registry=self.registry)
         self.latency = Histogram("medloop_request_seconds", "chat request latency", ["model"], registry=self.registry)
         self.tokens = Counter("medloop_tokens", "tokens", ["model", "kind"], registry=self.registry)
         self.stale_answers = Counter("medloop_stale_answers", "answers that follow a superseded guideline version",
@@ -41,22 +43,26 @@ class Metrics:
                                    ["version"], registry=self.registry)
 
 
-def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
-    kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    body = ErrorResponse(error=ErrorBody(message=message, type=kind, param=param, code=status))
-    return JSONResponse(body.model_dump(), status_code=status)
-
-
-def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+def _invalid(request: Request, exc: RequestValidationError):
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", [])[1:])
     message = first.get("msg", "invalid request")
-    return error_response(400, f"{where}: {message}" if where else "invalid request body", param=where or None)
+    vllm = request.url.path in VLLM_PATHS
+    return error_response(APIError(400, f"{where}: {message}" if where else "invalid request body",
+                                   param=where or None, type="Bad Request" if vllm else None))
 
 
-def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+def _unexpected(request: Request, exc: Exception):
     log.exception("unhandled error")
-    return error_response(500, "internal error")
+    return error_response(APIError(500, "internal error"))
+
+
+def allowed_hosts(settings: Settings, api_keys: list[str]) -> list[str]:
+    """The Host headers served: the configured list; by default loopback names only while no client key is set
+    (a keyless API bound to loopback must not answer a DNS-rebound page), any host once keys guard it."""
+    if settings.allowed_hosts:
+        return settings.allowed_hosts
+    return ["*"] if api_keys else LOOPBACK_HOSTS
 
 
 def build_app(settings: Settings, engine: Engine, retriever=None, *, adapters: dict[str, str] | None = None) -> FastAPI:
@@ -73,17 +79,24 @@ def build_app(settings: Settings, engine: Engine, retriever=None, *, adapters: d
         yield
         await engine.close()
 
-    app = FastAPI(title="medloop", version="0.2.0", lifespan=lifespan)
+    docs = settings.api_docs  # off by default: the pages load Swagger's assets from a public CDN
+    app = FastAPI(title="medloop", version="0.3.0", lifespan=lifespan, docs_url="/docs" if docs else None,
+                  redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
     app.state.settings, app.state.engine, app.state.retriever = settings, engine, retriever
     app.state.configured_adapters = dict(adapters or {})
     app.state.api_keys, app.state.admin_key = api_keys, admin_key
     app.state.metrics = Metrics()
+    app.state.chat = chat.ChatService(settings, engine, retriever, app.state.metrics)
     app.state.registry_status = None  # set by the deployment: () -> (live version, server confirmed it)
     app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(StarletteHTTPException, lambda r, e: error_response(e.status_code, str(e.detail)))
-    app.add_exception_handler(EngineError, lambda r, e: error_response(e.status, e.message, e.param))
+    app.add_exception_handler(StarletteHTTPException, lambda r, e: error_response(APIError(e.status_code,
+                                                                                           str(e.detail))))
+    app.add_exception_handler(APIError, lambda r, e: error_response(e))
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(chat.router)
     app.include_router(admin.router)
     app.include_router(ops.router)
+    app.add_middleware(Guard, routers=[chat.router, admin.router, ops.router], state=app.state,
+                       max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings, api_keys))
     return app

@@ -1,26 +1,30 @@
 """`/v1/chat/completions` and `/v1/models`: retrieve -> ground the prompt -> engine -> answer + latest evidence.
 
-Every check on a request runs here, before it reaches the engine: nothing one client sends can reach
-another client's batch.
+`ChatService`, built once per app, holds what answering takes (settings, engine, retriever, metrics) and does it
+in named steps: `validate` (every check on a request, before it reaches the engine: nothing one client sends can
+reach another client's batch), `ground`, `evidence`, `audit`. The routes only speak HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
+from medloop.config import Settings
 from medloop.retrieval import grounding
 from medloop.retrieval.evidence import evidence_block, evidence_language, quote
 from medloop.retrieval.staleness import stale_claims
 from medloop.serving.auth import ApiKey
-from medloop.serving.engine import Delta, EngineError
+from medloop.serving.engine import Delta, Engine
+from medloop.serving.errors import APIError, model_not_found
 from medloop.serving.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -41,38 +45,73 @@ from medloop.serving.protocol import (
 from medloop.serving.reasoning import ReasoningParser
 
 router = APIRouter(dependencies=[ApiKey])
+CLIENT_GONE = "499"  # nginx's status for a client that closed the connection: counted, never sent
 
 
-@router.get("/v1/models")
-async def models(request: Request) -> ModelList:
-    return ModelList(data=[ModelCard(**m) for m in request.app.state.engine.models()])
+@dataclass
+class Grounded:
+    messages: list[dict]  # what the engine sees: the evidence in the system prompt
+    hits: list = field(default_factory=list)  # the cited chunks
+    language: str = "en"  # of the evidence block
 
 
-def validate(body: ChatCompletionRequest, state) -> None:
-    settings = state.settings
-    if len(body.messages) > settings.max_messages:
-        raise EngineError(400, f"too many messages (at most {settings.max_messages})", "messages")
-    if sum(len(m.text()) for m in body.messages) > settings.max_chars:
-        raise EngineError(400, f"messages too long (at most {settings.max_chars} characters)", "messages")
-    if body.max_new_tokens > settings.max_tokens_limit:
-        raise EngineError(400, f"max_tokens must be at most {settings.max_tokens_limit}", "max_tokens")
-    if not any(m.role == "user" and m.text().strip() for m in body.messages):
-        raise EngineError(400, "at least one non-empty user message is required", "messages")
-    if not state.engine.has_model(body.model):
-        raise EngineError(404, f"The model `{body.model}` does not exist.", "model")
+class ChatService:
+    def __init__(self, settings: Settings, engine: Engine, retriever, metrics):
+        self.settings, self.engine, self.retriever, self.metrics = settings, engine, retriever, metrics
 
+    def validate(self, body: ChatCompletionRequest) -> None:
+        s = self.settings
+        if len(body.messages) > s.max_messages:
+            raise APIError(400, f"too many messages (at most {s.max_messages})", "messages")
+        if sum(len(m.text()) for m in body.messages) > s.max_chars:
+            raise APIError(400, f"messages too long (at most {s.max_chars} characters)", "messages")
+        if body.max_new_tokens > s.max_tokens_limit:
+            raise APIError(400, f"max_tokens must be at most {s.max_tokens_limit}", "max_tokens")
+        if not any(m.role == "user" and m.text().strip() for m in body.messages):
+            raise APIError(400, "at least one non-empty user message is required", "messages")
+        if not self.engine.has_model(body.model):
+            raise model_not_found(body.model)
 
-async def ground(body: ChatCompletionRequest, state) -> tuple[list[dict], list, str]:
-    """Messages for the engine (evidence in the system prompt), the cited hits, and the answer's language."""
-    messages = body.engine_messages()
-    options = body.medloop
-    if state.retriever is None or (options is not None and not options.rag):
-        return messages, [], evidence_language(grounding.latest_question(messages))
-    k = (options.k if options and options.k else None) or state.settings.evidence_k
-    t0 = time.perf_counter()
-    grounded = await asyncio.to_thread(grounding.ground, state.retriever, messages, k)
-    state.metrics.retrieval.observe(time.perf_counter() - t0)
-    return grounded
+    async def ground(self, body: ChatCompletionRequest) -> Grounded:
+        messages = body.engine_messages()
+        options = body.medloop
+        if self.retriever is None or (options is not None and not options.rag):
+            return Grounded(messages, language=evidence_language(grounding.latest_question(messages)))
+        k = (options.k if options and options.k else None) or self.settings.evidence_k
+        t0 = time.perf_counter()
+        grounded = await asyncio.to_thread(grounding.ground, self.retriever, messages, k)
+        self.metrics.retrieval.observe(time.perf_counter() - t0)
+        return Grounded(*grounded)
+
+    async def evidence(self, answer: str, grounded: Grounded, append: bool) -> tuple[str, list[Evidence]]:
+        """The evidence block and items, once the answer is known: the stale-answer check reads the answer."""
+        hits = grounded.hits
+        if not hits:
+            return "", []
+        stale = await asyncio.to_thread(stale_claims, answer, [h.chunk.doc_id for h in hits], self.retriever.store)
+        if stale:
+            self.metrics.stale_answers.inc()
+        return (evidence_block(hits, grounded.language, stale) if append else ""), evidence_items(hits, stale)
+
+    def audit(self, body: ChatCompletionRequest, hits) -> None:
+        """One line per answer: ids only, never text."""
+        s = self.settings
+        if not s.audit_log:
+            return
+        version = next((m.get("version") for m in self.engine.models() if m["id"] == body.model), None)
+        record = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "model": body.model,
+                  "adapter_version": version, "evidence": [h.chunk.chunk_id for h in hits]}
+        s.home.mkdir(parents=True, exist_ok=True)
+        with open(s.home / "audit.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def count(self, model: str, status: str, started: float, usage: Usage | None = None) -> None:
+        """`status`: "ok", or the HTTP status of the failure (4xx: the request's fault, 5xx: ours)."""
+        self.metrics.requests.labels(model, status).inc()
+        self.metrics.latency.labels(model).observe(time.perf_counter() - started)
+        if usage is not None:
+            self.metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+            self.metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
 
 
 def evidence_items(hits, stale=()) -> list[Evidence]:
@@ -89,85 +128,87 @@ def evidence_items(hits, stale=()) -> list[Evidence]:
     return items
 
 
-async def evidence_after(answer: str, hits, language: str, append: bool, state) -> tuple[str, list[Evidence]]:
-    """The evidence block and items, once the answer is known: the stale-answer check reads the answer."""
-    if not hits:
-        return "", []
-    stale = await asyncio.to_thread(stale_claims, answer, [h.chunk.doc_id for h in hits], state.retriever.store)
-    if stale:
-        state.metrics.stale_answers.inc()
-    return (evidence_block(hits, language, stale) if append else ""), evidence_items(hits, stale)
-
-
-def audit(body: ChatCompletionRequest, hits, state) -> None:
-    """One line per answer: ids only, never text."""
-    settings = state.settings
-    if not settings.audit_log:
-        return
-    version = next((m.get("version") for m in state.engine.models() if m["id"] == body.model), None)
-    record = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "model": body.model,
-              "adapter_version": version, "evidence": [h.chunk.chunk_id for h in hits]}
-    settings.home.mkdir(parents=True, exist_ok=True)
-    with open(settings.home / "audit.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def usage_of(last: Delta) -> Usage:
     return Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens,
                  total_tokens=last.prompt_tokens + last.completion_tokens)
 
 
+@router.get("/v1/models")
+async def models(request: Request) -> ModelList:
+    return ModelList(data=[ModelCard(**m) for m in request.app.state.engine.models()])
+
+
 @router.post("/v1/chat/completions")
 async def chat(body: ChatCompletionRequest, request: Request):
-    state = request.app.state
-    validate(body, state)
+    service: ChatService = request.app.state.chat
     started = time.perf_counter()
-    messages, hits, language = await ground(body, state)
-    gen = body.to_generation_request(messages)
-    append = body.medloop is None or body.medloop.append_evidence
-    audit(body, hits, state)
-    metrics = state.metrics
+    try:
+        service.validate(body)
+        grounded = await service.ground(body)
+        service.audit(body, grounded.hits)
+        stream = service.engine.stream(body.to_generation_request(grounded.messages))
+        append = body.medloop is None or body.medloop.append_evidence
+        if body.stream:
+            try:
+                first = await anext(stream)  # engine errors before any output become a proper HTTP error
+            except BaseException:
+                await stream.aclose()
+                raise
+            return StreamingResponse(_sse(service, body, first, stream, grounded, append, started),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        answer = await until_disconnected(request, _complete(service, body, stream, grounded, append))
+    except APIError as e:
+        service.count(body.model, str(e.status), started)
+        raise
+    if answer is None:  # the client left: its generation stopped at the next step
+        service.count(body.model, CLIENT_GONE, started)
+        return Response(status_code=204)
+    service.count(body.model, "ok", started, answer.usage)
+    return answer
 
-    def done(status: str, usage: Usage) -> None:
-        metrics.requests.labels(body.model, status).inc()
-        metrics.latency.labels(body.model).observe(time.perf_counter() - started)
-        metrics.tokens.labels(body.model, "prompt").inc(usage.prompt_tokens)
-        metrics.tokens.labels(body.model, "completion").inc(usage.completion_tokens)
 
-    stream = state.engine.stream(gen)
-    if body.stream:
-        try:
-            first = await anext(stream)  # engine errors before any output become a proper HTTP error
-        except EngineError:
-            metrics.requests.labels(body.model, "error").inc()
-            raise
-        evidence = functools.partial(evidence_after, hits=hits, language=language, append=append, state=state)
-        return StreamingResponse(_sse(body, first, stream, evidence, done), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+async def until_disconnected(request: Request, work: Awaitable):
+    """`work`'s result, or None once the client has disconnected (then `work` is cancelled, which frees its
+    engine row at the next step: a client that hung up stops costing)."""
+    task = asyncio.ensure_future(work)
 
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():  # the client left (or this handler was cancelled): stop the work
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return None if task.cancelled() else task.result()
+
+
+async def _complete(service: ChatService, body: ChatCompletionRequest, stream: AsyncIterator[Delta],
+                    grounded: Grounded, append: bool) -> ChatCompletionResponse:
     parser, reasoning, content, last = ReasoningParser(), "", "", Delta()
     try:
         async for delta in stream:
             r, c = parser.feed(delta.text)
             reasoning, content, last = reasoning + delta.reasoning + r, content + c, delta
-    except EngineError:
-        metrics.requests.labels(body.model, "error").inc()
-        raise
     finally:
         await stream.aclose()  # a client gone mid-answer frees its batch row at once
     r, c = parser.flush()
     reasoning, content = reasoning + r, content + c
-    usage = usage_of(last)
-    done("ok", usage)
-    block, evidence = await evidence_after(content, hits, language, append, state)
+    block, evidence = await service.evidence(content, grounded, append)
     message = ResponseMessage(content=content + block, reasoning_content=reasoning or None, reasoning=reasoning or None)
     return ChatCompletionResponse(model=body.model, choices=[Choice(message=message,
-                                  finish_reason=last.finish_reason or "stop")], usage=usage, evidence=evidence)
+                                  finish_reason=last.finish_reason or "stop")], usage=usage_of(last),
+                                  evidence=evidence)
 
 
-async def _sse(body: ChatCompletionRequest, first: Delta, stream: AsyncIterator[Delta],
-               evidence_for: Callable[[str], Awaitable[tuple[str, list[Evidence]]]],
-               done: Callable[[str, Usage], None]) -> AsyncIterator[str]:
+async def _sse(service: ChatService, body: ChatCompletionRequest, first: Delta, stream: AsyncIterator[Delta],
+               grounded: Grounded, append: bool, started: float) -> AsyncIterator[str]:
     """The answer as OpenAI stream chunks; the evidence block arrives as the last content chunks, the
     structured list with the final one. An error after the stream started is an error chunk, then [DONE]
     (as vLLM does): clients and `bench/load.py` count it as a failed request."""
@@ -193,6 +234,7 @@ async def _sse(body: ChatCompletionRequest, first: Delta, stream: AsyncIterator[
         r, c = parser.feed(delta.text)
         return pieces(delta.reasoning + r, c)
 
+    status = CLIENT_GONE  # unless the stream reaches its end
     yield chunk(DeltaMessage(role="assistant", content=""))
     try:
         for piece in parse(first):
@@ -204,7 +246,7 @@ async def _sse(body: ChatCompletionRequest, first: Delta, stream: AsyncIterator[
                     yield piece
         for piece in pieces(*parser.flush()):
             yield piece
-        block, evidence = await evidence_for("".join(answer))
+        block, evidence = await service.evidence("".join(answer), grounded, append)
         lines = block.split("\n") if block else []
         for i, line in enumerate(lines):
             text = line + ("\n" if i < len(lines) - 1 else "")
@@ -214,11 +256,15 @@ async def _sse(body: ChatCompletionRequest, first: Delta, stream: AsyncIterator[
         if body.stream_options and body.stream_options.include_usage:
             payload = ChatCompletionChunk(id=cid, model=body.model, choices=[], usage=usage)
             yield f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
-        done("ok", usage)
-    except EngineError as e:
-        done("error", Usage())
-        err = ErrorResponse(error=ErrorBody(message=e.message, type="server_error", code=e.status))
+        status = "ok"
+        service.count(body.model, status, started, usage)
+    except APIError as e:
+        status = str(e.status)
+        service.count(body.model, status, started)
+        err = ErrorResponse(error=ErrorBody(message=e.message, type=e.type, code=e.status))
         yield f"data: {err.model_dump_json()}\n\n"
     finally:
         await stream.aclose()
+        if status == CLIENT_GONE:
+            service.count(body.model, status, started)
     yield "data: [DONE]\n\n"

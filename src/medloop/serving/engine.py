@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from medloop.serving.errors import APIError
+
 
 @dataclass
 class GenerationRequest:
@@ -37,12 +39,8 @@ class Delta:
     completion_tokens: int = 0
 
 
-class EngineError(Exception):
-    """A failure with the HTTP status the gateway answers with (4xx: the request's fault; 5xx: ours)."""
-
-    def __init__(self, status: int, message: str, param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param = status, message, param
+class EngineError(APIError):
+    """An engine's refusal or failure, with the HTTP status the gateway answers with."""
 
 
 class Engine(Protocol):

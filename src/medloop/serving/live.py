@@ -1,4 +1,5 @@
-"""An ASGI app on a real uvicorn server on loopback, in a thread: for `eval compare`, tests and benches."""
+"""An ASGI app on a real uvicorn server on loopback, in a thread: for `medloop demo`, `eval compare`, tests and
+benches."""
 
 from __future__ import annotations
 
@@ -7,22 +8,21 @@ import threading
 import time
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LiveServer:
-    """An ASGI app served by a real uvicorn on loopback, in a thread, for the length of a `with` block."""
+    """An ASGI app served by a real uvicorn on loopback, in a thread, for the length of a `with` block. The
+    socket is bound here, to `port` or (by default) to a port the OS picks, and handed to uvicorn: no other
+    process can take the port between choosing and binding it."""
 
-    def __init__(self, app, port: int | None = None):
+    def __init__(self, app, port: int = 0):
         import uvicorn
 
-        self.port = port or free_port()
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", port))
+        self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
@@ -36,6 +36,7 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+        self.socket.close()
 
     def client(self, key: str = "none"):
         import openai

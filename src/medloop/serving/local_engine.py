@@ -1,19 +1,23 @@
-"""The CPU (or single-GPU) engine: transformers + peft, dynamic batching, several LoRA adapters at once.
+"""The CPU (or single-GPU) engine: transformers + peft, continuous batching, several LoRA adapters at once.
 
-One worker thread owns the model. Each request is rendered and checked (chat template, context length)
-on its own, before it joins a batch, so a bad request fails alone. Waiting requests share one `generate`
-call whatever their sampling settings: each row carries its own temperature, top-p and random generator
-(`_RowSampler`), and names its own adapter (peft's mixed-adapter batches), so concurrent requests never
-see each other's adapter or randomness. A job carries its own prompt: rows and prompts cannot get out of
-step when clients leave. Adapter loads and swaps run on the worker between batches: a request in flight
-finishes on the adapter it started with, the next one sees the new.
+One worker thread owns the model and runs a decode loop. Between two steps, requests that arrived join the
+running batch (their prompts are prefilled and their KV-cache rows merged in, left-padded) and rows that
+finished, or whose client left, drop out: a short request never waits for a long one's whole answer, and a
+client that hangs up stops costing at the next step. Each row carries its own temperature, top-p and random
+generator (`Sampler`) and names its own adapter (peft's mixed-adapter batches), so concurrent requests never
+see each other's adapter or randomness. Each request is rendered and checked (chat template, context length)
+on its own before it joins; a step that raises is retried row by row, so only the row that caused it fails.
+Adapter loads run between steps too: a request in flight finishes on the adapter it started with (the old
+weights go once its last row is done), the next one sees the new.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
+import re
 import secrets
 import threading
 import time
@@ -22,19 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
-from transformers.generation.streamers import BaseStreamer
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from medloop.config import DEFAULT_CHAT_MODEL, resolve_model
+from medloop.serving.adapters import check_adapter
 from medloop.serving.engine import Delta, EngineError, GenerationRequest, ServedAdapters
+from medloop.serving.errors import model_not_found
+from medloop.serving.reasoning import partial_suffix
 
+log = logging.getLogger("medloop.serving")
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS: a lower temperature is greedy decoding (1e-300 is a valid body)
 
 
 def default_served_name(base_model: str) -> str:
@@ -49,11 +52,10 @@ class _Job:
     prompt_ids: list[int]  # rendered and checked before the job joins a batch
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue
-    adapter: str = BASE  # internal peft adapter name, resolved when the batch starts
     cancelled: bool = False
 
-    def emit(self, delta: Delta) -> None:
-        self.loop.call_soon_threadsafe(self.out.put_nowait, delta)
+    def emit(self, item: Delta | Exception) -> None:
+        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
 
 @dataclass
@@ -63,193 +65,273 @@ class _Control:
     future: asyncio.Future
 
 
-class _BatchStreamer(BaseStreamer):
-    """Receives each new token of every row from `generate`; decodes and routes it to its job."""
+class Sampler:
+    """One request's next-token choice, as vLLM makes it: greedy below a temperature of 1e-5; otherwise a draw
+    from the tempered distribution restricted to the top-p nucleus, which always keeps the likeliest token.
 
-    def __init__(self, engine: LocalEngine, jobs: list[_Job]):
-        self.engine, self.jobs = engine, jobs
-        self.tokens: list[list[int]] = [[] for _ in jobs]
-        self.text = [""] * len(jobs)  # decoded so far
-        self.offsets = [(0, 0)] * len(jobs)  # (prefix, read) token offsets of incremental decoding
-        self.sent = [0] * len(jobs)  # characters already emitted
-        self.done = [False] * len(jobs)
-        self.first = True
-
-    def put(self, value: torch.Tensor) -> None:
-        if self.first:  # generate() hands over the prompt first
-            self.first = False
-            return
-        for row, token in enumerate(value.view(-1).tolist()):
-            if self.done[row]:
-                continue
-            job = self.jobs[row]
-            if job.cancelled:
-                self.done[row] = True
-                continue
-            if token in self.engine.eos_ids:
-                self._finish(row, "stop")
-                continue
-            self.tokens[row].append(token)
-            text = self._decode(row)
-            stop_at = min((i for i in (text.find(s) for s in job.request.stop) if i >= 0), default=-1)
-            if stop_at >= 0:
-                self._emit(row, text[:stop_at])
-                self._finish(row, "stop")
-            elif len(self.tokens[row]) >= job.request.max_tokens:
-                self._emit(row, text)
-                self._finish(row, "length")
-            else:  # hold back a tail that may be the start of a stop string
-                hold = max((_overlap(text, s) for s in job.request.stop), default=0)
-                self._emit(row, text[: len(text) - hold])
-
-    def _decode(self, row: int, final: bool = False) -> str:
-        """Incremental detokenisation (as vLLM does it): decode a short window, not the whole answer again,
-        and wait while the window ends in half a multi-byte character."""
-        tokens, (prefix, read) = self.tokens[row], self.offsets[row]
-        decode = self.engine.tokenizer.decode
-        before = decode(tokens[prefix:read], skip_special_tokens=True)
-        after = decode(tokens[prefix:], skip_special_tokens=True)
-        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
-            self.text[row] += after[len(before):]
-            self.offsets[row] = (read, len(tokens))
-        return self.text[row]
-
-    def _emit(self, row: int, text: str) -> None:
-        if len(text) > self.sent[row]:
-            self.jobs[row].emit(Delta(text=text[self.sent[row]:]))
-            self.sent[row] = len(text)
-
-    def _finish(self, row: int, reason: str) -> None:
-        self.done[row] = True
-        self.jobs[row].emit(Delta(finish_reason=reason, prompt_tokens=len(self.jobs[row].prompt_ids),
-                                  completion_tokens=len(self.tokens[row]) + (1 if reason == "stop" else 0)))
-
-    def end(self) -> None:
-        for row in range(len(self.jobs)):
-            if not self.done[row]:
-                self._emit(row, self._decode(row, final=True))
-                self._finish(row, "length")
-
-
-def _overlap(text: str, stop: str) -> int:
-    for n in range(min(len(stop) - 1, len(text)), 0, -1):
-        if text.endswith(stop[:n]):
-            return n
-    return 0
-
-
-class _RowsDone(StoppingCriteria):
-    """A row is finished once the streamer says so (eos, stop string, max_tokens, client gone)."""
-
-    def __init__(self, streamer: _BatchStreamer):
-        self.streamer = streamer
-
-    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-        return torch.tensor(self.streamer.done, device=input_ids.device)
-
-
-class _RowSampler(LogitsProcessor):
-    """Per-row sampling, so one batch serves requests with different temperatures, top-p and seeds.
-
-    Each sampled row draws its token with its own generator (seeded by the request's `seed`) by the
-    Gumbel-max trick, argmax(logits / T + Gumbel noise) over the top-p nucleus. That samples exactly from
-    the tempered distribution and, unlike an inverse-CDF draw over a cumulative sum, does not move when
-    batching perturbs the logits in their last bits: the same request gives the same answer whoever shares
-    its batch. The drawn token is then made the row's only candidate, so `generate`'s greedy step picks it;
-    greedy rows (temperature 0) pass through untouched. The nucleus is looked for among the `NUCLEUS_K`
-    likeliest tokens first (a real model's nucleus is small) and by a full sort only where it is larger.
-    """
+    The draw is Gumbel-max, argmax(logits / T + Gumbel noise) over the nucleus, with the request's own generator
+    (seeded by its `seed`): it samples exactly from the tempered distribution and, unlike an inverse-CDF draw
+    over a cumulative sum, does not move when batching perturbs the logits in their last bits, so the same
+    request gives the same answer whoever shares its batch. The nucleus is looked for among the `NUCLEUS_K`
+    likeliest tokens first (a real model's nucleus is small) and by a full sort only where it is larger."""
 
     NUCLEUS_K = 1024
 
-    def __init__(self, jobs: list[_Job], device: str):
-        self.rows = [i for i, j in enumerate(jobs) if j.request.temperature > 0]
-        self.temperature = torch.tensor([[jobs[i].request.temperature] for i in self.rows], device=device)
-        self.top_p = [jobs[i].request.top_p for i in self.rows]
-        self.generators = []
-        for i in self.rows:
-            seed = jobs[i].request.seed
-            self.generators.append(torch.Generator(device=device).manual_seed(
-                seed if seed is not None else secrets.randbits(63)))
+    def __init__(self, request: GenerationRequest, device: str):
+        self.greedy = request.temperature < GREEDY_BELOW
+        self.temperature, self.top_p = request.temperature, request.top_p
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        self.generator = None if self.greedy else torch.Generator(device=device).manual_seed(seed % 2**64)
 
-    def _draw(self, logits: torch.Tensor, log_norm: torch.Tensor, top_p: float, gen: torch.Generator) -> int:
+    def __call__(self, logits: torch.Tensor) -> int:
+        if self.greedy:
+            return int(logits.argmax())
+        logits = logits / self.temperature
         # Noise for every token of the vocabulary, in vocabulary order: which token gets which noise never
         # depends on how near-equal logits happen to sort, and each step uses the generator the same way.
-        uniform = torch.rand(logits.shape, generator=gen, device=logits.device).clamp_(min=1e-20)
+        uniform = torch.rand(logits.shape, generator=self.generator, device=logits.device).clamp_(min=1e-20)
         perturbed = logits - (-uniform.log()).log()
-        if top_p >= 1.0:
+        if self.top_p >= 1.0:
             return int(perturbed.argmax())
+        log_norm = logits.logsumexp(-1)
         k = min(self.NUCLEUS_K, logits.shape[-1])
         top, ids = logits.topk(k)
-        if k < logits.shape[-1] and float((top - log_norm).exp().sum()) < top_p:  # a larger nucleus: sort all
+        if k < logits.shape[-1] and float((top - log_norm).exp().sum()) < self.top_p:  # a larger nucleus
             top, ids = logits.sort(descending=True)
         probs = (top - log_norm).exp()
-        inside = int((probs.cumsum(-1) - probs <= top_p).sum())  # the smallest set whose mass reaches top_p
+        inside = max(1, int((probs.cumsum(-1) - probs <= self.top_p).sum()))  # smallest set reaching top_p
         nucleus = ids[:inside]
         return int(nucleus[perturbed[nucleus].argmax()])
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+
+class Detokenizer:
+    """One answer's text, decoded incrementally as vLLM does it: a short window of tokens, not the whole answer
+    again, waiting while the window ends in half a multi-byte character."""
+
+    def __init__(self, tokenizer):
+        self.decode = tokenizer.decode
+        self.tokens: list[int] = []
+        self.text = ""
+        self.prefix = self.read = 0
+
+    def add(self, token: int | None = None, final: bool = False) -> str:
+        if token is not None:
+            self.tokens.append(token)
+        before = self.decode(self.tokens[self.prefix:self.read], skip_special_tokens=True)
+        after = self.decode(self.tokens[self.prefix:], skip_special_tokens=True)
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.text += after[len(before):]
+            self.prefix, self.read = self.read, len(self.tokens)
+        return self.text
+
+
+@dataclass
+class _Row:
+    """A request being decoded: its sampler, its output so far, and where it stands in the batch."""
+
+    job: _Job
+    adapter: str
+    sampler: Sampler
+    text: Detokenizer
+    position: int  # the position id of the next token fed
+    last: int = -1  # the token fed at the next step
+    sent: int = 0  # characters already emitted
+    checked: int = 0  # characters already searched for stop strings
+    done: bool = False
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.job.request
+
+    def accept(self, token: int, eos: set[int]) -> None:
+        """Route one new token: end on eos, a stop string or max_tokens; hold back a possible stop's start."""
+        self.last = token
+        if token in eos:
+            return self._finish("stop", counted=1)
+        text = self.text.add(token)
+        stops = self.request.stop
+        if stops:
+            # Only text that arrived since the last search can complete a stop string: the search never
+            # rereads the whole answer (16 long stops on a long answer would cost seconds per token).
+            start = max(0, self.checked - max(map(len, stops)) + 1)
+            found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+            self.checked = len(text)
+            if found:
+                self._emit(text[:min(found)])
+                return self._finish("stop", counted=0)
+        if len(self.text.tokens) >= self.request.max_tokens:
+            self._emit(self.text.add(final=True))
+            return self._finish("length", counted=0)
+        hold = max((partial_suffix(text, s) for s in stops), default=0)
+        self._emit(text[:len(text) - hold])
+
+    def _emit(self, text: str) -> None:
+        if len(text) > self.sent:
+            self.job.emit(Delta(text=text[self.sent:]))
+            self.sent = len(text)
+
+    def _finish(self, reason: str, counted: int) -> None:
+        self.done = True
+        self.job.emit(Delta(finish_reason=reason, prompt_tokens=len(self.job.prompt_ids),
+                            completion_tokens=len(self.text.tokens) + counted))
+
+    def fail(self, error: EngineError) -> None:
+        self.done = True
+        self.job.emit(error)
+
+
+class _Batch:
+    """The running rows and their KV cache, left-padded to one width (`mask` marks real positions)."""
+
+    def __init__(self) -> None:
+        self.rows: list[_Row] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Merge newly prefilled rows in: both caches are left-padded to the wider of the two."""
         if not self.rows:
-            return scores
-        logits = scores[self.rows].float() / self.temperature
-        log_norm = logits.logsumexp(-1)
-        forced = torch.full_like(scores, float("-inf"))
-        keep = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
-        for k, row in enumerate(self.rows):
-            forced[row, self._draw(logits[k], log_norm[k], self.top_p[k], self.generators[k])] = 0.0
-            keep[row] = False
-        return torch.where(keep.unsqueeze(1), scores, forced)
+            self.rows, self.cache, self.mask = list(rows), cache, mask
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
+            mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)])
+        self.mask = torch.cat([F.pad(m, (width - m.shape[1], 0)) for m in (self.mask, mask)])
+        self.rows += rows
+
+    def drop_done(self) -> None:
+        """Rows that finished or whose client left leave; padding no remaining row needs goes with them."""
+        keep = [i for i, r in enumerate(self.rows) if not (r.done or r.job.cancelled)]
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.rows, self.cache, self.mask = [], None, None
+            return
+        index = torch.tensor(keep, device=self.mask.device)
+        self.rows = [self.rows[i] for i in keep]
+        self.mask = self.mask[index]
+        used = self.mask.any(0)
+        first = int(used.int().argmax())  # the first position any remaining row needs
+        self.mask = self.mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, first:], layer.values[index, :, first:]
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(t, (0, 0, width - t.shape[-2], 0))
 
 
 class LocalEngine:
     def __init__(self, base_model: str, *, served_name: str = "", adapters: dict[str, str] | None = None,
-                 max_batch_size: int = 16, device: str | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+                 max_batch_size: int = 16, device: str | None = None, max_lora_rank: int = 64):
+        from transformers import AutoTokenizer
 
         folder, gguf = resolve_model(base_model)
-        kwargs = {"gguf_file": gguf} if gguf else {}
+        self._source = (folder, {"gguf_file": gguf} if gguf else {})
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, **self._source[1])
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs).to(self.device).eval()
+        self.model = self._load_base()
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
-        # The engine samples itself (_RowSampler): the checkpoint's sampling defaults must not apply on top.
-        self.model.generation_config = GenerationConfig(do_sample=False, eos_token_id=sorted(self.eos_ids),
-                                                        pad_token_id=self.tokenizer.pad_token_id)
         self.context_length = getattr(self.model.config, "max_position_embeddings", None) or 32768
         self.base_name = served_name or default_served_name(base_model)
         self.max_batch_size = max_batch_size
+        self.max_lora_rank = max_lora_rank
         self.adapters = ServedAdapters()
+        self.folders: dict[str, str] = {}  # internal adapter name -> its folder (to rebuild after a fault)
+        self.retired: set[str] = set()  # replaced adapters waiting for their last row
+        self.broken: str | None = None  # why the engine cannot serve (health), None when it can
+        self._special = [t for t in self.tokenizer.all_special_tokens if t]
         self._encode_lock = threading.Lock()  # a fast tokenizer must not encode on two threads at once
         self._queue: queue.Queue = queue.Queue()
-        self._held: list = []
+        self._pending: list[_Job] = []
+        self._batch = _Batch()
+        self._closing = False
         self._thread: threading.Thread | None = None
-        self.stats = {"batches": 0, "rows": 0}  # how well requests share batches (tests, benches)
+        # how requests share the work (tests, benches): prefill groups, rows, decode steps, rows retried alone
+        self.stats = {"batches": 0, "rows": 0, "steps": 0, "isolated": 0}
         for name, path in (adapters or {}).items():
             self._load(name, path, None)
 
-    # ---- adapters (run on the worker thread) ----
+    def _load_base(self):
+        from transformers import AutoModelForCausalLM
+
+        folder, kwargs = self._source
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs).to(self.device).eval()
+        if any(t != "full_attention" for t in getattr(model.config, "layer_types", None) or []):
+            raise ValueError(f"{folder}: sliding-window attention is not supported by the local engine; "
+                             "serve this model with --engine vllm")
+        return model
+
+    # ---- adapters (run on the worker thread, between decode steps) ----
     def _load(self, name: str, path: str, version: str | None) -> None:
+        """Check the adapter against this base model before it touches the live model; a load that still fails
+        is undone, so the base and every served adapter answer as before."""
         from peft import PeftModel
 
-        if not (Path(path) / "adapter_config.json").exists():
-            raise EngineError(400, f"no LoRA adapter at '{path}' (adapter_config.json missing)", param="path")
+        check_adapter(Path(path), self.model, self.max_lora_rank)
         internal = self.adapters.next_name(name)
-        if not hasattr(self.model, "peft_config"):
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=internal).eval()
-        else:
-            self.model.load_adapter(path, adapter_name=internal)
+        wrapped = hasattr(self.model, "disable_adapter")
+        try:
+            if not wrapped:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=internal).eval()
+            else:
+                self.model.load_adapter(path, adapter_name=internal)
+        except Exception as e:
+            self._undo_load(internal, wrapped)
+            raise EngineError(400, f"the adapter could not be loaded: {type(e).__name__}", param="path") from e
+        self.folders[internal] = path
         old = self.adapters.set(name, internal, version)
-        if old:  # no batch is running now: the old weights can go
-            self.model.delete_adapter(old)
+        if old:
+            self.retired.add(old)
+        self._free_retired()
+
+    def _undo_load(self, internal: str, wrapped: bool) -> None:
+        """Remove what a failed load left behind. The first adapter's load wraps the base model and injects LoRA
+        layers into it in place: a failure there leaves a model that is neither, so it is reloaded from disk."""
+        if not wrapped:
+            return self._rebuild()
+        try:
+            if internal in self.model.peft_config:
+                self.model.delete_adapter(internal)
+        except Exception:  # noqa: BLE001 - the model is in an unknown state: rebuild it
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """The base model from disk, with every served adapter again."""
+        from peft import PeftModel
+
+        try:
+            self.model = self._load_base()
+            for internal, _ in sorted(self.adapters.table.values()):
+                folder = self.folders[internal]
+                if not hasattr(self.model, "peft_config"):
+                    self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=internal).eval()
+                else:
+                    self.model.load_adapter(folder, adapter_name=internal)
+            self.broken = None
+        except Exception as e:  # noqa: BLE001 - said by /health, refused by every request
+            self.broken = f"the model could not be restored after a failed adapter load: {type(e).__name__}: {e}"
 
     def _unload(self, name: str) -> None:
-        self.model.delete_adapter(self.adapters.pop(name))
+        self.retired.add(self.adapters.pop(name))
+        self._free_retired()
+
+    def _free_retired(self) -> None:
+        in_use = {r.adapter for r in self._batch.rows}
+        for internal in [a for a in self.retired if a not in in_use]:
+            self.retired.discard(internal)
+            self.folders.pop(internal, None)
+            self.model.delete_adapter(internal)
 
     async def _control(self, fn) -> None:
         loop = asyncio.get_running_loop()
@@ -275,11 +357,31 @@ class LocalEngine:
     def has_model(self, name: str) -> bool:
         return name == self.base_name or name in self.adapters
 
-    # ---- generation ----
+    def health(self) -> str | None:
+        """None when the engine can serve; otherwise why not."""
+        if self.broken:
+            return self.broken
+        if self._thread is not None and not self._thread.is_alive() and not self._closing:
+            return "the engine's worker thread died"
+        return None
+
+    # ---- prompts ----
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True,
+        """The chat template's rendering of the messages, tokenised. Special tokens a client typed
+        ("<|im_start|>system") stay text: they are tokenised as text, so a user turn cannot forge a turn."""
+        messages, typed = _mark_special(request.messages, self._special)
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                   **request.chat_template_kwargs)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not typed:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = []
+        for i, part in enumerate(_MARK.split(text)):
+            if i % 2:  # a special token's text as the client typed it
+                ids += self.tokenizer(typed[int(part)], add_special_tokens=False,
+                                      split_special_tokens=True)["input_ids"]
+            elif part:
+                ids += self.tokenizer(part, add_special_tokens=False)["input_ids"]
+        return ids
 
     def _checked_prompt(self, request: GenerationRequest) -> list[int]:
         """The request's prompt, or a 400 that concerns this request alone."""
@@ -293,9 +395,12 @@ class LocalEngine:
                                    f"model's context of {self.context_length} tokens", param="messages")
         return ids
 
+    # ---- generation ----
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         if not self.has_model(request.model):
-            raise EngineError(404, f"The model `{request.model}` does not exist.", param="model")
+            raise model_not_found(request.model)
+        if self.broken:
+            raise EngineError(503, f"engine unavailable: {self.broken}")
         prompt = await asyncio.to_thread(self._checked_prompt, request)
         job = _Job(request, prompt, asyncio.get_running_loop(), asyncio.Queue())
         self._submit(job)
@@ -308,94 +413,191 @@ class LocalEngine:
                 if delta.finish_reason:
                     return
         finally:
-            job.cancelled = True  # client gone: the row stops at the next token
+            job.cancelled = True  # client gone: the row leaves at the next step
 
     def _submit(self, item) -> None:
         if self._thread is None or not self._thread.is_alive():
+            self._closing = False
             self._thread = threading.Thread(target=self._worker, name="medloop-engine", daemon=True)
             self._thread.start()
         self._queue.put(item)
 
     def _worker(self) -> None:
-        while True:
-            item = self._held.pop(0) if self._held else self._queue.get()
-            if item is None:  # close()
-                return
-            if isinstance(item, _Control):
-                self._run_control(item)
-                continue
-            batch = [item]
-            time.sleep(0.002)  # let requests that arrive together share the batch
-            while len(batch) < self.max_batch_size:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(nxt, _Job):
-                    batch.append(nxt)
-                else:  # an adapter change (or close) waits only for the batch in hand
-                    self._held.append(nxt)
-                    break
-            self._generate(batch)
+        while not self._closing:
+            try:
+                self._work()
+            except Exception as e:  # noqa: BLE001 - the worker must outlive any one failure
+                log.exception("engine step failed")
+                self._abort(EngineError(500, f"generation failed: {type(e).__name__}: {e}"))
+        self._abort(EngineError(503, "the server is shutting down"))
 
-    def _run_control(self, item: _Control) -> None:
+    def _work(self) -> None:
+        """Take what arrived (waiting when there is nothing to do), let new requests join, decode one step."""
+        idle = not self._batch and not self._pending
         try:
-            item.fn()
-            item.loop.call_soon_threadsafe(_set_result, item.future, None)
-        except Exception as e:  # noqa: BLE001 - reported to the caller, the worker lives on
-            item.loop.call_soon_threadsafe(_set_exception, item.future, e)
+            self._take(self._queue.get() if idle else self._queue.get_nowait())
+            if idle:
+                time.sleep(0.002)  # let requests that arrive together share one prefill
+            while True:  # everything waiting: controls run now, jobs join below
+                self._take(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        if self._closing:
+            return
+        self._admit()
+        if self._batch:
+            self._step()
+        self._free_retired()
 
-    def _generate(self, batch: list[_Job]) -> None:
+    def _take(self, item) -> None:
+        if item is None:  # close()
+            self._closing = True
+        elif isinstance(item, _Control):
+            try:
+                item.fn()
+                item.loop.call_soon_threadsafe(_set_result, item.future, None)
+            except Exception as e:  # noqa: BLE001 - reported to the caller, the worker lives on
+                item.loop.call_soon_threadsafe(_set_exception, item.future, e)
+        else:
+            self._pending.append(item)
+
+    def _admit(self) -> None:
+        room = self.max_batch_size - len(self._batch)
         rows = []
-        for job in batch:
+        while self._pending and len(rows) < room:
+            job = self._pending.pop(0)
             if job.cancelled:
                 continue
             if not self.has_model(job.request.model):  # unloaded while queued
-                job.emit(EngineError(404, f"The model `{job.request.model}` does not exist.", param="model"))
+                job.emit(model_not_found(job.request.model))
                 continue
-            job.adapter = self.adapters.internal(job.request.model) or BASE
-            rows.append(job)
-        if not rows:
-            return
-        try:
-            self._run_batch(rows)
-        except Exception as e:  # noqa: BLE001 - one bad batch must not kill the engine
-            for job in rows:
-                job.emit(EngineError(500, f"generation failed: {type(e).__name__}: {e}"))
+            try:
+                sampler = Sampler(job.request, self.device)
+            except Exception as e:  # noqa: BLE001 - these parameters, not the server
+                job.emit(EngineError(400, f"sampling parameters not usable: {type(e).__name__}: {e}"))
+                continue
+            rows.append(_Row(job, self.adapters.internal(job.request.model) or BASE, sampler,
+                             Detokenizer(self.tokenizer), len(job.prompt_ids)))
+        if rows:
+            self.stats["batches"] += 1
+            self.stats["rows"] += len(rows)
+            self._prefill(rows, [r.job.prompt_ids for r in rows])
 
-    def _run_batch(self, rows: list[_Job]) -> None:
-        self.stats["batches"] += 1
-        self.stats["rows"] += len(rows)
-        width = max(len(j.prompt_ids) for j in rows)
+    def _prefill(self, rows: list[_Row], sequences: list[list[int]]) -> None:
+        """Run the rows' sequences, choose each row's next token, and add the rows to the running batch. When the
+        forward raises, each row is tried alone: only a row that fails alone fails."""
+        width = max(map(len, sequences))
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(j.prompt_ids)) + j.prompt_ids for j in rows],
-                                 device=self.device)
-        attention = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in rows],
-                                 device=self.device)
-        streamer = _BatchStreamer(self, rows)
-        extra, adapter_scope = {}, contextlib.nullcontext()
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        try:
+            logits, cache = self._forward(ids, mask, positions, None, [r.adapter for r in rows])
+        except Exception as e:  # noqa: BLE001 - isolate the row that causes it
+            if len(rows) == 1:
+                return rows[0].fail(EngineError(500, f"generation failed: {type(e).__name__}: {e}"))
+            self.stats["isolated"] += len(rows)
+            for row, sequence in zip(rows, sequences, strict=True):
+                self._prefill([row], [sequence])
+            return
+        for row, sequence in zip(rows, sequences, strict=True):
+            row.position = len(sequence)
+        self._batch.add(rows, cache, mask)
+        self._choose(rows, logits)
+        self._batch.drop_done()
+
+    def _step(self) -> None:
+        """One token for every running row."""
+        batch = self._batch
+        self.stats["steps"] += 1
+        ids = torch.tensor([[r.last] for r in batch.rows], device=self.device)
+        mask = F.pad(batch.mask, (0, 1), value=1)
+        positions = torch.tensor([[r.position] for r in batch.rows], device=self.device)
+        try:
+            logits, _ = self._forward(ids, mask, positions, batch.cache, [r.adapter for r in batch.rows])
+        except Exception:  # noqa: BLE001 - the cache may be half-updated: rebuild each row alone
+            rows = batch.rows
+            self._batch = _Batch()
+            self.stats["isolated"] += len(rows)
+            for row in rows:
+                if not row.job.cancelled:
+                    self._prefill([row], [row.job.prompt_ids + row.text.tokens])
+            return
+        batch.mask = mask
+        for row in batch.rows:
+            row.position += 1
+        self._choose(batch.rows, logits)
+        batch.drop_done()
+
+    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Each row's next token by its own sampler. A row whose scores are not numbers, or whose parameters
+        its sampler cannot honour, fails alone."""
+        bad = logits.isnan().any(-1) | logits.isposinf().any(-1) | logits.isneginf().all(-1)
+        for row, scores, broken in zip(rows, logits, bad.tolist(), strict=True):
+            if row.job.cancelled or row.done:
+                continue
+            if broken:
+                row.fail(EngineError(500, "the model produced scores that are not numbers for this request"))
+                continue
+            try:
+                token = row.sampler(scores)
+            except Exception as e:  # noqa: BLE001 - these parameters, not the server
+                row.fail(EngineError(400, f"sampling failed for these parameters: {type(e).__name__}: {e}"))
+                continue
+            row.accept(token, self.eos_ids)
+
+    def _forward(self, ids, mask, positions, cache, adapters: list[str]):
+        """The model's next-token scores for each row (float32), and the cache."""
+        extra, scope = {}, contextlib.nullcontext()
         if hasattr(self.model, "peft_config"):
-            used = {j.adapter for j in rows}
+            used = set(adapters)
             if len(used) > 1:  # rows on different adapters: peft's mixed-batch forward
-                extra["adapter_names"] = [j.adapter for j in rows]
+                extra["adapter_names"] = adapters
             elif BASE in used:  # the plain forward is faster than a mixed batch of one
-                adapter_scope = self.model.disable_adapter()
+                scope = self.model.disable_adapter()
             else:
                 self.model.set_adapter(used.pop())
-        with torch.inference_mode(), adapter_scope:
-            self.model.generate(
-                input_ids=input_ids, attention_mask=attention, do_sample=False,
-                max_new_tokens=max(j.request.max_tokens for j in rows),
-                logits_processor=LogitsProcessorList([_RowSampler(rows, self.device)]),
-                streamer=streamer, stopping_criteria=StoppingCriteriaList([_RowsDone(streamer)]), **extra,
-            )
-        streamer.end()
+        with torch.inference_mode(), scope:
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                             use_cache=True, logits_to_keep=1, **extra)
+        cache = out.cache
+        if any(type(layer) is not DynamicLayer for layer in cache.layers):
+            raise ValueError("the local engine batches plain (dynamic) KV caches only")
+        return out.logits[:, -1].float(), cache
+
+    def _abort(self, error: EngineError) -> None:
+        for row in self._batch.rows:
+            row.fail(error)
+        for job in self._pending:
+            job.emit(error)
+        self._batch, self._pending = _Batch(), []
 
     async def close(self) -> None:
-        """Stop the worker once the work in hand is done; a later request starts a new one."""
+        """Stop the worker at its next step; requests still running get a 503."""
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join, 30)
+
+
+_MARK = re.compile("\ue000(\\d+)\ue001")  # private-use brackets around the index of a typed special token
+
+
+def _mark_special(messages: list[dict], special: list[str]) -> tuple[list[dict], list[str]]:
+    """Messages with each special token the client typed replaced by a marker, and those tokens in order."""
+    typed: list[str] = []
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(special, key=len, reverse=True)))
+
+    def mark(m: re.Match) -> str:
+        typed.append(m.group())
+        return f"\ue000{len(typed) - 1}\ue001"
+
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str) and special and pattern.search(content):
+            message = {**message, "content": pattern.sub(mark, content)}
+        out.append(message)
+    return out, typed
 
 
 def _set_result(future: asyncio.Future, value) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 router = APIRouter()
@@ -12,7 +13,12 @@ router = APIRouter()
 async def health(request: Request):
     state = request.app.state
     index = state.retriever.index() if state.retriever is not None else None
-    return {"status": "ok", "model": state.engine.base_name, "index_version": index.version if index else None}
+    broken = state.engine.health() if hasattr(state.engine, "health") else None
+    body = {"status": "unavailable" if broken else "ok", "model": state.engine.base_name,
+            "index_version": index.version if index else None}
+    if broken:
+        return JSONResponse({**body, "reason": broken}, status_code=503)
+    return body
 
 
 @router.get("/metrics")

@@ -4,21 +4,35 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from medloop.serving.engine import GenerationRequest
 
 INT64 = 2**63  # OpenAI's and vLLM's seed is a signed 64-bit integer
+MAX_STOP_CHARS = 256  # a stop string is searched for after every token: its length is bounded
+
+
+def _encodable(text: str) -> str:
+    """JSON can carry a lone surrogate ("\\ud800"); no tokenizer or UTF-8 response can: a 400, here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"invalid Unicode (a lone surrogate at character {e.start})") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+StopString = Annotated[Text, Field(max_length=MAX_STOP_CHARS)]
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[dict[str, Any]] | None = ""
-    reasoning_content: str | None = None
+    content: Text | list[dict[str, Any]] | None = ""
+    reasoning_content: Text | None = None
 
     @field_validator("content")
     @classmethod
@@ -30,6 +44,7 @@ class ChatMessage(BaseModel):
                     raise ValueError(f"content part {i}: only parts of type 'text' are supported")
                 if not isinstance(part.get("text"), str):
                     raise ValueError(f"content part {i}: 'text' must be a string")
+                _encodable(part["text"])
         return content
 
     def text(self) -> str:
@@ -64,13 +79,13 @@ class ChatTemplateKwargs(BaseModel):
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    model: Text
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = Field(None, max_length=16)
+    stop: StopString | list[StopString] | None = Field(None, max_length=16)
     seed: int | None = Field(None, ge=-INT64, lt=INT64)
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
@@ -225,5 +240,9 @@ class LoadLoraRequest(BaseModel):
     """vLLM's runtime LoRA endpoints, so that a medloop server can stand in for a vLLM upstream."""
 
     lora_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@\-]{0,80}$")
-    lora_path: str | None = None
+    lora_path: Text
     load_inplace: bool = False
+
+
+class UnloadLoraRequest(BaseModel):
+    lora_name: str

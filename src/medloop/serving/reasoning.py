@@ -40,7 +40,7 @@ class ReasoningParser:
                     self.mode = "after"
                 else:
                     # Hold back a possible start of </think> and the newlines that may precede it.
-                    partial = _partial_suffix(self.buffer, CLOSE)
+                    partial = partial_suffix(self.buffer, CLOSE)
                     body = self.buffer[: len(self.buffer) - partial]
                     keep = partial + len(body) - len(body.rstrip("\n"))
                     reasoning += self.buffer[: len(self.buffer) - keep]
@@ -71,7 +71,7 @@ def split_reasoning(text: str) -> tuple[str, str]:
     return r1 + r2, c1 + c2
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of text that is a proper prefix of tag."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:n]):

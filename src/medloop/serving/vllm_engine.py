@@ -27,10 +27,14 @@ from medloop.serving.engine import Delta, EngineError, GenerationRequest, Served
 
 
 def launch_command(model: str, *, port: int, adapters: dict[str, str], max_loras: int = 4, max_lora_rank: int = 64,
-                   served_name: str | None = None, extra: list[str] | None = None) -> list[str]:
-    """The `vllm serve` command line medloop needs: LoRA on, room for hot-swapped versions, Qwen3 reasoning."""
-    cmd = ["vllm", "serve", model, "--host", "127.0.0.1", "--port", str(port), "--enable-lora",
-           "--max-loras", str(max_loras), "--max-lora-rank", str(max_lora_rank), "--reasoning-parser", "qwen3"]
+                   served_name: str | None = None, extra: list[str] | None = None, python: str = "") -> list[str]:
+    """The vLLM server command line medloop needs: LoRA on, room for hot-swapped versions, Qwen3 reasoning.
+    `python`: the interpreter of a virtualenv with vLLM (the CPU build's `vllm` console script cannot find its
+    own package metadata, so the server is started through its module); empty: the `vllm` command."""
+    entry = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model] if python \
+        else ["vllm", "serve", model]
+    cmd = entry + ["--host", "127.0.0.1", "--port", str(port), "--enable-lora", "--max-loras", str(max_loras),
+                   "--max-lora-rank", str(max_lora_rank), "--reasoning-parser", "qwen3"]
     if served_name:
         cmd += ["--served-model-name", served_name]
     if adapters:
@@ -42,10 +46,17 @@ def launch_env() -> dict[str, str]:
     return {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
 
 
-def launch(model: str, *, port: int, adapters: dict[str, str], **kwargs) -> subprocess.Popen:
-    if shutil.which("vllm") is None:
-        raise RuntimeError("vLLM is not installed: pip install 'medloop[gpu]' (needs a CUDA GPU)")
-    return subprocess.Popen(launch_command(model, port=port, adapters=adapters, **kwargs), env=launch_env())
+def launch(model: str, *, port: int, adapters: dict[str, str], settings) -> subprocess.Popen:
+    python = settings.vllm_python
+    if python and not Path(python).exists():
+        raise RuntimeError(f"vllm_python: {python} does not exist (see README: vLLM on a CPU box)")
+    if not python and shutil.which("vllm") is None:
+        raise RuntimeError("vLLM is not installed: pip install 'medloop[gpu]' on a CUDA machine, or set vllm_python "
+                           "to the python of a vLLM virtualenv")
+    cmd = launch_command(model, port=port, adapters=adapters, max_loras=settings.vllm_max_loras,
+                         max_lora_rank=settings.max_lora_rank, served_name=settings.served_model_name or None,
+                         extra=settings.vllm_args, python=python)
+    return subprocess.Popen(cmd, env=launch_env())
 
 
 def upstream_error(status: int, text: str) -> EngineError:

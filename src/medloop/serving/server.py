@@ -1,0 +1,50 @@
+"""The server as `medloop serve` runs it: the engine (the one factory for both kinds), the retriever, the app.
+Tests, benches and `medloop demo` build it the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from medloop.config import Settings
+
+
+def build_engine(settings: Settings, *, engine: str, base_model: str, adapters: dict[str, str],
+                 vllm_url: str = "", launch_vllm: bool = False, vllm_port: int = 0):
+    """A LocalEngine, or a VLLMEngine on `vllm_url` (or on a vLLM it launches on `vllm_port`, with `adapters`)."""
+    if engine == "vllm":
+        from medloop.serving.vllm_engine import VLLMEngine, launch
+
+        process = None
+        if launch_vllm:  # vLLM loads the configured adapters itself; the engine adopts them at start
+            process = launch(base_model, port=vllm_port, adapters=adapters, settings=settings)
+            vllm_url = f"http://127.0.0.1:{vllm_port}"
+        upstream_key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
+        return VLLMEngine(vllm_url or settings.vllm_url, timeout=settings.upstream_timeout_s,
+                          served_name=settings.served_model_name, api_key=upstream_key, process=process,
+                          startup_wait_s=settings.vllm_startup_s if process else None)
+    if engine != "local":
+        raise ValueError(f"unknown engine '{engine}': choose local or vllm")
+    from medloop.serving.local_engine import LocalEngine
+
+    return LocalEngine(base_model, served_name=settings.served_model_name, max_batch_size=settings.max_batch_size,
+                       max_lora_rank=settings.max_lora_rank)
+
+
+def build_server(settings: Settings, *, engine: str = "local", base_model: str = "",
+                 adapters: dict[str, str] | None = None, rag: bool = True, vllm_url: str = "",
+                 launch_vllm: bool = False, vllm_port: int = 0,
+                 registry_status: Callable[[], tuple[str | None, bool]] | None = None):
+    """Engine + retriever + app. `adapters`: served name -> folder (the registry's live one included by the
+    caller); `registry_status`: () -> (live version, whether the server confirmed loading it), for /metrics."""
+    from medloop.retrieval import Retriever
+    from medloop.serving.app import build_app
+
+    retriever = Retriever(settings) if rag else None
+    if retriever is not None:
+        retriever.embedder  # load now, not on the first question  # noqa: B018
+    adapters = dict(adapters or {})
+    eng = build_engine(settings, engine=engine, base_model=base_model or settings.base_model, adapters=adapters,
+                       vllm_url=vllm_url, launch_vllm=launch_vllm, vllm_port=vllm_port)
+    application = build_app(settings, eng, retriever, adapters=adapters)
+    application.state.registry_status = registry_status
+    return application
