@@ -325,3 +325,30 @@ def test_held_out_and_regression_rows_are_never_trained_or_replayed(loop_setting
     assert len(regression) == 2 and data.heldout
     assert not any(dataset.normalised(m) in judged for m in data.train)
     assert data.manifest["counts"]["replay"] > 0
+
+
+def test_one_scheduler_per_home_and_outcomes_survive_a_full_disk(loop_settings, monkeypatch):
+    import sqlite3
+
+    from filelock import FileLock
+
+    from medloop.continual import scheduler
+
+    s = loop_settings
+    with FileLock(s.home / ".scheduler.lock"), pytest.raises(scheduler.SchedulerRunning, match="another scheduler"):
+        scheduler.start(s)
+    real = scheduler._runs_db
+    calls = {"n": 0}
+
+    def full_once(settings):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(settings)
+
+    monkeypatch.setattr(scheduler, "_runs_db", full_once)
+    monkeypatch.setenv("MEDLOOP_HOME", str(s.home))
+    assert scheduler.run_job("ingest")["outcome"] == "nothing-new"  # the disk is full: not recorded yet
+    scheduler.run_job("ingest")
+    with sqlite3.connect(s.scheduler_db) as db:
+        assert db.execute("SELECT COUNT(*) FROM job_runs WHERE job='ingest'").fetchone()[0] == 2

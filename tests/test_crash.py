@@ -69,3 +69,30 @@ def test_kill_9_during_promotion_leaves_one_consistent_live_adapter(settings, ti
     assert registry.promote("v2").version == "v2" and registry.live().version == "v2"
     assert {r.version: r.status for r in registry.versions()} == {"v1": "retired", "v2": "live"}
     assert not [p for p in settings.adapters_dir.iterdir() if p.name.startswith(".live.json.")]
+
+
+def medloop(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """The installed command as a user runs it (its error handling included), not the Typer app in-process."""
+    return subprocess.run([sys.executable, "-m", "medloop.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_loses_nothing(settings, tmp_path):
+    env = {**os.environ, "MEDLOOP_HOME": str(settings.home), "MEDLOOP_FAILPOINT": "index-written:enospc"}
+    full = medloop(["ingest", str(GUIDELINES / "cn-influenza-2025.md")], env)
+    assert full.returncode == 1 and "Traceback" not in full.stderr
+    message = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+    assert len(message) == 1 and "no space left" in message[0] and str(settings.home / "index") in message[0]
+    assert current_version(settings.index_dir) is None  # nothing half-published
+    del env["MEDLOOP_FAILPOINT"]
+    assert medloop(["ingest", str(GUIDELINES / "cn-influenza-2025.md")], env).returncode == 0
+    index = load_index(settings.index_dir)
+    with KnowledgeStore(settings.knowledge_db) as store:
+        assert index.count == store.chunk_count() > 0
+
+
+def test_a_bad_setting_is_named_in_one_line(settings):
+    env = {**os.environ, "MEDLOOP_HOME": str(settings.home), "MEDLOOP_RETRAIN_CRON": "0 3 1 13 *"}
+    bad = medloop(["scheduler", "status"], env)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "setting retrain_cron" in bad.stderr and "not a crontab schedule" in bad.stderr

@@ -52,7 +52,7 @@ def outcomes(tmp_path_factory, embedder):
         decision = out["decision"]
         found[name] = {"outcome": str(out["outcome"]), "decided_by": decision["decided_by"],
                        "failed": {k for k, v in decision["signals"].items() if v["passed"] is False},
-                       "signals": decision["signals"]}
+                       "signals": decision["signals"], "rules": decision["rules"]}
     return found
 
 
@@ -101,9 +101,10 @@ def test_a_second_good_month_is_promoted_and_keeps_what_the_first_taught(outcome
 
 
 def test_a_good_month_gives_back_little_of_the_regression_gain_though_its_loss_rises(outcomes):
-    """Learning new facts raises the loss on a nearly learned regression set several times over: a relative
-    tolerance alone would reject every month after the first; measured against what the live adapter gained over
-    the base, it passes, and the fact check is what judges it."""
+    """Learning new facts raises the loss on a nearly learned regression set far beyond a relative tolerance
+    (about 2x in the runs seen), which alone would reject every month after the first; measured against what the
+    live adapter gained over the base, it passes, and the fact check is what judges it."""
     reg = outcomes["good2"]["signals"]["regression_loss"]
-    assert reg["passed"] and reg["candidate"] > 2 * reg["live"]
+    rules = outcomes["good2"]["rules"]
+    assert reg["passed"] and reg["candidate"] > reg["live"] * (1 + 10 * rules["tolerance"])
     assert reg["candidate"] <= reg["live"] + 0.05 * (reg["base"] - reg["live"])

@@ -1,4 +1,5 @@
-"""No request can break another: hostile bodies beside good ones, clients leaving mid-batch, mixed sampling.
+"""No request can break another, down to the sampler: hostile bodies and whatever the schema accepts beside good
+ones, clients leaving mid-batch, mixed sampling, a step that raises, requests joining and leaving a running batch.
 
 Each test compares what a client receives under hostile or concurrent traffic with what the same request
 yields alone: token for token.
@@ -7,6 +8,8 @@ yields alone: token for token.
 import asyncio
 import json
 import random
+import threading
+import time
 
 import httpx
 import pytest
@@ -15,9 +18,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from conftest import LiveServer
-from medloop.serving import build_app
+from medloop.serving import build_app, local_engine
 from medloop.serving.local_engine import LocalEngine
-from medloop.testing import stream_succeeded
+from medloop.testing import engine_bodies, stream_succeeded
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def engine(tiny_qwen3):
 def live(engine, tmp_path_factory):
     from medloop.config import Settings
 
-    settings = Settings(home=tmp_path_factory.mktemp("home"), max_tokens_limit=64)
+    settings = Settings(home=tmp_path_factory.mktemp("home"), max_tokens_limit=3000)
     with LiveServer(build_app(settings, engine, None)) as server:
         yield server
 
@@ -47,6 +50,11 @@ async def post_all(url: str, bodies: list) -> list[httpx.Response]:
 def answer(response: httpx.Response) -> tuple[str, int]:
     data = response.json()
     return data["choices"][0]["message"]["content"], data["usage"]["completion_tokens"]
+
+
+def alone(url: str, body: dict) -> tuple[str, int]:
+    """What a request gets with nobody beside it."""
+    return answer(httpx.post(url + "/v1/chat/completions", json=body, timeout=120))
 
 
 @pytest.mark.parametrize("hostile, param", [
@@ -151,3 +159,201 @@ def test_mixed_sampling_settings_share_one_batch_and_keep_their_own_randomness(l
     assert batches <= 3  # 8 requests with 7 different sampling settings: not one batch each
     sampled = [text for (text, _), b in zip(alone, bodies, strict=True) if b["temperature"] > 0]
     assert len(set(sampled)) == len(sampled)  # distinct seeds really sample differently
+
+
+def test_a_vanishing_temperature_is_greedy_and_its_neighbours_keep_their_answers(live):
+    """temperature 1e-300 with top_p 0.5 is a valid body: in float32 it is 0, and logits / 0 emptied the nucleus
+    and failed the whole batch (12, 9 and 11 of 12 neighbours got a 500). As in vLLM, it is greedy now."""
+    neighbours = [good(f"邻居问题{i}") for i in range(12)]
+    expected = [alone(live.url, b) for b in neighbours]
+    hostile = good("温度极小", temperature=1e-300, top_p=0.5)
+    for _ in range(3):
+        first, *rest = asyncio.run(post_all(live.url, [hostile, *neighbours]))
+        assert first.status_code == 200, first.text
+        assert [r.status_code for r in rest] == [200] * 12
+        assert [answer(r) for r in rest] == expected
+        assert answer(first) == alone(live.url, good("温度极小"))  # greedy
+
+
+def test_a_nucleus_smaller_than_the_top_token_keeps_the_top_token(engine):
+    import torch
+
+    from medloop.serving.engine import GenerationRequest
+
+    logits = torch.tensor([0.0, 5.0, 1.0, 4.9])
+    for seed in range(20):
+        sampler = local_engine.Sampler(GenerationRequest("m", [], temperature=1.0, top_p=1e-9, seed=seed), "cpu")
+        assert sampler(logits) == 1
+
+
+def poisoned_forward(engine, monkeypatch, poison: int):
+    """The engine's forward, raising on a batch that holds the row whose prompt carries `poison`: once in a decode
+    step (the batch is then rebuilt row by row), and whenever that row is prefilled again."""
+    original = engine._forward
+    seen = {"prefilled": False}
+
+    def forward(ids, mask, positions, cache, adapters):
+        guilty = [r for r in engine._batch.rows if poison in r.job.prompt_ids]
+        if cache is None and (ids == poison).any():
+            if seen["prefilled"]:
+                raise RuntimeError("kernel fault")
+            seen["prefilled"] = True
+        elif cache is not None and guilty:
+            raise RuntimeError("kernel fault")
+        return original(ids, mask, positions, cache, adapters)
+
+    monkeypatch.setattr(engine, "_forward", forward)
+
+
+def test_a_step_that_raises_fails_only_the_row_that_caused_it(engine, live, monkeypatch):
+    neighbours = [good(f"问题{i}", max_tokens=10) for i in range(6)]
+    expected = [alone(live.url, b) for b in neighbours]
+    poison = engine.tokenizer("☢", add_special_tokens=False)["input_ids"][-1]
+    poisoned_forward(engine, monkeypatch, poison)
+    before = engine.stats["isolated"]
+    guilty, *rest = asyncio.run(post_all(live.url, [good("☢ 问题", max_tokens=10), *neighbours]))
+    assert guilty.status_code == 500 and guilty.json()["error"]["type"] == "server_error", guilty.text
+    assert [r.status_code for r in rest] == [200] * 6
+    assert [answer(r) for r in rest] == expected  # token for token what each gets alone
+    assert engine.stats["isolated"] > before
+    assert 'status="500"' in httpx.get(live.url + "/metrics").text
+
+
+def test_parameters_the_sampler_cannot_honour_fail_that_request_alone_with_a_400(engine, live, monkeypatch):
+    neighbours = [good(f"问题{i}", temperature=0.7, seed=i) for i in range(4)]
+    expected = [alone(live.url, b) for b in neighbours]
+    original = local_engine.Sampler.__call__
+
+    def sample(self, logits):
+        if self.temperature == 0.123:
+            raise ValueError("no such distribution")
+        return original(self, logits)
+
+    monkeypatch.setattr(local_engine.Sampler, "__call__", sample)
+    bad, *rest = asyncio.run(post_all(live.url, [good("x", temperature=0.123), *neighbours]))
+    assert bad.status_code == 400 and "sampling failed" in bad.json()["error"]["message"]
+    assert [answer(r) for r in rest] == expected
+    assert 'status="400"' in httpx.get(live.url + "/metrics").text
+
+
+@pytest.fixture(scope="module")
+def fixed(live):
+    bodies = [good("固定问题一"), good("固定问题二", temperature=0.8, seed=7)]
+    return bodies, [alone(live.url, b) for b in bodies]
+
+
+@hsettings(max_examples=200, derandomize=True, deadline=None, database=None,
+           suppress_health_check=list(HealthCheck))
+@given(body=engine_bodies("tiny"))
+def test_schema_valid_values_reach_the_engine_and_never_harm_a_neighbour(live, fixed, body):
+    bodies, expected = fixed
+
+    async def run():
+        async with httpx.AsyncClient(timeout=300) as client:
+            async def send(b):
+                if not b.get("stream"):
+                    r = await client.post(live.url + "/v1/chat/completions", json=b)
+                    return r.status_code, r.text
+                async with client.stream("POST", live.url + "/v1/chat/completions", json=b) as r:
+                    lines = [line async for line in r.aiter_lines() if line]
+                    return r.status_code, lines
+            return await asyncio.gather(*(send(b) for b in [*bodies, body]))
+
+    *neighbours, (status, result) = asyncio.run(run())
+    assert status < 500, result
+    if body.get("stream") and status == 200:
+        assert stream_succeeded(status, result), result[-3:]
+    for (code, text), want in zip(neighbours, expected, strict=True):
+        data = json.loads(text)
+        assert code == 200 and (data["choices"][0]["message"]["content"], data["usage"]["completion_tokens"]) == want
+
+
+def test_a_short_request_is_answered_while_a_long_one_is_still_running(live, engine):
+    """Requests join a running batch between decode steps: an 8-token request used to wait for a 4096-token
+    one's whole answer (55 s)."""
+    events = []
+
+    def long_request():
+        body = good("请写一篇很长的文章", max_tokens=2500, stream=True, temperature=0.9, seed=1, ignore_eos=True)
+        with httpx.stream("POST", live.url + "/v1/chat/completions", json=body, timeout=600) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {") and not events:
+                    events.append("long started")
+                if "finish_reason" in line and '"finish_reason":null' not in line:
+                    events.append("long finished")
+                if "short answered" in events:
+                    return  # the point is made: leave (the row stops at the next step)
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    while not events:
+        time.sleep(0.05)
+    short = alone(live.url, good("短问题", max_tokens=4))
+    events.append("short answered")
+    thread.join()
+    assert short[1] <= 4
+    assert events == ["long started", "short answered"]
+
+
+def test_a_client_that_leaves_stops_its_generation(live, engine):
+    """Streaming or not: the row leaves the batch at the next step once its client is gone (a non-streaming
+    request whose client left used to generate for ~13 more minutes)."""
+    for stream in (False, True):
+        body = good("一个会被放弃的长回答", max_tokens=2500, stream=stream, temperature=0.9, seed=2)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(live.url + "/v1/chat/completions", json=body, timeout=1.5) if not stream else \
+                _read_then_leave(live.url, body)
+        deadline = time.monotonic() + 30
+        while len(engine._batch) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(engine._batch) == 0, f"stream={stream}: the abandoned row is still generating"
+        steps = engine.stats["steps"]
+        time.sleep(0.5)
+        assert engine.stats["steps"] == steps
+
+
+def _read_then_leave(url: str, body: dict) -> None:
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=1.5) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                raise httpx.ReadTimeout("leaving after the first chunk")
+
+
+def test_sigterm_drains_with_a_deadline(tiny_qwen3, settings, tmp_path):
+    """SIGTERM used to take 7 minutes (the batch in hand ran to its end): now requests in flight get
+    shutdown_timeout_s, then they end with an error and the process exits."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MEDLOOP_HOME": str(settings.home), "MEDLOOP_SHUTDOWN_TIMEOUT_S": "2",
+           "MEDLOOP_MAX_TOKENS_LIMIT": "4000", "MEDLOOP_SERVED_MODEL_NAME": "tiny"}
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "medloop.cli", "serve", "--base-model", str(tiny_qwen3),
+                             "--no-rag", "--port", "0"], env=env, stderr=open(log, "w"), text=True)
+    try:
+        url, deadline = None, time.monotonic() + 120
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            if m := re.search(r"(http://127\.0\.0\.1:\d+)/v1", log.read_text()):
+                url = m.group(1)
+            time.sleep(0.2)
+        assert url, f"the server did not say where it listens: {log.read_text()[-500:]}"
+        body = good("请写很长的文章", max_tokens=3500, stream=True, temperature=0.9, seed=3)
+        lines = []
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {") and not lines:
+                    proc.send_signal(signal.SIGTERM)
+                    sent = time.monotonic()
+                lines.append(line)
+        assert r.status_code == 200
+        proc.wait(timeout=60)
+        assert proc.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught, once shut down
+        assert time.monotonic() - sent < 30
+        data = [x for x in lines if x]
+        assert data[-1] == "data: [DONE]" and "shutting down" in data[-2]  # cut short, and said so
+        assert "Traceback" not in log.read_text()
+    finally:
+        proc.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import tempfile
@@ -24,10 +25,15 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-def failpoint(name: str) -> None:
-    """A named point between two writes where crash tests stop the process: with MEDLOOP_FAILPOINT=name the
-    process says so on stderr and waits there, so a test can `kill -9` it at exactly this moment. Does
-    nothing otherwise."""
-    if os.environ.get(FAILPOINT_ENV) == name:
-        print(f"failpoint {name}", file=sys.stderr, flush=True)
-        time.sleep(3600)
+def failpoint(name: str, path: Path | None = None) -> None:
+    """A named point between two writes where tests break the process: with MEDLOOP_FAILPOINT=name the process
+    says so on stderr and waits there, so a test can `kill -9` it at exactly this moment; with
+    MEDLOOP_FAILPOINT=name:enospc the write there fails as on a full disk (about `path`). Does nothing
+    otherwise."""
+    point, _, action = os.environ.get(FAILPOINT_ENV, "").partition(":")
+    if point != name:
+        return
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path) if path else None)
+    print(f"failpoint {name}", file=sys.stderr, flush=True)
+    time.sleep(3600)

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from medloop.config import Settings
+from medloop.errors import UserError
 from medloop.training.config import TrainConfig
 
 app = typer.Typer(help="Keep a Qwen3 medical assistant current.", no_args_is_help=True, add_completion=False)
@@ -40,7 +41,7 @@ THIRD_PARTY_LOGGERS = ("bitsandbytes", "transformers", "sentence_transformers", 
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show third-party warnings and progress "
+def options(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show third-party warnings and progress "
                                                 "bars (model loading, kernels)")] = False) -> None:
     """Keep a Qwen3 medical assistant current."""
     if verbose:
@@ -60,13 +61,13 @@ def _progress() -> Progress:
 
 def run_ingest(settings: Settings, paths: list[Path], recursive: bool, quiet: bool = False):
     """Ingest with progress bars: files, then embedding of the new chunks."""
-    from medloop.continual.loop import ingest_and_index
+    from medloop.retrieval.ingest import ingest_and_index
 
     with _progress() as progress:
         files = progress.add_task("ingest", total=None, visible=not quiet)
         embed = progress.add_task("index", total=None, visible=not quiet)
         return ingest_and_index(
-            settings, paths, recursive=recursive,
+            settings, paths, recursive=recursive, wait_s=settings.ingest_wait_s,
             on_start=lambda n: progress.update(files, total=n),
             on_file=lambda r: progress.advance(files),
             on_progress=lambda done, total: progress.update(embed, completed=done, total=total),
@@ -85,12 +86,18 @@ def ingest(
     settings = Settings()
     report, synced = run_ingest(settings, paths, recursive)
     if synced.total:
-        ensure_query_encoder(settings)  # once per embedder: `medloop search` then starts in about a second
+        try:  # once per embedder: `medloop search` then starts in about a second; optional, so never fatal
+            ensure_query_encoder(settings)
+        except Exception as e:  # noqa: BLE001 - the ingest itself succeeded
+            console.print(f"[yellow]warning[/] the fast question encoder was not exported ({type(e).__name__}: "
+                          f"{e}); `medloop search` loads the embedder instead")
     for f in report.files:
         for w in f.warnings:
-            console.print(f"[yellow]warning[/] {f.path}: {w}")
-        if f.outcome == FileOutcome.FAILED:
-            console.print(f"[red]failed[/]  {f.path}: {f.error}")
+            console.print(f"warning {f.path}: {w}", markup=False, highlight=False, style="yellow", soft_wrap=True)
+        for n in f.notes:
+            console.print(f"note    {f.path}: {n}", markup=False, highlight=False, soft_wrap=True)
+        if f.outcome == FileOutcome.FAILED:  # one line per file, whatever the width: easy to grep
+            console.print(f"failed  {f.path}: {f.error}", markup=False, highlight=False, style="red", soft_wrap=True)
     table = Table(title="ingest summary")
     for col in ("added", "updated", "superseded", "unchanged", "failed"):
         table.add_column(col, justify="right")
@@ -211,10 +218,11 @@ def serve(
     no_rag: Annotated[bool, typer.Option("--no-rag", help="serve without guideline evidence")] = False,
     demo: Annotated[bool, typer.Option("--demo", help="ingest the sample guidelines if the index is empty")] = False,
 ) -> None:
-    """Serve the OpenAI-compatible chat API with guideline evidence."""
-    import uvicorn
+    """Serve the OpenAI-compatible chat API with guideline evidence (`--port 0`: a free port, printed)."""
+    import socket
 
     from medloop.retrieval.index import current_version
+    from medloop.serving.server import serve as serve_app
 
     settings = Settings()
     if demo and current_version(settings.index_dir) is None:
@@ -225,15 +233,18 @@ def serve(
         host = "127.0.0.1"
     elif not settings.api_keys:
         console.print("[yellow]no API key configured: serving on loopback only[/]")
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    port = listener.getsockname()[1]
     application = build_server(
         settings, engine=engine or settings.engine, base_model=base_model or settings.base_model,
         adapters={**settings.adapters, **_parse_adapters(adapter or [])}, rag=not no_rag,
         vllm_url=vllm_url or settings.vllm_url, launch_vllm=launch, vllm_port=port + 1,
     )
-    console.print(f"medloop: OpenAI API on http://{host}:{port}/v1  (model: {application.state.engine.base_name})")
-    # SIGTERM: requests in flight get shutdown_timeout_s to finish, then they are cancelled and the engine stops
-    uvicorn.run(application, host=host, port=port, log_level="warning",
-                timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    console.print(f"medloop: OpenAI API on http://{host}:{port}/v1  (model: {application.state.engine.base_name})",
+                  soft_wrap=True, highlight=False)
+    serve_app(application, listener, settings.shutdown_timeout_s)
 
 
 DEMO_QUESTIONS = ["What HbA1c target is recommended for most adults with diabetes?", "高血压患者的降压目标是多少？"]
@@ -602,5 +613,36 @@ def eval_run(run_dir: Annotated[Path, typer.Argument(help="a training run / adap
     out.print(f"loss curves: {plot_losses(run_dir)}")
 
 
+def main() -> None:
+    """`medloop`: the app, with every error a user can act on said in one line (exit 1), never a traceback."""
+    import sys
+
+    from pydantic import ValidationError
+
+    from medloop.knowledge.ingest import disk_full
+
+    try:
+        app()
+    except UserError as e:
+        console.print(f"error: {e}", markup=False, highlight=False, style="red",
+                      soft_wrap=True)
+        sys.exit(1)
+    except ValidationError as e:  # the settings (environment or medloop.toml)
+        for err in e.errors():
+            where = ".".join(map(str, err["loc"])) or e.title
+            console.print(f"error: setting {where}: {err['msg']}", markup=False, highlight=False, style="red",
+                      soft_wrap=True)
+        sys.exit(1)
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        where = getattr(e, "filename", None) or Settings.model_construct().home
+        console.print(f"error: no space left on the device while writing {where}: free some space and run the "
+                      "command again (what was half-written is not kept; the rerun completes it)",
+                      markup=False, highlight=False, style="red",
+                      soft_wrap=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     # knowledge
     chunk_size: int = Field(360, description="chunk size in units: one CJK character or one word each")
     chunk_overlap: int = Field(40, description="overlap between neighbouring chunks, same units")
+    max_file_mb: float = Field(20, gt=0, description="a larger guideline file is refused before it is read")
+    max_field_chars: int = Field(300, ge=20, description="titles and issuers longer than this are cut; ids and "
+                                 "versions refused")
+    future_date_days: int = Field(1, ge=0, description="a `published` date further ahead is refused")
+    ingest_wait_s: float = Field(60, ge=0, description="`medloop ingest` waits this long for another ingest on "
+                                 "the same home")
 
     # retrieval
     embedder: str = Field(DEFAULT_EMBEDDER, description="sentence-transformers name or path")
@@ -106,7 +112,9 @@ class Settings(BaseSettings):
     served_adapter_name: str = "medical"
     server_url: str = "http://127.0.0.1:8000"
     ingest_poll_seconds: int = Field(10, ge=1, description="how often the scheduler looks into inbox/")
-    retrain_cron: str = "0 3 1 * *"
+    inbox_settle_s: float = Field(2.0, ge=0, description="an inbox file is read once it has not changed for this "
+                                  "long (a file still being copied is left for the next poll)")
+    retrain_cron: str = Field("0 3 1 * *", description="when the monthly retraining runs (crontab, UTC)")
     # As many earlier rows as new ones. At 0.3, SmolLM2's second month of new facts lost 12 of the 24 facts the
     # first had taught (the gate rejected it); at 1.0 it lost 3 and was promoted, every sabotaged month still
     # rejected (examples/sabotage_gate.py).
@@ -134,6 +142,17 @@ class Settings(BaseSettings):
 
     # tracking
     swanlab_mode: Literal["offline", "cloud", "disabled"] = "offline"
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _crontab(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as e:
+            raise ValueError(f"'{value}' is not a crontab schedule (minute hour day month weekday): {e}") from None
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -21,6 +21,8 @@ def json_objects(text: str) -> Iterator[tuple[int, dict]]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise JSONLError(lineno, f"invalid JSON ({e.msg})") from e
+        except RecursionError as e:  # a 3,000-deep array in a field nobody reads
+            raise JSONLError(lineno, "JSON nested too deeply") from e
         if not isinstance(obj, dict):
             raise JSONLError(lineno, "expected a JSON object")
         yield lineno, obj

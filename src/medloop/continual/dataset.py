@@ -88,7 +88,8 @@ def build(settings: Settings, *, since: str, retriever=None, seed: int = 0,
     across layouts), samples that repeat a regression row are dropped before the held-out split, training
     rows that repeat a held-out row are dropped after it, and replay never draws a regression or held-out row."""
     inbox = settings.inbox_dir / "sft"
-    inbox_files = sorted(p for p in inbox.glob("*") if p.suffix in {".jsonl", ".json"}) if inbox.exists() else []
+    found = inbox.glob("*") if inbox.exists() else []
+    inbox_files = sorted(p for p in found if p.suffix.lower() in {".jsonl", ".json"})  # .JSONL too
     loaded, report = load_samples(inbox_files) if inbox_files else ([], None)
     if not loaded:
         return None

@@ -17,10 +17,9 @@ from medloop.continual import dataset as incremental
 from medloop.continual import gate
 from medloop.continual.mcq import load_mcq
 from medloop.continual.registry import AdapterRecord, AdapterRegistry, Status
-from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.knowledge.ingest import FileOutcome
 from medloop.knowledge.parsing import SUPPORTED_SUFFIXES
-from medloop.retrieval import sync_index
+from medloop.retrieval.ingest import IngestBusy, ingest_and_index
 from medloop.training.data import BadSample, detect_layout
 
 
@@ -36,22 +35,45 @@ class Outcome(StrEnum):
     TOO_LITTLE_DATA = "too-little-data"  # skipped: the gate would judge on training data
 
 
-def ingest_and_index(settings: Settings, paths: list[Path], *, recursive: bool = False, on_start=None, on_file=None,
-                     on_progress=None):
-    """Files -> store -> index: what `medloop ingest` and the scheduler's ingest job both run."""
-    with KnowledgeStore(settings.knowledge_db) as store:
-        report = ingest_paths(store, paths, recursive=recursive, chunk_size=settings.chunk_size,
-                              chunk_overlap=settings.chunk_overlap, on_start=on_start, on_file=on_file)
-        return report, sync_index(settings, store, on_progress=on_progress)
-
-
-def _move(path: Path, folder: Path) -> Path:
+def _move(path: Path, folder: Path) -> Path | None:
+    """Move a file (or a link, as itself) into `folder`, keeping both when the name is taken; None when it is
+    gone already (deleted by someone else meanwhile)."""
+    if not path.exists() and not path.is_symlink():
+        return None
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / path.name
     if target.exists():  # keep both: the same name can arrive twice
         target = folder / f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"
     shutil.move(str(path), target)
     return target
+
+
+def _fail(path: Path, settings: Settings, reason: str) -> None:
+    moved = _move(path, settings.failed_dir)
+    if moved is not None:
+        moved.with_name(moved.name + ".error.txt").write_text(reason + "\n")
+
+
+def inbox_files(folder: Path, settle_s: float) -> tuple[list[Path], list[Path], list[Path]]:
+    """(files ready, files still being written, symbolic links) in `folder`. A file is ready once it has not
+    changed for `settle_s` seconds: a guideline copied in slowly is not read half-written (or move finished files
+    in with an atomic rename). Ready files come smallest first, so a large file never holds up the rest."""
+    if not folder.exists():
+        return [], [], []
+    now = time.time()
+    ready, settling, links = [], [], []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_symlink():
+            links.append(p)
+        elif p.is_file():
+            (ready if now - p.stat().st_mtime >= settle_s else settling).append(p)
+    return sorted(ready, key=lambda p: p.stat().st_size), settling, links
+
+
+SYMLINK_REFUSED = ("a symbolic link: refused, it could publish any file the service can read (copy the file into "
+                   "the inbox instead)")
 
 
 GUIDELINE_SUFFIXES = SUPPORTED_SUFFIXES - {".jsonl"}  # a JSONL file is told apart by its first object
@@ -83,19 +105,18 @@ def route_inbox(settings: Settings) -> dict[str, int]:
     """Files dropped into inbox/ itself go where they belong (inbox/guidelines/ or inbox/sft/) by what they
     are; one that cannot be told apart goes to failed/ with a note that says where such files go."""
     routed = {"guidelines": 0, "sft": 0, "failed": 0}
-    if not settings.inbox_dir.exists():
-        return routed
-    for path in sorted(p for p in settings.inbox_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+    ready, _, links = inbox_files(settings.inbox_dir, settings.inbox_settle_s)
+    for link in links:
+        _fail(link, settings, SYMLINK_REFUSED)
+        routed["failed"] += 1
+    for path in ready:
         kind = _kind(path)
         if kind is None:
-            moved = _move(path, settings.failed_dir)
-            moved.with_name(moved.name + ".error.txt").write_text(
-                f"cannot tell what {path.name} is: put guideline files (md, txt, html, pdf, jsonl with 'text') "
-                f"in {settings.inbox_dir / 'guidelines'} and SFT data (jsonl with 'conversations', 'messages' "
-                f"or 'instruction'/'output') in {settings.inbox_dir / 'sft'}\n")
+            _fail(path, settings, f"cannot tell what {path.name} is: put guideline files (md, txt, html, pdf, jsonl "
+                  f"with 'text') in {settings.inbox_dir / 'guidelines'} and SFT data (jsonl with 'conversations', "
+                  f"'messages' or 'instruction'/'output') in {settings.inbox_dir / 'sft'}")
             routed["failed"] += 1
-        else:
-            _move(path, settings.inbox_dir / kind)
+        elif _move(path, settings.inbox_dir / kind) is not None:
             routed[kind] += 1
     return routed
 
@@ -107,18 +128,24 @@ def ingest_inbox(settings: Settings) -> dict:
     serving = retry_hot_load(settings)
     inbox = settings.inbox_dir / "guidelines"
     inbox.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in inbox.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files, settling, links = inbox_files(inbox, settings.inbox_settle_s)
+    for link in links:
+        _fail(link, settings, SYMLINK_REFUSED)
     if not files:
-        return {"outcome": Outcome.NOTHING_NEW, "files": 0, "routed": routed, "serving": serving}
-    report, synced = ingest_and_index(settings, files)
+        return {"outcome": Outcome.FAILED_SOME if links else Outcome.NOTHING_NEW, "files": 0, "refused": len(links),
+                "settling": len(settling), "routed": routed, "serving": serving}
+    try:
+        report, synced = ingest_and_index(settings, files, wait_s=0)
+    except IngestBusy as e:  # a `medloop ingest` on this home: its files wait for the next poll
+        return {"outcome": Outcome.SKIPPED, "reason": str(e)}
     for result in report.files:
         if result.outcome == FileOutcome.FAILED:
-            moved = _move(result.path, settings.failed_dir)
-            moved.with_name(moved.name + ".error.txt").write_text(result.error + "\n")
-        elif result.path.exists():
+            _fail(result.path, settings, result.error)
+        else:
             _move(result.path, settings.processed_dir / "guidelines")
     counts = dict(report.counts)
-    return {"outcome": Outcome.FAILED_SOME if report.failed else Outcome.OK, "files": len(files), **counts,
+    return {"outcome": Outcome.FAILED_SOME if report.failed or links else Outcome.OK, "files": len(files), **counts,
+            "refused": len(links), "settling": len(settling), "notes": [n for f in report.files for n in f.notes],
             "index_version": synced.version}
 
 
@@ -200,12 +227,9 @@ def retrain(settings: Settings, *, retriever=None, log=print) -> dict:
             registry.save(record)
             raise  # the inbox files stay where they are: the next run trains on them
         for f in data.inbox_files:
-            if not f.exists():
-                continue
             if result["outcome"] == Outcome.PROMOTED:
                 _move(f, settings.processed_dir / "sft")
-            else:
-                moved = _move(f, settings.failed_dir / "sft")
+            elif (moved := _move(f, settings.failed_dir / "sft")) is not None:
                 moved.with_name(moved.name + ".reason.txt").write_text(
                     f"{record.version} rejected by the gate: {json.dumps(result['decision'], default=str)}\n"
                     f"move this file back to {settings.inbox_dir / 'sft'} to train on it again\n")

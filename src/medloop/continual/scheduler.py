@@ -24,10 +24,17 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from medloop.config import Settings
 from medloop.continual.registry import AdapterRegistry
+from medloop.errors import UserError
+from medloop.knowledge.ingest import disk_full
 
 log = logging.getLogger("medloop.scheduler")
 JOBS = ("ingest", "retrain")
 KEEP_RUNS = 500
+_unrecorded: list[tuple] = []  # outcomes the job_runs table could not take (a full disk): written with the next
+
+
+class SchedulerRunning(UserError):
+    """Another scheduler serves this data home."""
 
 
 @contextlib.contextmanager
@@ -52,14 +59,20 @@ def run_job(name: str) -> dict:
     try:
         result = ingest_inbox(settings) if name == "ingest" else retrain(settings, log=log.info)
     except Exception as e:  # noqa: BLE001 - recorded; the service keeps its schedule
-        result = {"outcome": "error", "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:]}
+        error = f"no space left on the device while writing {getattr(e, 'filename', None) or settings.home}" \
+            if disk_full(e) else f"{type(e).__name__}: {e}"
+        result = {"outcome": "error", "error": error, "trace": traceback.format_exc()[-2000:]}
     finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    with _runs_db(settings) as db:
-        db.execute("INSERT INTO job_runs VALUES (?,?,?,?,?)",
-                   (name, started, finished, result.get("outcome"), json.dumps(result, default=str)))
-        # the ingest job polls every few seconds: keep the latest runs, not every look into an empty inbox
-        db.execute("DELETE FROM job_runs WHERE job=? AND rowid NOT IN (SELECT rowid FROM job_runs WHERE job=?"
-                   " ORDER BY rowid DESC LIMIT ?)", (name, name, KEEP_RUNS))
+    _unrecorded.append((name, started, finished, result.get("outcome"), json.dumps(result, default=str)))
+    try:
+        with _runs_db(settings) as db:
+            db.executemany("INSERT INTO job_runs VALUES (?,?,?,?,?)", _unrecorded)
+            # the ingest job polls every few seconds: keep the latest runs, not every look into an empty inbox
+            db.execute("DELETE FROM job_runs WHERE job=? AND rowid NOT IN (SELECT rowid FROM job_runs WHERE job=?"
+                       " ORDER BY rowid DESC LIMIT ?)", (name, name, KEEP_RUNS))
+        _unrecorded.clear()
+    except sqlite3.Error as e:  # a full disk: the outcome is logged now and recorded with a later run
+        log.error("%s: %s (not recorded yet: %s; kept for the next run)", name, result.get("outcome"), e)
     log.info("%s: %s", name, result.get("outcome"))
     return result
 
@@ -88,7 +101,16 @@ def ensure_jobs(scheduler, settings: Settings) -> None:
 
 
 def start(settings: Settings, on_ready=None) -> None:
-    """Foreground service; SIGTERM or SIGINT stops it cleanly after the running job."""
+    """Foreground service; SIGTERM or SIGINT stops it cleanly after the running job. One per data home: a second
+    one would run every job twice."""
+    from filelock import FileLock, Timeout
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(settings.home / ".scheduler.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise SchedulerRunning(f"another scheduler is running on {settings.home}: stop it first") from None
     scheduler = make_scheduler(settings)
     scheduler.start(paused=True)
     ensure_jobs(scheduler, settings)
@@ -105,6 +127,7 @@ def start(settings: Settings, on_ready=None) -> None:
         on_ready(scheduler)
     stopping.wait()
     scheduler.shutdown(wait=True)
+    lock.release()
 
 
 def status(settings: Settings) -> list[dict]:

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from medloop.knowledge.language import CJK_RANGES
+from medloop.knowledge.parsing import one_line
 
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 UNIT = re.compile(f"[{CJK_RANGES}]|[^\\s{CJK_RANGES}]+")
@@ -36,7 +37,7 @@ def _sections(text: str, is_markdown: bool) -> list[tuple[str, str]]:
         m = HEADING.match(line)
         if m:
             level = len(m.group(1))
-            path = path[: level - 1] + [m.group(2)]
+            path = path[: level - 1] + [one_line(m.group(2), 120)]  # a section is cited: one line
             # The document title (a lone H1) is not a useful section name for citations.
             out.append((" > ".join(p for i, p in enumerate(path) if i > 0 or level == 1), []))
         else:

@@ -1,7 +1,17 @@
-"""Files -> store. Each file is parsed, chunked and committed on its own: one bad file costs only itself."""
+"""Files -> store. Each file is parsed, chunked and committed on its own: one bad file costs only itself.
+
+Whatever goes wrong with one file (a parser's exception included) is that file's `FileResult` error, and the
+files after it go in; only a full disk stops the run, since no file could be stored then. Folders are walked
+without following a symbolic link out of them: a link in the inbox to a file elsewhere would publish whatever
+the service can read.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -9,8 +19,10 @@ from enum import StrEnum
 from pathlib import Path
 
 from medloop.knowledge.chunking import chunk_text
-from medloop.knowledge.parsing import SUPPORTED_SUFFIXES, ParseError, parse_file
-from medloop.knowledge.store import KnowledgeStore
+from medloop.knowledge.parsing import SUPPORTED_SUFFIXES, Limits, ParseError, parse_file
+from medloop.knowledge.store import KnowledgeStore, StoreConflict
+
+log = logging.getLogger("medloop.knowledge")
 
 
 class FileOutcome(StrEnum):
@@ -27,6 +39,7 @@ class FileResult:
     error: str = ""
     warnings: list[str] = field(default_factory=list)
     documents: list[str] = field(default_factory=list)  # "id@version"
+    notes: list[str] = field(default_factory=list)  # a live version this file displaced
 
 
 @dataclass
@@ -45,19 +58,39 @@ class IngestReport:
         return [f for f in self.files if f.outcome == FileOutcome.FAILED]
 
 
+def disk_full(error: BaseException) -> bool:
+    """No file can be stored after this one: the run stops (with a clear message) instead of failing each file."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error)
+
+
+def _walk(folder: Path, recursive: bool) -> Iterable[Path]:
+    for top, dirs, names in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        yield from (Path(top) / n for n in sorted(names) if not n.startswith("."))
+
+
 def collect_files(paths: Iterable[Path], recursive: bool) -> tuple[list[Path], list[FileResult]]:
-    """Expand directories; paths that do not exist are failures, not crashes."""
-    files, missing = [], []
+    """Expand folders into their guideline files; paths that do not exist, and links that lead out of the folder
+    they were found in, are failures, not crashes. A file named directly is read as named."""
+    files, failures = [], []
     for path in paths:
         if path.is_dir():
-            found = path.rglob("*") if recursive else path.iterdir()
-            files += sorted(p for p in found if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
-                            and not p.name.startswith("."))
+            root = path.resolve()
+            for p in _walk(path, recursive):
+                if p.suffix.lower() not in SUPPORTED_SUFFIXES:
+                    continue
+                if p.is_symlink() and not p.resolve().is_relative_to(root):
+                    failures.append(FileResult(p, FileOutcome.FAILED, error="a symbolic link to a file outside "
+                                               f"{path}: refused (copy the file in instead)"))
+                elif p.is_file():
+                    files.append(p)
         elif path.exists():
             files.append(path)
         else:
-            missing.append(FileResult(path, FileOutcome.FAILED, error="no such file or directory"))
-    return files, missing
+            failures.append(FileResult(path, FileOutcome.FAILED, error="no such file or directory"))
+    return files, failures
 
 
 def ingest_paths(
@@ -67,6 +100,7 @@ def ingest_paths(
     recursive: bool = False,
     chunk_size: int = 360,
     chunk_overlap: int = 40,
+    limits: Limits = Limits(),
     on_file: Callable[[FileResult], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> IngestReport:
@@ -75,29 +109,36 @@ def ingest_paths(
     if on_start:
         on_start(len(files))
     for path in files:
-        result = ingest_file(store, path, chunk_size=chunk_size, chunk_overlap=chunk_overlap, report=report)
+        result = ingest_file(store, path, chunk_size=chunk_size, chunk_overlap=chunk_overlap, limits=limits,
+                             report=report)
         report.files.append(result)
         if on_file:
             on_file(result)
     return report
 
 
-def ingest_file(
-    store: KnowledgeStore, path: Path, *, chunk_size: int, chunk_overlap: int, report: IngestReport
-) -> FileResult:
+def ingest_file(store: KnowledgeStore, path: Path, *, chunk_size: int, chunk_overlap: int, report: IngestReport,
+                limits: Limits = Limits()) -> FileResult:
     try:
-        docs = parse_file(path)
-    except ParseError as e:
+        docs = parse_file(path, limits)
+        items = [(doc, chunk_text(doc.text, max_units=chunk_size, overlap=chunk_overlap,
+                                  is_markdown=doc.is_markdown)) for doc in docs]
+        stored = store.upsert_many(items)
+    except (ParseError, StoreConflict) as e:
         return FileResult(path, FileOutcome.FAILED, error=str(e))
+    except Exception as e:
+        if disk_full(e):
+            raise
+        log.exception("ingest of %s failed", path)
+        return FileResult(path, FileOutcome.FAILED, error=f"unexpected error: {type(e).__name__}: {str(e)[:200]}")
     result = FileResult(path, FileOutcome.UNCHANGED)
-    items = [(doc, chunk_text(doc.text, max_units=chunk_size, overlap=chunk_overlap, is_markdown=doc.is_markdown))
-             for doc in docs]
     outcomes = []
-    for doc, (outcome, superseded) in zip(docs, store.upsert_many(items), strict=True):
+    for doc, (outcome, superseded, note) in zip(docs, stored, strict=True):
         report.superseded += superseded
         outcomes.append(outcome)
         result.warnings += doc.warnings
         result.documents.append(f"{doc.id}@{doc.version}")
+        result.notes += [note] if note else []
     for outcome in (FileOutcome.ADDED, FileOutcome.UPDATED):
         if outcome in outcomes:
             result.outcome = outcome

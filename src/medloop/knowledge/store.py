@@ -75,6 +75,10 @@ def _record(row: tuple) -> ChunkRecord:
     return ChunkRecord(*row[:-1], superseded=bool(row[-1]))
 
 
+class StoreConflict(ValueError):
+    """A document that would silently replace another one: refused, with what it would have replaced."""
+
+
 def version_key(published: str, version: str) -> tuple:
     natural = tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|[^\d]+", version))
     return (published, natural)
@@ -103,23 +107,32 @@ class KnowledgeStore:
     def revision(self) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0])
 
-    def upsert_many(self, items: list[tuple[Document, list[Chunk]]]) -> list[tuple[str, int]]:
+    def upsert_many(self, items: list[tuple[Document, list[Chunk]]]) -> list[tuple[str, int, str]]:
         """Store the documents of one file in one transaction: all of the file or nothing.
-        Returns (outcome, versions newly superseded) per document."""
+        Returns (outcome, versions newly superseded, a note when the live version changed) per document."""
         with self.db:
             results = [self._upsert(doc, chunks) for doc, chunks in items]
-            if any(outcome != "unchanged" for outcome, _ in results):
+            if any(outcome != "unchanged" for outcome, _, _ in results):
                 self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='revision'")
             return results
 
-    def _upsert(self, doc: Document, chunks: list[Chunk]) -> tuple[str, int]:
+    def _live_version(self, doc_id: str) -> str | None:
+        row = self.db.execute("SELECT version FROM versions WHERE doc_id=? AND superseded=0", (doc_id,)).fetchone()
+        return row[0] if row else None
+
+    def _upsert(self, doc: Document, chunks: list[Chunk]) -> tuple[str, int, str]:
         content_hash = doc.content_hash
         row = self.db.execute(
-            "SELECT id, content_hash FROM versions WHERE doc_id=? AND version=?", (doc.id, doc.version)
+            "SELECT id, content_hash, language, source FROM versions WHERE doc_id=? AND version=?",
+            (doc.id, doc.version),
         ).fetchone()
         if row and row[1] == content_hash:
-            return "unchanged", 0
-        before = self._superseded_ids(doc.id)
+            return "unchanged", 0, ""
+        if row and row[2] != doc.language:
+            raise StoreConflict(f"'{doc.id}' version '{doc.version}' is already stored in '{row[2]}' (from "
+                                f"{Path(row[3]).name}); this one is '{doc.language}': give the translation its own "
+                                "id or version instead of replacing the other edition")
+        before, live_before = self._superseded_ids(doc.id), self._live_version(doc.id)
         fields = (
             doc.title, doc.issuer, doc.published, doc.language,
             json.dumps(doc.topics, ensure_ascii=False), doc.source, content_hash,
@@ -145,7 +158,10 @@ class KnowledgeStore:
             [(version_id, i, c.section, c.text) for i, c in enumerate(chunks)],
         )
         self._mark_latest(doc.id)
-        return outcome, len(self._superseded_ids(doc.id) - before)
+        live_after = self._live_version(doc.id)
+        note = f"'{doc.id}': version '{live_after}' is live now, replacing '{live_before}'" \
+            if live_before is not None and live_after != live_before else ""
+        return outcome, len(self._superseded_ids(doc.id) - before), note
 
     def _superseded_ids(self, doc_id: str) -> set[int]:
         rows = self.db.execute("SELECT id FROM versions WHERE doc_id=? AND superseded=1", (doc_id,))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from medloop.knowledge.language import language_of
+from medloop.knowledge.parsing import one_line
 from medloop.retrieval.retriever import Hit
 
 if TYPE_CHECKING:
@@ -18,14 +19,14 @@ def evidence_language(question: str) -> str:
 
 
 def quote(text: str, limit: int = 120) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+    return one_line(text, limit)
 
 
 def citation(hit: Hit) -> str:
+    """One line per citation, whatever a stored title holds (an index built before titles were cleaned)."""
     c = hit.chunk
     parts = [c.title, c.issuer, c.version, c.published, c.section]
-    return ", ".join(p for p in parts if p)
+    return one_line(", ".join(p for p in parts if p), 400)
 
 
 def prompt_context(hits: list[Hit], language: str) -> str:

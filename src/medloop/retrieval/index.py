@@ -554,7 +554,7 @@ def _publish(settings, segments: list[Segment], dead: np.ndarray, revision: int)
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     _fsync_files(tmp)
-    failpoint("index-written")
+    failpoint("index-written", index_dir)
     os.rename(tmp, index_dir / f"v{version}")
     failpoint("index-renamed")
     write_text_atomic(index_dir / "CURRENT", str(version))

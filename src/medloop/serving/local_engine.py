@@ -146,7 +146,7 @@ class _Row:
     def accept(self, token: int, eos: set[int]) -> None:
         """Route one new token: end on eos, a stop string or max_tokens; hold back a possible stop's start."""
         self.last = token
-        if token in eos:
+        if token in eos and not self.request.ignore_eos:
             return self._finish("stop", counted=1)
         text = self.text.add(token)
         stops = self.request.stop

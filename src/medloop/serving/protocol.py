@@ -88,6 +88,7 @@ class ChatCompletionRequest(BaseModel):
     stop: StopString | list[StopString] | None = Field(None, max_length=16)
     seed: int | None = Field(None, ge=-INT64, lt=INT64)
     n: int = Field(1, ge=1, le=1)
+    ignore_eos: bool = False  # vLLM's extension, for fixed-length benchmarks
     stream: bool = False
     stream_options: StreamOptions | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
@@ -113,6 +114,7 @@ class ChatCompletionRequest(BaseModel):
             model=self.model, messages=messages if messages is not None else self.engine_messages(),
             max_tokens=self.max_new_tokens, temperature=self.temperature,
             top_p=self.top_p, stop=self.stop_list(), seed=self.seed, chat_template_kwargs=kwargs,
+            ignore_eos=self.ignore_eos,
         )
 
 

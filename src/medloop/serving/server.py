@@ -48,3 +48,24 @@ def build_server(settings: Settings, *, engine: str = "local", base_model: str =
     application = build_app(settings, eng, retriever, adapters=adapters)
     application.state.registry_status = registry_status
     return application
+
+
+def serve(application, listener, drain_s: float) -> None:
+    """Run the app on a bound socket until SIGTERM or SIGINT. Then no new connection is taken, requests in flight
+    get `drain_s` seconds to finish, and after that the engine stops: whatever still runs ends with an error (a
+    stream: an error chunk, then [DONE]) instead of being cut off, and the process exits."""
+    import asyncio
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            engine = application.state.engine
+            timer = asyncio.get_running_loop().call_later(drain_s, lambda: asyncio.ensure_future(engine.close()))
+            try:
+                await super().shutdown(sockets)
+            finally:
+                timer.cancel()
+
+    config = uvicorn.Config(application, log_level="warning", timeout_graceful_shutdown=drain_s + 10)
+    DrainingServer(config).run(sockets=[listener])

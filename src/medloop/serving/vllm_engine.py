@@ -167,13 +167,15 @@ class VLLMEngine:
                 await self._unload_retired()
 
     async def _relay(self, upstream: str, request: GenerationRequest) -> AsyncIterator[Delta]:
-        extra = {"chat_template_kwargs": request.chat_template_kwargs} if request.chat_template_kwargs else None
+        extra = {"chat_template_kwargs": request.chat_template_kwargs} if request.chat_template_kwargs else {}
+        if request.ignore_eos:
+            extra["ignore_eos"] = True
         finish, usage = None, None
         with self._upstream_errors():
             chunks = await self.client.chat.completions.create(
                 model=upstream, messages=request.messages, max_tokens=request.max_tokens,
                 temperature=request.temperature, top_p=request.top_p, stop=request.stop or None,
-                seed=request.seed, stream=True, stream_options={"include_usage": True}, extra_body=extra,
+                seed=request.seed, stream=True, stream_options={"include_usage": True}, extra_body=extra or None,
             )
             async with chunks:
                 async for chunk in chunks:
