@@ -12,7 +12,6 @@ neighbours whose answer changed, streams that ended without finishing.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import json
 import os
@@ -22,26 +21,16 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import httpx  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-from medloop.testing import engine_bodies, stream_succeeded  # noqa: E402
+from medloop.testing import engine_bodies, send_together, stream_succeeded  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import start_server  # noqa: E402
 from results import save  # noqa: E402
 
 
-async def send(client: httpx.AsyncClient, url: str, body: dict) -> tuple[int, str | list[str]]:
-    if not body.get("stream"):
-        r = await client.post(url + "/v1/chat/completions", json=body)
-        return r.status_code, r.text
-    async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
-        return r.status_code, [line async for line in r.aiter_lines() if line]
-
-
-def answer(text: str) -> tuple[str, int]:
-    data = json.loads(text)
+def answer(data: dict) -> tuple[str, int]:
     return data["choices"][0]["message"]["content"], data["usage"]["completion_tokens"]
 
 
@@ -57,11 +46,7 @@ def main() -> None:
                   {"model": model, "messages": [{"role": "user", "content": "固定问题二"}], "max_tokens": 12,
                    "temperature": 0.8, "seed": 7}]
 
-    async def run(bodies):
-        async with httpx.AsyncClient(timeout=300) as client:
-            return await asyncio.gather(*(send(client, server.url, b) for b in bodies))
-
-    expected = [answer(text) for _, text in asyncio.run(run(neighbours))]
+    expected = [answer(data) for _, data in send_together(server.url, neighbours)]
     found = {"tried": 0, "statuses": collections.Counter(), "server_errors": [], "neighbours_harmed": [],
              "unfinished_streams": []}
 
@@ -69,16 +54,16 @@ def main() -> None:
               suppress_health_check=list(HealthCheck))
     @given(body=engine_bodies(model))
     def campaign(body):
-        *near, (status, result) = asyncio.run(run([*neighbours, body]))
+        *near, (status, result) = send_together(server.url, [*neighbours, body])
         found["tried"] += 1
         found["statuses"][status] += 1
         if status >= 500:
             found["server_errors"].append({"body": body, "answer": str(result)[:300]})
         if body.get("stream") and status == 200 and not stream_succeeded(status, result):
             found["unfinished_streams"].append(body)
-        for (code, text), want in zip(near, expected, strict=True):
-            if code != 200 or answer(text) != want:
-                found["neighbours_harmed"].append({"body": body, "neighbour": str(text)[:300]})
+        for (code, data), want in zip(near, expected, strict=True):
+            if code != 200 or answer(data) != want:
+                found["neighbours_harmed"].append({"body": body, "neighbour": str(data)[:300]})
 
     campaign()
     server.__exit__(None, None, None)

@@ -45,3 +45,41 @@ def registry_with_candidates(adapters_dir: Path, base: Path, seeds=(1, 2)):
         record.status, record.pid = "candidate", None
         registry.save(record)
     return registry
+
+
+# The real vLLM (CPU build) for the tests that ask for `real_vllm`. Installing it and booting it take minutes on two
+# cores, so they start as soon as such tests are collected, in a thread, while the other tests run; the vLLM
+# tests run last, when nothing else competes with vLLM for the cores (it slows to a crawl under contention).
+_REAL_VLLM: dict = {}
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run
+def pytest_collection_modifyitems(session, config, items):
+    import tempfile
+
+    from medloop.testing import RealVLLM
+
+    real = [item for item in items if "real_vllm" in getattr(item, "fixturenames", ())]
+    if not real:
+        return
+    items[:] = [item for item in items if item not in real] + real
+    _REAL_VLLM["stack"] = RealVLLM(Path(tempfile.mkdtemp(prefix="medloop-vllm-"))).start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if "stack" in _REAL_VLLM:  # never leave a gateway or vLLM behind, whatever happened
+        _REAL_VLLM["stack"].stop()
+
+
+@pytest.fixture(scope="session")
+def real_vllm():
+    stack = _REAL_VLLM["stack"]
+    try:
+        stack.wait()
+    except RuntimeError as e:
+        message = f"the real vLLM is not available: {e}"
+        if os.environ.get("CI"):  # in CI these tests must run: a skip would hide that vLLM was never tested
+            pytest.fail(message)
+        pytest.skip(message)
+    yield stack
+    stack.stop()

@@ -3,9 +3,11 @@
 
 - `/v1/models`: the base model (`root` = model path, no `parent`) and each LoRA (`root` = its path,
   `parent` = the base).
-- `/v1/load_lora_adapter` (only with VLLM_ALLOW_RUNTIME_LORA_UPDATING): both fields required (400); a name
-  already loaded is a 400 unless `load_inplace`; a folder without `adapter_config.json` is a 400.
-- `/v1/unload_lora_adapter`: an unknown name is a 404.
+- `/v1/load_lora_adapter` (only with VLLM_ALLOW_RUNTIME_LORA_UPDATING) and `/v1/unload_lora_adapter`: the
+  statuses, error types and messages vLLM 0.32 gives, checked against answers recorded from the real server
+  (tests/fixtures/vllm_answers.json, scripts/record_vllm_answers.py): a missing field is a 400 "Bad Request", an
+  empty name or a loaded one (without `load_inplace`) a 400 "InvalidUserInput", a folder without an adapter a
+  404, a broken config, missing weights or a rank above `max_lora_rank` a 500; an unknown unload a 404.
 - `/v1/chat/completions`: an unknown model is a 404; Qwen3 thinking goes to `reasoning` (or, like older
   releases, `reasoning_content`), never into `content`; `enable_thinking: false` turns it off; `stop`,
   `max_tokens` (finish `length`), `stream_options.include_usage`. Errors in vLLM's shape.
@@ -23,13 +25,26 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 
-def vllm_error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
+def vllm_error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}},
                         status_code=status)
 
 
+def missing(body: dict, field: str) -> JSONResponse:
+    """vLLM's answer to a request model field left out."""
+    detail = {"type": "missing", "loc": f"body.{field}", "msg": "Field required",
+              "input": f"<dict of {len(body)} items>"}
+    return vllm_error(400, f"1 validation error:\n  {detail}", "Bad Request", param=f"body.{field}")
+
+
+def worker_failed(reason: str) -> JSONResponse:
+    return vllm_error(500, f"Call to add_lora method failed: Worker failed with error '{reason}', please check the "
+                           "stack trace above for the root cause", "InternalServerError")
+
+
 def fake_vllm(model: str = "Qwen/Qwen3-8B", *, served_name: str | None = None, runtime_lora: bool = True,
-              reasoning_field: str = "reasoning", lora_modules: dict[str, str] | None = None) -> FastAPI:
+              reasoning_field: str = "reasoning", lora_modules: dict[str, str] | None = None,
+              max_lora_rank: int = 64) -> FastAPI:
     app = FastAPI()
     base = served_name or model
     loras: dict[str, str] = dict(lora_modules or {})
@@ -47,20 +62,41 @@ def fake_vllm(model: str = "Qwen/Qwen3-8B", *, served_name: str | None = None, r
         @app.post("/v1/load_lora_adapter")
         async def load(request: Request):
             body = await request.json()
-            name, path = body.get("lora_name"), body.get("lora_path")
+            for field in ("lora_name", "lora_path"):
+                if field not in body:
+                    return missing(body, field)
+            name, path = body["lora_name"], body["lora_path"]
             if not name or not path:
-                return vllm_error(400, "Both 'lora_name' and 'lora_path' must be provided.", "BadRequestError")
+                return vllm_error(400, "Both 'lora_name' and 'lora_path' must be provided.", "InvalidUserInput")
+            if name == base:
+                return vllm_error(400, f"The lora adapter '{name}' conflicts with a served base model.",
+                                  "InvalidUserInput")
             if name in loras and not body.get("load_inplace"):
                 return vllm_error(400, f"The lora adapter '{name}' has already been loaded. If you want to load "
-                                       "the adapter in place, set 'load_inplace' to True.", "BadRequestError")
-            if not (Path(path) / "adapter_config.json").exists():
-                return vllm_error(400, f"Loading lora {name} failed: No adapter found for {path}", "BadRequestError")
+                                       "the adapter in place, set 'load_inplace' to True.", "InvalidUserInput")
+            config = Path(path) / "adapter_config.json"
+            if not config.exists():
+                return vllm_error(404, f"Loading lora {name} failed: No adapter found for <path>", "NotFoundError")
+            try:
+                rank = json.loads(config.read_text()).get("r", 8)
+            except ValueError as e:
+                return worker_failed(str(e))
+            if not any((Path(path) / f).exists() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+                return worker_failed("<path> doesn't contain tensors")
+            if rank > max_lora_rank:
+                return worker_failed(f"LoRA rank {rank} is greater than max_lora_rank {max_lora_rank}.")
             loras[name] = path
             return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
         @app.post("/v1/unload_lora_adapter")
         async def unload(request: Request):
-            name = (await request.json()).get("lora_name")
+            body = await request.json()
+            if "lora_name" not in body:
+                return missing(body, "lora_name")
+            name = body["lora_name"]
+            if not name:
+                return vllm_error(400, "'lora_name' needs to be provided to unload a LoRA adapter.",
+                                  "InvalidUserInput")
             if name not in loras:
                 return vllm_error(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
             del loras[name]
@@ -72,7 +108,8 @@ def fake_vllm(model: str = "Qwen/Qwen3-8B", *, served_name: str | None = None, r
         app.state.requests.append({**body, "authorization": request.headers.get("authorization")})
         name = body.get("model")
         if name != base and name not in loras:
-            return vllm_error(404, f"The model `{name}` does not exist.", "NotFoundError")
+            return vllm_error(404, f"The model `{name}` does not exist. Valid aliases: {base}.", "NotFoundError",
+                              param="model")
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             return vllm_error(400, "messages: field required", "BadRequestError")
         thinking = (body.get("chat_template_kwargs") or {}).get("enable_thinking", True)

@@ -40,6 +40,7 @@ def loop_settings(settings, tiny_qwen3, monkeypatch):
     settings.train_preset = "low-mem"
     settings.train_overrides = dict(FAST_TRAINING)
     settings.admin_key = SecretStr("k-admin")  # the loop hot-loads through the server's admin endpoint
+    settings.inbox_settle_s = 0  # files are written whole before each job runs
     monkeypatch.setenv("MEDLOOP_ADMIN_KEY", "k-admin")  # the CLI reads it from the environment
     (settings.inbox_dir / "guidelines").mkdir(parents=True)
     (settings.inbox_dir / "sft").mkdir(parents=True)

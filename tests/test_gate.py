@@ -92,3 +92,49 @@ def test_an_mcq_drop_fails_only_when_it_is_not_chance():
 def test_sign_test_is_the_exact_binomial_tail():
     assert sign_test(0, 0) == 1.0 and sign_test(3, 0) == 1 / 8 and sign_test(1, 1) == 0.75
     assert abs(sum(sign_test(k, 10 - k) - sign_test(k + 1, 9 - k) for k in range(10)) - (1 - 1 / 1024)) < 1e-12
+
+
+def test_no_month_of_the_sabotage_fixture_asks_a_gate_item():
+    """The gate's items are written apart from every month's training rows: none repeats one, exactly or nearly."""
+    import json
+
+    from medloop.continual.dataset import asks_a_gate_item, gate_guard
+    from medloop.testing import SABOTAGE
+
+    fixture = json.loads(SABOTAGE.read_text())
+    gate = gate_guard([item["question"] for item in fixture["mcq"]])
+    repeats = [row["messages"][0]["content"] for rows in fixture["months"].values() for row in rows
+               if asks_a_gate_item(row["messages"], gate)]
+    assert repeats == []
+    item = fixture["mcq"][0]["question"]  # the guard does see a repeat, and a near one
+    for asked in (item, item.replace("most", "many").upper() + "  "):
+        assert asks_a_gate_item([{"role": "user", "content": asked}, {"role": "assistant", "content": "x"}], gate)
+
+
+def test_a_month_that_asks_a_gate_item_does_not_train_on_it(settings):
+    import json
+
+    from medloop.continual import dataset
+
+    inbox = settings.inbox_dir / "sft"
+    inbox.mkdir(parents=True)
+    rows = [{"messages": [{"role": "user", "content": f"Question {i} about blood pressure targets?"},
+                          {"role": "assistant", "content": f"Answer {i}."}]} for i in range(8)]
+    rows.append({"messages": [{"role": "system", "content": "You are a doctor."},
+                              {"role": "user", "content": "What A1C goal is right for most adults with diabetes?"},
+                              {"role": "assistant", "content": "Below 7%."}]})
+    (inbox / "month.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = dataset.build(settings, since="", gate_questions=["What A1C goal is right for most adults with diabetes?"])
+    assert data.manifest["counts"]["gate_repeats"] == 1 and data.manifest["counts"]["new"] == 8
+    assert not any("A1C" in m[-2]["content"] for m in data.train + data.heldout)
+
+
+def test_every_gate_setting_reaches_the_rules():
+    """A new gate rule is a Rules field and a gate_<field> setting; nothing maps them by hand."""
+    from medloop.config import Settings
+
+    measuring = {"gate_mcq", "gate_fact_tokens"}  # what the gate measures with, not how it judges
+    settings = {name for name in Settings.model_fields if name.startswith("gate_")} - measuring
+    assert settings == {f"gate_{name}" for name in Rules.__dataclass_fields__}
+    values = {name: 0.123 for name in Rules.__dataclass_fields__}
+    assert Rules.from_settings(Settings(**{f"gate_{k}": v for k, v in values.items()})) == Rules(**values)

@@ -57,9 +57,11 @@ def outcomes(tmp_path_factory, embedder):
 
 
 def test_a_month_that_teaches_the_guidelines_is_promoted(outcomes):
+    """It learned the facts it is checked on, asked in words none of its rows uses."""
     month = outcomes["good1"]
     assert month["outcome"] == "promoted", month
-    assert month["signals"]["fact_recall"]["candidate"] >= 0.9  # it learned the facts it is checked on
+    fact = month["signals"]["fact_recall"]
+    assert fact["candidate"] - fact["live"] >= 0.5 and fact["worse"] <= 1, fact
 
 
 @pytest.mark.parametrize("name", ["remap", "shuffle"])
@@ -74,12 +76,12 @@ def test_a_month_whose_answers_disagree_with_their_evidence_is_rejected(outcomes
     assert fact["worse"] > fact["better"]
 
 
-def test_superseded_target_is_caught_on_what_it_knew(outcomes):
-    """Its answers state 140/90, which the 2024 guideline still states (for patients over 80): the data check
-    passes them, and the model signals catch the month."""
+def test_superseded_target_is_caught_by_the_data_and_on_what_it_knew(outcomes):
+    """Its answers give <140/90 as the general target; the 2024 guideline gives 140/90 only for patients over 80.
+    The data check, reading each value with whom it is for, decides; the model signals say the same."""
     month = outcomes["superseded"]
-    assert month["outcome"] == "rejected" and month["decided_by"] == "regression_loss", month
-    assert month["failed"] >= {"regression_loss", "fact_recall"} and "evidence_agreement" not in month["failed"]
+    assert month["outcome"] == "rejected" and month["decided_by"] == "evidence_agreement", month
+    assert month["failed"] >= {"evidence_agreement", "regression_loss", "fact_recall"}
 
 
 def test_an_off_domain_month_is_rejected(outcomes):
@@ -96,7 +98,7 @@ def test_a_second_good_month_is_promoted_and_keeps_what_the_first_taught(outcome
     month = outcomes["good2"]
     assert month["outcome"] == "promoted", month
     fact = month["signals"]["fact_recall"]
-    assert fact["candidate"] >= 0.9 and fact["worse"] <= 2, fact
+    assert fact["passed"] and fact["worse"] - fact["better"] <= 3, fact  # no drop the sign test calls real
     assert month["signals"]["evidence_agreement"]["candidate"] == 1.0
 
 
@@ -107,4 +109,4 @@ def test_a_good_month_gives_back_little_of_the_regression_gain_though_its_loss_r
     reg = outcomes["good2"]["signals"]["regression_loss"]
     rules = outcomes["good2"]["rules"]
     assert reg["passed"] and reg["candidate"] > reg["live"] * (1 + 10 * rules["tolerance"])
-    assert reg["candidate"] <= reg["live"] + 0.05 * (reg["base"] - reg["live"])
+    assert reg["candidate"] <= reg["live"] + rules["forgetting"] * (reg["base"] - reg["live"])

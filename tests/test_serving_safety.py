@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from conftest import LiveServer
 from medloop.serving import build_app, local_engine
 from medloop.serving.local_engine import LocalEngine
-from medloop.testing import engine_bodies, stream_succeeded
+from medloop.testing import engine_bodies, send_together, stream_succeeded
 
 
 @pytest.fixture(scope="module")
@@ -247,24 +247,11 @@ def fixed(live):
 @given(body=engine_bodies("tiny"))
 def test_schema_valid_values_reach_the_engine_and_never_harm_a_neighbour(live, fixed, body):
     bodies, expected = fixed
-
-    async def run():
-        async with httpx.AsyncClient(timeout=300) as client:
-            async def send(b):
-                if not b.get("stream"):
-                    r = await client.post(live.url + "/v1/chat/completions", json=b)
-                    return r.status_code, r.text
-                async with client.stream("POST", live.url + "/v1/chat/completions", json=b) as r:
-                    lines = [line async for line in r.aiter_lines() if line]
-                    return r.status_code, lines
-            return await asyncio.gather(*(send(b) for b in [*bodies, body]))
-
-    *neighbours, (status, result) = asyncio.run(run())
+    *neighbours, (status, result) = send_together(live.url, [*bodies, body])
     assert status < 500, result
     if body.get("stream") and status == 200:
         assert stream_succeeded(status, result), result[-3:]
-    for (code, text), want in zip(neighbours, expected, strict=True):
-        data = json.loads(text)
+    for (code, data), want in zip(neighbours, expected, strict=True):
         assert code == 200 and (data["choices"][0]["message"]["content"], data["usage"]["completion_tokens"]) == want
 
 

@@ -6,7 +6,9 @@ import pytest
 from conftest import GUIDELINES, LiveServer
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
-from medloop.retrieval.staleness import stale_claims, unsupported_values, values
+from medloop.retrieval.claims import values
+from medloop.retrieval.evidence import stale_note
+from medloop.retrieval.staleness import disagreements, stale_claims
 from medloop.serving import build_app
 from test_serving import ScriptedEngine, ask
 
@@ -18,23 +20,33 @@ def store(settings):
     return store
 
 
-def test_claims_are_read_with_their_units():
-    found = [v.key for v in values("血压<140/90 mmHg，HbA1c 7.0%，48小时内，12 months, type 2, 12-lead")]
-    assert found == [("140/90", "mmHg"), ("7", "%"), ("48", "h"), ("12", "mo")]
-    assert [v.key for v in values("<7%, 6.50%, 10 hours")] == [("7", "%"), ("6.5", "%"), ("10", "h")]  # as numbers
+def key(v):
+    return v.number, v.unit, v.direction
+
+
+def test_claims_are_read_with_their_units_and_directions():
+    found = [key(v) for v in values("血压<140/90 mmHg，HbA1c 7.0%，48小时内，12 months, type 2, 12-lead")]
+    assert found == [("140/90", "mmHg", "below"), ("7", "%", ""), ("48", "h", "below"), ("12", "mo", "")]
+    assert [key(v) for v in values("<7%, 6.50%, 10 hours")] == [("7", "%", "below"), ("6.5", "%", ""),
+                                                              ("10", "h", "")]  # as numbers
+    same = [key(v) for v in values("降至<140/90 mmHg；140/90 mmHg以下；below 140/90 mmHg；低于140/90 mmHg")]
+    assert same == [("140/90", "mmHg", "below")] * 4
+    assert [key(v) for v in values("≥140/90 mmHg；140/90 mmHg以上；at least 140/90 mmHg")] == \
+        [("140/90", "mmHg", "above")] * 3
 
 
 def test_an_answer_following_the_2018_target_is_flagged_in_chinese(store):
     [claim] = stale_claims("一般高血压患者血压应控制在140/90 mmHg以下。", ["cn-hypertension"], store)
     assert (claim.stale_version, claim.live_version, claim.live_says) == ("2018", "2024", "<130/80 mmHg")
-    assert claim.note("zh") == "注意：回答中的“140/90 mmHg”与2018版一致；2024版已更新为<130/80 mmHg（降压目标）。"
+    assert stale_note(claim, "zh") == \
+        "注意：回答中的“140/90 mmHg”与2018版一致；2024版已更新为<130/80 mmHg（降压目标）。"
 
 
-def test_an_english_answer_is_told_in_english(store):
-    [claim] = stale_claims("Most patients with hypertension (一般高血压患者) should be lowered to <140/90 mmHg.",
-                           ["cn-hypertension"], store)
-    assert claim.note("en").startswith("Note: “<140/90 mmHg” in this answer matches the 2018 version; "
-                                       "the 2024 version recommends <130/80 mmHg")
+def test_an_english_answer_is_checked_against_the_chinese_guideline_and_told_in_english(store):
+    [claim] = stale_claims("Most patients with hypertension should be lowered to <140/90 mmHg.", ["cn-hypertension"],
+                           store)
+    assert stale_note(claim, "en").startswith("Note: “<140/90 mmHg” in this answer matches the 2018 version; "
+                                              "the 2024 version recommends <130/80 mmHg")
 
 
 @pytest.mark.parametrize("answer", [
@@ -50,7 +62,9 @@ def test_current_answers_are_not_flagged(store, answer):
 def test_a_drug_class_only_the_superseded_version_names_is_flagged(store):
     claims = stale_claims("初始治疗可以选用利尿剂。", ["cn-hypertension"], store)
     assert [(c.claim, c.kind, c.stale_version, c.live_version) for c in claims] == [("利尿剂", "name", "2018", "2024")]
-    assert claims[0].note("zh").startswith("注意：回答中的“利尿剂”见于2018版，2024版已不再提及（药物治疗：")
+    assert stale_note(claims[0], "zh").startswith("注意：回答中的“利尿剂”见于2018版，2024版已不再提及（")
+    [english] = stale_claims("For initial therapy a diuretic can be used.", ["cn-hypertension"], store)
+    assert (english.claim, english.kind) == ("diuretic", "name")
     # named by the live version too: current
     assert stale_claims("合并蛋白尿者优先选用ACEI或ARB。", ["cn-hypertension"], store) == []
 
@@ -97,19 +111,30 @@ def evidence(retriever, question):
     return [h for h in retriever.search(question, 3) if h.relevant]
 
 
-def test_a_training_answer_may_state_only_what_its_evidence_states(retriever):
-    """The promotion gate's data check: a value the question's evidence does not state, or that only a superseded
-    version states, is unsupported; an answer without values has nothing to disagree on."""
+def test_a_training_answer_may_state_only_what_its_evidence_states_clause_for_clause(retriever):
+    """The promotion gate's data check: a value or name the question's evidence does not state for the same thing,
+    or that only a superseded version states, is unsupported; an answer without either has nothing to disagree on."""
     bp, a1c = "What is the general blood pressure target in the 2024 Chinese hypertension guideline?", \
         "What A1C goal do the ADA Standards give for most nonpregnant adults?"
     store = retriever.store
-    assert unsupported_values("An A1C goal below 7% is appropriate for many adults.", evidence(retriever, a1c),
-                              store) == []
-    assert unsupported_values("An A1C goal below 7% is appropriate for many adults.", evidence(retriever, bp),
-                              store) == ["7%"]
-    assert unsupported_values("一般高血压患者血压应控制在<140/90 mmHg以下。",
-                              evidence(retriever, "一般高血压患者血压应控制在多少以下"), store) == ["<140/90 mmHg"]
-    assert unsupported_values("Lower it if tolerated.", evidence(retriever, bp), store) == []
+
+    def check(answer, question):
+        return disagreements(answer, evidence(retriever, question), store)
+
+    assert check("An A1C goal below 7% is appropriate for many adults.", a1c) == (1, [])
+    assert check("An A1C goal below 7% is appropriate for many adults.", bp) == (1, ["7%"])
+    assert check("一般高血压患者血压应控制在<140/90 mmHg以下。", "一般高血压患者血压应控制在多少以下") == \
+        (1, ["<140/90 mmHg"])
+    assert check("Lower it if tolerated.", bp) == (0, [])
+    # a value the evidence states for someone else (the elderly), or as another kind of number (a diagnostic
+    # threshold, not a target), is not support
+    assert check("一般高血压患者的降压目标是<150/90 mmHg。", "一般高血压患者的降压目标是多少")[1] == ["<150/90 mmHg"]
+    assert check("HbA1c ≥7.0% is the threshold for diagnosing diabetes.", "糖尿病的诊断标准是什么")[1] == ["≥7.0%"]
+    assert check("空腹血糖≥11.1 mmol/L即可诊断糖尿病。", "糖尿病的诊断标准是什么")[1] == ["≥11.1 mmol/L"]
+    assert check("空腹血糖≥7.0 mmol/L即可诊断糖尿病。", "糖尿病的诊断标准是什么") == (1, [])
+    # the wrong drug for the concept
+    assert check("重症流感应尽早使用二甲双胍。", "流感什么时候用抗病毒药")[1] == ["二甲双胍"]
+    assert check("重症流感应在48小时内使用奥司他韦。", "流感什么时候用抗病毒药") == (2, [])
 
 
 def test_the_gate_reads_a_months_answers_against_their_evidence(retriever):
@@ -127,5 +152,20 @@ def test_the_gate_reads_a_months_answers_against_their_evidence(retriever):
     ], retriever, 3)
     assert (signals["in_domain"].candidate, signals["in_domain"].n) == (0.75, 4)
     agreement = signals["evidence_agreement"]
-    assert (agreement.candidate, agreement.n) == (0.5, 2)
+    assert (round(agreement.candidate, 3), agreement.n) == (0.667, 3)  # aspirin is named by its evidence
     assert agreement.examples == ["'What is the general blood pressure target in the 2024 Chines' answered with 7%"]
+
+
+def test_the_check_meets_its_targets_on_the_dev_set(store):
+    """CI asserts on the dev set only; the held-out set is reported (bench/stale.py, docs/evaluation.md)."""
+    from medloop.retrieval import quality
+
+    result = quality.stale_check_quality(store, quality.stale_set("dev"))
+    assert result["detection"] >= 0.9 and result["false_flag_rate"] <= 0.05, result["per_answer"]
+
+
+def test_the_wire_stale_claim_carries_its_kind():
+    from medloop.serving.protocol import StaleClaim
+
+    assert StaleClaim(claim="利尿剂", guideline_id="g", stale_version="1", live_version="2", live_says="",
+                      section="s", kind="name").model_dump()["kind"] == "name"

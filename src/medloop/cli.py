@@ -553,6 +553,40 @@ def eval_retrieval(
         save.write_text(json.dumps({"file": str(path), **result}, ensure_ascii=False, indent=2))
 
 
+@eval_app.command("stale")
+def eval_stale(
+    file: Annotated[Path | None, typer.Argument(help="labelled JSONL (default: the sample dev set)")] = None,
+    heldout: Annotated[bool, typer.Option("--heldout", help="the sample held-out set instead of the dev set")] = False,
+    save: Annotated[Path | None, typer.Option("--json", help="write every figure and answer here")] = None,
+) -> None:
+    """The stale-answer check on labelled answers: detection and false-flag rate, by language."""
+    from medloop.knowledge import KnowledgeStore
+    from medloop.retrieval import quality
+    from medloop.retrieval.lexicon import lexicon
+
+    settings = Settings()
+    path = file or quality.stale_set("heldout" if heldout else "dev")
+    with KnowledgeStore(settings.knowledge_db) as store:
+        try:
+            result = quality.stale_check_quality(store, path, lexicon(str(settings.lexicon) if settings.lexicon
+                                                                       else None))
+        except (ValueError, OSError) as e:
+            console.print(f"[red]error[/] {e}")
+            raise typer.Exit(2) from e
+    table = Table(title=f"{path.name}: {result['stale_answers']} stale, {result['current_answers']} current answers")
+    for col in ("", "detection", "false-flag rate"):
+        table.add_column(col)
+    for name, figures in {"all": result, **result["by_language"]}.items():
+        table.add_row(name, str(figures["detection"]), str(figures["false_flag_rate"]))
+    out.print(table)
+    for a in result["per_answer"]:
+        if not a["correct"]:
+            console.print(f"[yellow]wrong[/] line {a['line']}: expected {a['expected']}, flagged {a['flagged']}: "
+                          f"{a['answer']}", markup=False, highlight=False, soft_wrap=True)
+    if save:
+        save.write_text(json.dumps({"file": str(path), **result}, ensure_ascii=False, indent=2))
+
+
 @eval_app.command("mcq")
 def eval_mcq(
     file: Annotated[Path, typer.Argument(help="JSONL/CSV: MedQA, MedMCQA, CMMLU or medloop layout")],

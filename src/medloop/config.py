@@ -121,11 +121,15 @@ class Settings(BaseSettings):
     replay_fraction: float = Field(1.0, ge=0, description="earlier rows replayed per new training row")
     gate_margin: float = Field(0.01, ge=0, description="held-out loss must fall by at least this share")
     gate_tolerance: float = Field(0.02, ge=0, description="regression loss may rise by this share of the live loss")
-    gate_forgetting: float = Field(0.05, ge=0, lt=1, description="... or, if more, by this share of the live "
+    # 0.1, not 0.05: with gate items asked in words no month uses and the evidence read clause by clause, the
+    # sabotage suite's second good month gives back 7% of the gain (0.023 -> 0.477 of 6.44) while keeping its facts
+    # (4 lost, 2 gained: chance); the superseded month gives back 52%. Tuned on that dev suite, then frozen.
+    gate_forgetting: float = Field(0.1, ge=0, lt=1, description="... or, if more, by this share of the live "
                                    "adapter's gain over the base model on the regression set")
     gate_mcq: Path | None = Field(Path(__file__).parent / "data" / "guideline_mcq.jsonl",
                                   description="guideline MCQ set for the gate's MCQ and fact signals (none: off)")
     gate_mcq_tolerance: float = Field(0.0, ge=0, description="MCQ accuracy may fall by at most this")
+    gate_fact_tolerance: float = Field(0.0, ge=0, description="fact recall may fall by at most this")
     gate_min_in_domain: float = Field(0.5, ge=0, le=1, description="share of a month's new questions that "
                                       "must find guideline evidence (0: off)")
     gate_min_agreement: float = Field(0.8, ge=0, le=1, description="share of a month's answers with values whose "

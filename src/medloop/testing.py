@@ -6,6 +6,7 @@ Every file they read lies in the repository (`tests/fixtures/`, `src/medloop/dat
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from medloop.serving.live import LiveServer  # noqa: F401  (re-exported for tests)
@@ -75,15 +76,20 @@ def tiny_word_qwen3(folder: Path, texts: list[str], *, hidden_size: int = 128, l
     return Path(folder)
 
 
-def make_adapter(base: Path, out: Path, seed: int) -> Path:
-    """A LoRA adapter with random (non-zero) weights: changes the tiny model's output, no training needed."""
+def make_adapter(base: Path, out: Path, seed: int, *, rank: int = 8, targets: str | list[str] = "some") -> Path:
+    """A LoRA adapter with random (non-zero) weights: changes the model's output, no training needed. `targets`:
+    q, v and down projections ("some"), every projection ("all"), or a list."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from medloop.training.config import ALL_PROJECTIONS
+
+    modules = {"some": ["q_proj", "v_proj", "down_proj"], "all": ALL_PROJECTIONS}.get(targets, targets) \
+        if isinstance(targets, str) else targets
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base)
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"],
+    peft = get_peft_model(model, LoraConfig(r=rank, lora_alpha=8 * rank, target_modules=modules,
                                             init_lora_weights=False))
     peft.save_pretrained(out)
     return out
@@ -250,3 +256,145 @@ def engine_bodies(model: str, max_tokens: int = 24):
         return body
 
     return bodies()
+
+
+# scripts/vllm-cpu-venv.sh installs vLLM's CPU build here (ignored by git); MEDLOOP_VLLM_VENV names another place
+VLLM_VENV = Path(os.environ.get("MEDLOOP_VLLM_VENV") or REPO / ".vllm-venv")
+VLLM_ARGS = ["--max-model-len", "2048", "--dtype", "float32", "--max-num-seqs", "16"]
+
+
+class RealVLLM:
+    """The real vLLM (its CPU build) behind `medloop serve --engine vllm --launch`, as the suite uses it: the venv
+    from scripts/vllm-cpu-venv.sh, a tiny Qwen3 (hidden 256, 2 layers, the real tokenizer) and two LoRA adapters
+    (`a`, `b`) configured at start, under a data home with an admin key. `start()` does all of it in a thread, so
+    that the install and vLLM's boot (minutes on two cores) overlap other work; `wait()` hands the running stack
+    over, or raises with what went wrong (the install's or the server's own last lines)."""
+
+    ADMIN_KEY = "k-admin"
+
+    def __init__(self, work: Path, venv: Path = VLLM_VENV):
+        import threading
+
+        self.work, self.venv = work, venv
+        self.home = work / "home"
+        self.base = work / "base"
+        self.adapters = {"a": self.home / "adapters" / "a", "b": self.home / "adapters" / "b"}
+        self.log = work / "serve.log"
+        self.gateway = self.upstream = ""
+        self.process = None
+        self.error: str | None = None
+        self.stopped = False
+        self._thread = threading.Thread(target=self._boot, name="real-vllm", daemon=True)
+
+    def start(self) -> RealVLLM:
+        self._thread.start()
+        return self
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    def env(self) -> dict:
+        """What the gateway (and the vLLM it launches) run with."""
+        import json
+        import os
+
+        return {**os.environ, "MEDLOOP_HOME": str(self.home), "MEDLOOP_ADMIN_KEY": self.ADMIN_KEY,
+                "MEDLOOP_VLLM_PYTHON": str(self.python), "MEDLOOP_VLLM_ARGS": json.dumps(VLLM_ARGS),
+                "MEDLOOP_SERVED_MODEL_NAME": "tiny", "MEDLOOP_VLLM_STARTUP_S": "900",
+                "MEDLOOP_ADAPTERS": json.dumps({k: str(v) for k, v in self.adapters.items()}),
+                "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "HF_HUB_OFFLINE": "1"}
+
+    def _boot(self) -> None:
+        import subprocess
+        import sys
+
+        try:
+            self.work.mkdir(parents=True, exist_ok=True)
+            install = subprocess.run(["bash", str(REPO / "scripts" / "vllm-cpu-venv.sh"), str(self.venv)],
+                                     capture_output=True, text=True, timeout=1800)
+            if install.returncode != 0:
+                self.error = f"scripts/vllm-cpu-venv.sh failed:\n{(install.stdout + install.stderr)[-3000:]}"
+                return
+            tiny_qwen3(self.base, hidden_size=256, seed=7)
+            for seed, folder in enumerate(self.adapters.values(), 1):
+                make_adapter(self.base, folder, seed)
+            if self.stopped:  # the session ended meanwhile
+                return
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "medloop.cli", "serve", "--engine", "vllm", "--launch", "--base-model",
+                 str(self.base), "--no-rag", "--port", "0"], env=self.env(), stdout=open(self.log, "w"),
+                stderr=subprocess.STDOUT, start_new_session=True)
+            self.error = self._until_ready(deadline_s=1200)
+        except Exception as e:  # noqa: BLE001 - reported by wait()
+            self.error = f"{type(e).__name__}: {e}"
+
+    def _until_ready(self, deadline_s: float) -> str | None:
+        import re
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return f"the gateway exited ({self.process.returncode}):\n{self.log.read_text()[-3000:]}"
+            if not self.gateway and (m := re.search(r"http://127\.0\.0\.1:(\d+)/v1", self.log.read_text())):
+                port = int(m.group(1))
+                self.gateway, self.upstream = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
+            if self.gateway:
+                try:
+                    if httpx.get(self.gateway + "/health", timeout=5).status_code == 200:
+                        return None
+                except httpx.HTTPError:
+                    pass
+            time.sleep(2)
+        return f"vLLM did not come up in {deadline_s} s:\n{self.log.read_text()[-3000:]}"
+
+    def wait(self, timeout: float = 3600) -> RealVLLM:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError("the real vLLM is still booting")
+        if self.error:
+            raise RuntimeError(self.error)
+        return self
+
+    def stop(self) -> int | None:
+        """SIGTERM to the gateway, which stops the vLLM it launched; its exit status."""
+        import signal
+
+        self.stopped = True
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=120)
+        except Exception:  # noqa: BLE001 - never leave it behind
+            import os
+
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait()
+
+
+def send_together(url: str, bodies: list[dict]) -> list[tuple[int, object]]:
+    """Post chat bodies at once (so the server may batch them); for each, (status, the parsed JSON answer), or
+    (status, the non-empty lines) for a streamed one."""
+    import asyncio
+    import json
+
+    import httpx
+
+    async def run():
+        async with httpx.AsyncClient(timeout=300) as client:
+            async def send(body):
+                if not body.get("stream"):
+                    r = await client.post(url + "/v1/chat/completions", json=body)
+                    try:
+                        return r.status_code, r.json()
+                    except json.JSONDecodeError:
+                        return r.status_code, r.text
+                async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+                    return r.status_code, [line async for line in r.aiter_lines() if line]
+            return await asyncio.gather(*(send(b) for b in bodies))
+
+    return asyncio.run(run())

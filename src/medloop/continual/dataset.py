@@ -71,6 +71,15 @@ class DuplicateGuard:
         return False
 
 
+def asks_a_gate_item(messages: list[dict], gate: DuplicateGuard) -> bool:
+    """Does this conversation ask (exactly or nearly) a question the gate checks? Its last question is compared."""
+    return [{"role": "user", "content": grounding.latest_question(messages[:-1])}, messages[-1]] in gate
+
+
+def gate_guard(questions: list[str]) -> DuplicateGuard:
+    return DuplicateGuard([[{"role": "user", "content": q}, {"role": "assistant", "content": ""}] for q in questions])
+
+
 def unique(conversations: list[list[dict]]) -> list[list[dict]]:
     seen, out = DuplicateGuard([]), []
     for messages in conversations:
@@ -80,13 +89,14 @@ def unique(conversations: list[list[dict]]) -> list[list[dict]]:
     return out
 
 
-def build(settings: Settings, *, since: str, retriever=None, seed: int = 0,
-          replay_from: Path | None = None) -> IncrementalDataset | None:
+def build(settings: Settings, *, since: str, retriever=None, seed: int = 0, replay_from: Path | None = None,
+          gate_questions: list[str] = ()) -> IncrementalDataset | None:
     """Everything new since `since` (the live adapter's creation time). None when there is nothing new.
 
     What judges a version never trains it: the month's new samples are de-duplicated (exactly and nearly,
-    across layouts), samples that repeat a regression row are dropped before the held-out split, training
-    rows that repeat a held-out row are dropped after it, and replay never draws a regression or held-out row."""
+    across layouts), samples that ask one of the gate's MCQ/fact questions (`gate_questions`) or repeat a
+    regression row are dropped before the held-out split, training rows that repeat a held-out row are dropped
+    after it, and replay never draws a regression or held-out row."""
     inbox = settings.inbox_dir / "sft"
     found = inbox.glob("*") if inbox.exists() else []
     inbox_files = sorted(p for p in found if p.suffix.lower() in {".jsonl", ".json"})  # .JSONL too
@@ -97,7 +107,10 @@ def build(settings: Settings, *, since: str, retriever=None, seed: int = 0,
     regression_file = AdapterRegistry(settings.adapters_dir).regression_file
     regression = load_samples([regression_file])[0] if regression_file.exists() else []
     guard = DuplicateGuard(regression)
-    new = [m for m in unique(loaded) if m not in guard]
+    gate = gate_guard(list(gate_questions))
+    fresh_rows = unique(loaded)
+    gate_repeats = [m for m in fresh_rows if asks_a_gate_item(m, gate)]
+    new = [m for m in fresh_rows if m not in guard and not asks_a_gate_item(m, gate)]
     train_new, heldout = split(new, settings.holdout_fraction if len(new) >= 2 else 0, seed)
     for messages in heldout:
         guard.add(messages)
@@ -132,8 +145,9 @@ def build(settings: Settings, *, since: str, retriever=None, seed: int = 0,
         "inbox_files": report.files,
         "dropped_lines": [{"file": f, "line": n, "reason": r} for f, n, r in report.dropped],
         "new_guidelines": sorted(fresh),
-        "counts": {"loaded": len(loaded), "new": len(new), "train_new": len(train_new),
-                   "evidence_augmented": len(augmented), "replay": len(replay), "heldout": len(heldout),
-                   "regression": len(regression), "train_total": len(train)},
+        "gate_repeats": [grounding.latest_question(m[:-1])[:120] for m in gate_repeats],
+        "counts": {"loaded": len(loaded), "new": len(new), "gate_repeats": len(gate_repeats),
+                   "train_new": len(train_new), "evidence_augmented": len(augmented), "replay": len(replay),
+                   "heldout": len(heldout), "regression": len(regression), "train_total": len(train)},
     }
     return IncrementalDataset(train, heldout, regression, inbox_files, manifest, new=train_new + heldout)

@@ -12,11 +12,14 @@ Signals (candidate vs the live adapter, or the base model the first time):
   `gate_min_in_domain`: a month of off-domain text teaches the medical assistant nothing it serves, and what
   it takes away can hide below every loss tolerance (on the sabotage suite's model an off-domain month raised
   the regression loss as much as a good month did);
-- `evidence_agreement`: of the month's answers that state a value (a target, threshold, duration) and whose
-  question finds evidence, the share whose every value that evidence states, and no superseded version alone,
-  must reach `gate_min_agreement`. Answers shuffled across questions, or a topic answered with another's
-  facts, disagree with their evidence; the model-side signals see such label noise only as far as the model
-  learns it, and on a small model a month of new facts loses about as many old ones as a shuffled month does;
+- `evidence_agreement`: of the month's answers that state a value (a target, threshold, duration) or name a drug,
+  class or procedure, and whose question finds evidence, the share whose every value and name a clause of that
+  evidence states for the same thing (a general target is not supported by the elderly's, a diagnostic threshold
+  not by a target; read across languages, `retrieval.claims`), and no superseded version alone, must reach
+  `gate_min_agreement`; a month with no such answer is "not measured". Answers shuffled across questions, a
+  topic answered with another's facts or the wrong drug disagree with their evidence; the model-side signals see
+  such label noise only as far as the model learns it, and on a small model a month of new facts loses about as
+  many old ones as a shuffled month does;
 - `mcq_accuracy`: accuracy with evidence on the guideline MCQ set must not drop (by more than
   `gate_mcq_tolerance`) significantly: a drop counts when an exact one-sided sign test on the items the two
   got differently (McNemar) gives p < `gate_significance`, so two items flipping by chance on a 46-item set
@@ -40,7 +43,6 @@ from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GUIDELINE_MCQ = DATA / "guideline_mcq.jsonl"
-ORDER = ("new_data_loss", "in_domain", "evidence_agreement", "regression_loss", "mcq_accuracy", "fact_recall")
 
 
 @dataclass
@@ -56,14 +58,20 @@ class Signal:
 
 @dataclass
 class Rules:
+    """How each signal is judged. Every field is a `gate_<field>` setting (`from_settings`)."""
+
     margin: float = 0.01  # held-out loss must fall by at least this share
     tolerance: float = 0.02  # regression loss may rise by at most this share of the live loss ...
-    forgetting: float = 0.05  # ... or, if more, this share of the live adapter's gain over the base
+    forgetting: float = 0.1  # ... or, if more, this share of the live adapter's gain over the base
     mcq_tolerance: float = 0.0  # MCQ accuracy may fall by at most this (absolute)
     fact_tolerance: float = 0.0  # fact recall may fall by at most this (absolute)
     significance: float = 0.1  # a larger drop fails only when a sign test says it is not chance
     min_in_domain: float = 0.5  # share of the month's new questions that must find guideline evidence
-    min_agreement: float = 0.8  # share of the month's checkable answers whose values their evidence states
+    min_agreement: float = 0.8  # share of the month's checkable answers whose claims their evidence states
+
+    @classmethod
+    def from_settings(cls, settings) -> Rules:
+        return cls(**{name: getattr(settings, f"gate_{name}") for name in cls.__dataclass_fields__})
 
 
 def sign_test(worse: int, better: int) -> float:
@@ -79,36 +87,35 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def judge(name: str, s: Signal, rules: Rules) -> tuple[bool | None, str]:
-    """(passed, why) for one signal; passed is None when the signal could not be measured and does not count."""
-    if s.n == 0:
-        if name == "new_data_loss":
-            return False, "no held-out new data: nothing to judge the candidate on"
-        return None, "no data: skipped"
-    if not _finite(s.candidate):
-        return False, f"candidate value is {s.candidate}"
-    if name == "in_domain":
-        found = round(s.candidate * s.n)
-        return s.candidate >= rules.min_in_domain, (f"{found} of {s.n} new questions find guideline evidence "
-                                                     f"(at least {rules.min_in_domain:.0%}; gate_min_in_domain = 0 "
-                                                     f"for months outside the guideline index)")
-    if name == "evidence_agreement":
-        agreeing = round(s.candidate * s.n)
-        shown = "; ".join(s.examples[:3])
-        return s.candidate >= rules.min_agreement, (f"{agreeing} of {s.n} answers state only values their evidence "
-                                                     f"states (at least {rules.min_agreement:.0%})"
-                                                     + (f"; e.g. {shown}" if shown else ""))
-    if not _finite(s.live):
-        return True, f"live value is {s.live}: any finite candidate is better"
-    if name == "new_data_loss":
-        need = s.live * (1 - rules.margin)
-        return s.candidate <= need, f"{s.candidate:.4f} vs {s.live:.4f} (must be <= {need:.4f}, margin {rules.margin})"
-    if name == "regression_loss":
-        gain = s.base - s.live if _finite(s.base) and s.base > s.live else 0.0
-        limit = s.live + max(rules.tolerance * s.live, rules.forgetting * gain)
-        base = f", base {s.base:.4f}" if _finite(s.base) else ""
-        return s.candidate <= limit, f"{s.candidate:.4f} vs {s.live:.4f}{base} (at most {limit:.4f})"
-    tolerance = rules.mcq_tolerance if name == "mcq_accuracy" else rules.fact_tolerance
+# One judge per signal, (signal, rules) -> (passed, why); each is called with a measured, finite candidate.
+def _new_data_loss(s: Signal, rules: Rules) -> tuple[bool, str]:
+    need = s.live * (1 - rules.margin)
+    return s.candidate <= need, f"{s.candidate:.4f} vs {s.live:.4f} (must be <= {need:.4f}, margin {rules.margin})"
+
+
+def _in_domain(s: Signal, rules: Rules) -> tuple[bool, str]:
+    found = round(s.candidate * s.n)
+    return s.candidate >= rules.min_in_domain, (f"{found} of {s.n} new questions find guideline evidence (at least "
+                                                 f"{rules.min_in_domain:.0%}; gate_min_in_domain = 0 for months "
+                                                 "outside the guideline index)")
+
+
+def _evidence_agreement(s: Signal, rules: Rules) -> tuple[bool, str]:
+    agreeing, shown = round(s.candidate * s.n), "; ".join(s.examples[:3])
+    return s.candidate >= rules.min_agreement, (f"{agreeing} of the {s.n} answers it could check state only values "
+                                                 f"and names that their evidence states, clause for clause (at "
+                                                 f"least {rules.min_agreement:.0%})" + (f"; e.g. {shown}" if shown
+                                                                                        else ""))
+
+
+def _regression_loss(s: Signal, rules: Rules) -> tuple[bool, str]:
+    gain = s.base - s.live if _finite(s.base) and s.base > s.live else 0.0
+    limit = s.live + max(rules.tolerance * s.live, rules.forgetting * gain)
+    base = f", base {s.base:.4f}" if _finite(s.base) else ""
+    return s.candidate <= limit, f"{s.candidate:.4f} vs {s.live:.4f}{base} (at most {limit:.4f})"
+
+
+def _accuracy(tolerance: float, s: Signal, rules: Rules) -> tuple[bool, str]:
     floor = s.live - tolerance
     if s.candidate >= floor - 1e-12:
         return True, f"{s.candidate:.3f} vs {s.live:.3f} (floor {floor:.3f})"
@@ -116,6 +123,33 @@ def judge(name: str, s: Signal, rules: Rules) -> tuple[bool | None, str]:
     return p >= rules.significance, (f"{s.candidate:.3f} vs {s.live:.3f}: {s.worse} items lost, {s.better} gained, "
                                      f"sign test p={p:.3f} ({'chance' if p >= rules.significance else 'a real drop'} "
                                      f"at {rules.significance})")
+
+
+JUDGES = {
+    "new_data_loss": _new_data_loss,
+    "in_domain": _in_domain,
+    "evidence_agreement": _evidence_agreement,
+    "regression_loss": _regression_loss,
+    "mcq_accuracy": lambda s, rules: _accuracy(rules.mcq_tolerance, s, rules),
+    "fact_recall": lambda s, rules: _accuracy(rules.fact_tolerance, s, rules),
+}
+ORDER = tuple(JUDGES)  # the order signals are reported in; the first that fails decides
+RELATIVE = {"new_data_loss", "regression_loss", "mcq_accuracy", "fact_recall"}  # judged against the live adapter
+
+
+def judge(name: str, s: Signal, rules: Rules) -> tuple[bool | None, str]:
+    """(passed, why) for one signal; passed is None when the signal could not be measured and does not count."""
+    if s.n == 0:
+        if name == "new_data_loss":
+            return False, "no held-out new data: nothing to judge the candidate on"
+        if name == "evidence_agreement":
+            return None, "not measured: no answer states a value or a name that its question's evidence could check"
+        return None, "not measured: no data"
+    if not _finite(s.candidate):
+        return False, f"candidate value is {s.candidate}"
+    if name in RELATIVE and not _finite(s.live):
+        return True, f"live value is {s.live}: any finite candidate is better"
+    return JUDGES[name](s, rules)
 
 
 def decide(signals: dict[str, Signal], rules: Rules) -> dict:
@@ -164,7 +198,7 @@ def data_signals(rows: list[list[dict]], retriever, k: int) -> dict[str, Signal]
     """`in_domain` and `evidence_agreement` of the month's new rows (training and held-out): properties of the
     data, with no live value to compare with."""
     from medloop.retrieval.grounding import latest_question
-    from medloop.retrieval.staleness import unsupported_values, values
+    from medloop.retrieval.staleness import disagreements
 
     if retriever is None or not rows:
         return {}
@@ -175,12 +209,11 @@ def data_signals(rows: list[list[dict]], retriever, k: int) -> dict[str, Signal]
         if not hits:
             continue
         grounded += 1
-        answer = row[-1]["content"]
-        if not values(answer):
-            continue  # nothing to check: an answer without a value cannot disagree on one
-        missing = unsupported_values(answer, hits, retriever.store)
-        if missing:
-            disagreeing.append(f"'{question[:60]}' answered with {', '.join(missing)}")
+        claims, unsupported = disagreements(row[-1]["content"], hits, retriever.store, retriever.lexicon)
+        if not claims:
+            continue  # nothing to check: an answer without a value or a name cannot disagree on one
+        if unsupported:
+            disagreeing.append(f"'{question[:60]}' answered with {', '.join(unsupported)}")
         else:
             agreeing += 1
     checked = agreeing + len(disagreeing)

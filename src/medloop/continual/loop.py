@@ -207,8 +207,10 @@ def retrain(settings: Settings, *, retriever=None, log=print) -> dict:
             from medloop.retrieval import Retriever
 
             retriever = Retriever(settings)
+        mcq_items = load_mcq(settings.gate_mcq) if settings.gate_mcq else []
         data = incremental.build(settings, since=live.created if live else "", retriever=retriever,
-                                 replay_from=Path(live.path) / "data" / "train.jsonl" if live else None)
+                                 replay_from=Path(live.path) / "data" / "train.jsonl" if live else None,
+                                 gate_questions=[item.question for item in mcq_items])
         if data is None:
             return {"outcome": Outcome.NOTHING_NEW}
         new = data.manifest["counts"]["train_new"] + data.manifest["counts"]["heldout"]
@@ -219,8 +221,10 @@ def retrain(settings: Settings, *, retriever=None, log=print) -> dict:
             return {"outcome": Outcome.TOO_LITTLE_DATA, "reason": reason, "counts": data.manifest["counts"]}
         record = registry.new_version(live.version if live else None, data.manifest)
         log(f"{record.version}: training on {data.manifest['counts']} from {live.version if live else 'scratch'}")
+        if data.manifest["gate_repeats"]:
+            log(f"{len(data.manifest['gate_repeats'])} samples ask what the gate checks: not trained on")
         try:
-            result = _train_gate_promote(settings, registry, record, live, data, retriever, log)
+            result = _train_gate_promote(settings, registry, record, live, data, retriever, mcq_items, log)
         except Exception as e:
             record.status, record.pid = Status.FAILED, None
             record.decision = {"reason": f"{type(e).__name__}: {e}"}
@@ -236,7 +240,7 @@ def retrain(settings: Settings, *, retriever=None, log=print) -> dict:
         return result
 
 
-def _train_gate_promote(settings, registry, record, live, data, retriever, log) -> dict:
+def _train_gate_promote(settings, registry, record, live, data, retriever, mcq_items, log) -> dict:
     from medloop.training import make_config, train
 
     base_model = settings.train_base_model or settings.base_model
@@ -246,17 +250,12 @@ def _train_gate_promote(settings, registry, record, live, data, retriever, log) 
                          output_dir=Path(record.path), init_adapter=Path(live.path) if live else None, **overrides)
     result = train(config, log=log)
     shutil.rmtree(Path(record.path) / "checkpoints", ignore_errors=True)
-    mcq_items = load_mcq(settings.gate_mcq) if settings.gate_mcq else []
     signals, measured = gate.measure(base_model, Path(record.path), Path(live.path) if live else None,
                                      heldout=data.heldout, regression=data.regression, quantize=config.quantize,
                                      mcq_items=mcq_items, retriever=retriever, k=settings.evidence_k,
                                      fact_tokens=settings.gate_fact_tokens)
     signals.update(gate.data_signals(data.new, retriever, settings.evidence_k))
-    rules = gate.Rules(margin=settings.gate_margin, tolerance=settings.gate_tolerance,
-                       forgetting=settings.gate_forgetting, min_in_domain=settings.gate_min_in_domain,
-                       min_agreement=settings.gate_min_agreement,
-                       mcq_tolerance=settings.gate_mcq_tolerance, significance=settings.gate_significance)
-    decision = {**gate.decide(signals, rules), **measured}
+    decision = {**gate.decide(signals, gate.Rules.from_settings(settings)), **measured}
     held = decision["signals"]["new_data_loss"]
     record.metrics = {"train_loss": result.train_loss, "steps": result.steps,
                       "heldout_loss_candidate": held["candidate"], "heldout_loss_live": held["live"]}

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from medloop.knowledge.language import language_of
 from medloop.knowledge.parsing import one_line
 from medloop.retrieval.retriever import Hit
-
-if TYPE_CHECKING:
-    from medloop.retrieval.staleness import StaleClaim
+from medloop.retrieval.staleness import StaleClaim
 
 HEADINGS = {"zh": "最新临床依据", "en": "Latest clinical evidence"}
 
@@ -47,5 +43,22 @@ def evidence_block(hits: list[Hit], language: str, stale: list[StaleClaim] = ())
     lines = [f"\n\n---\n**{HEADINGS[language]}**"]
     for i, h in enumerate(hits, 1):
         lines.append(f"[{i}] {citation(h)}: “{quote(h.chunk.text)}”")
-    lines += [f"⚠️ {claim.note(language)}" for claim in stale]
+    lines += [f"⚠️ {stale_note(claim, language)}" for claim in stale]
     return "\n".join(lines)
+
+
+def stale_note(claim: StaleClaim, language: str) -> str:
+    """What the reader is told about a claim of the answer that follows a superseded version."""
+    c = claim
+    if c.kind == "name":
+        if language == "zh":
+            return (f"注意：回答中的“{c.claim}”见于{c.stale_version}版，{c.live_version}版已不再提及"
+                    f"（{c.section}：“{c.live_says}”）。")
+        return (f"Note: “{c.claim}” in this answer comes from the {c.stale_version} version; the {c.live_version} "
+                f"version no longer names it ({c.section}: “{c.live_says}”).")
+    if language == "zh":
+        now = f"已更新为{c.live_says}" if c.live_says else "已不再采用此值"
+        return f"注意：回答中的“{c.claim}”与{c.stale_version}版一致；{c.live_version}版{now}（{c.section}）。"
+    now = f"recommends {c.live_says}" if c.live_says else "no longer states it"
+    return (f"Note: “{c.claim}” in this answer matches the {c.stale_version} version; the {c.live_version} version "
+            f"{now} ({c.section}).")

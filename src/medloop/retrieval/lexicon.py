@@ -67,6 +67,10 @@ class Lexicon:
     def knows(self, text: str) -> bool:
         return text.lower() in self._texts
 
+    def groups_of(self, term: str) -> tuple[int, ...]:
+        """The concept lines a term (as written in the lexicon) belongs to; () for a word it does not know."""
+        return next((t.groups for t in self.terms if t.text == term.lower()), ())
+
     def longest_inside(self, word: str) -> str | None:
         """The longest Chinese lexicon name inside `word`, if any."""
         return next((t.text for t in self.terms if CJK.search(t.text) and t.text in word), None)

@@ -133,3 +133,61 @@ def calibrate(retriever, rows: list[dict], k: int = 3, max_false_cite_rate: floa
     assert best is not None  # a threshold above every score cites nothing: false-cite rate 0
     _, t, recall, false, gap = best
     return Calibration(round(t, 3), recall, false, (round(gap[0], 3), round(min(gap[1], 1.0), 3)))
+
+
+STALE_TARGETS = {"detection": (">=", 0.9), "false_flag_rate": ("<=", 0.05)}
+
+
+def stale_set(name: str) -> Path:
+    return Path(str(resources.files("medloop").joinpath(f"data/stale_{name}.jsonl")))
+
+
+def stale_check_quality(store, path: Path, lex=None) -> dict:
+    """The stale-answer check on labelled answers ({"answer", "cited": [guideline ids], "stale": [the claims a
+    superseded version alone makes, as written or any name of them; empty for a current answer], "language"}):
+    detection (stale answers flagged, for every labelled claim) and the false-flag rate (current answers
+    flagged at all), overall and by language."""
+    from medloop.retrieval.lexicon import lexicon
+    from medloop.retrieval.staleness import stale_claims
+
+    lex = lex or lexicon()
+
+    def same(expected: str, flagged: str) -> bool:
+        """The labelled claim and the flagged one are one claim: the same value, or names of one concept."""
+        if expected.lower() in flagged.lower() or flagged.lower() in expected.lower():
+            return True
+        concepts = [{g for groups, _ in lex.find(t)[0] for g in groups} for t in (expected, flagged)]
+        return bool(concepts[0] & concepts[1])
+
+    try:
+        objects = list(json_objects(path.read_text(encoding="utf-8")))
+    except JSONLError as e:
+        raise ValueError(f"{path}:{e}") from e
+    per_answer, groups = [], defaultdict(lambda: {"stale": 0, "detected": 0, "current": 0, "flagged": 0})
+    for line, row in objects:
+        if not isinstance(row.get("answer"), str) or not isinstance(row.get("stale"), list):
+            raise ValueError(f"{path}:{line}: needs `answer` (text) and `stale` (a list, empty when current)")
+        flags = stale_claims(row["answer"], row.get("cited", []), store, lex)
+        said, expected = [f.claim for f in flags], row["stale"]
+        ok = all(any(same(e, s) for s in said) for e in expected) if expected else not flags
+        for group in ("all", row.get("language", "?")):
+            g = groups[group]
+            if expected:
+                g["stale"] += 1
+                g["detected"] += ok
+            else:
+                g["current"] += 1
+                g["flagged"] += bool(flags)
+        per_answer.append({"line": line, "answer": row["answer"], "expected": row["stale"], "flagged": said,
+                           "correct": ok})
+
+    def figures(g):
+        return {"detection": round(g["detected"] / g["stale"], 3) if g["stale"] else None,
+                "false_flag_rate": round(g["flagged"] / g["current"], 3) if g["current"] else None,
+                "stale_answers": g["stale"], "current_answers": g["current"]}
+
+    result = {**figures(groups["all"]), "by_language": {k: figures(v) for k, v in groups.items() if k != "all"},
+              "per_answer": per_answer}
+    result["targets_met"] = {name: (result[name] >= goal if op == ">=" else result[name] <= goal)
+                             for name, (op, goal) in STALE_TARGETS.items() if result[name] is not None}
+    return result

@@ -38,8 +38,8 @@ async def admin_adapters(body: AdapterRequest, request: Request):
 # in tests/fixtures/vllm_admin.json), so that a medloop server can stand in for a vLLM upstream.
 def _vllm_error(error: APIError, lora_name: str) -> APIError:
     """A refusal in vLLM's words: a folder without an adapter is vLLM's LoRAAdapterNotFoundError (404)."""
-    if error.status == 404:
-        return APIError(404, f"Loading lora {lora_name} failed: {error.message}", type="NotFoundError")
+    if error.status == 404:  # vLLM never echoes a path
+        return APIError(404, f"Loading lora {lora_name} failed: No adapter found for <path>", type="NotFoundError")
     return APIError(error.status, error.message, type="BadRequestError" if error.status < 500 else
                     "InternalServerError")
 

@@ -88,7 +88,8 @@ class ChatService:
         hits = grounded.hits
         if not hits:
             return "", []
-        stale = await asyncio.to_thread(stale_claims, answer, [h.chunk.doc_id for h in hits], self.retriever.store)
+        stale = await asyncio.to_thread(stale_claims, answer, [h.chunk.doc_id for h in hits], self.retriever.store,
+                                        self.retriever.lexicon)
         if stale:
             self.metrics.stale_answers.inc()
         return (evidence_block(hits, grounded.language, stale) if append else ""), evidence_items(hits, stale)

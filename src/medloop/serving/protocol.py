@@ -125,7 +125,8 @@ class Usage(BaseModel):
 
 
 class StaleClaim(BaseModel):
-    """The answer states `claim` as the superseded `stale_version` did; `live_version` says `live_says`."""
+    """The answer states `claim` as the superseded `stale_version` did; `live_version` says `live_says`. `kind`:
+    "value" (a threshold, target, duration) or "name" (a drug or class only the superseded version names)."""
 
     claim: str
     guideline_id: str
@@ -133,6 +134,7 @@ class StaleClaim(BaseModel):
     live_version: str
     live_says: str
     section: str
+    kind: Literal["value", "name"] = "value"
 
 
 class Evidence(BaseModel):
@@ -241,10 +243,10 @@ class AdapterRequest(BaseModel):
 class LoadLoraRequest(BaseModel):
     """vLLM's runtime LoRA endpoints, so that a medloop server can stand in for a vLLM upstream."""
 
-    lora_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@\-]{0,80}$")
+    lora_name: Text = Field(max_length=200)
     lora_path: Text
     load_inplace: bool = False
 
 
 class UnloadLoraRequest(BaseModel):
-    lora_name: str
+    lora_name: Text = Field(max_length=200)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ import httpx
 import openai
 
 from medloop.serving.engine import Delta, EngineError, GenerationRequest, ServedAdapters
+from medloop.serving.errors import model_not_found
 
 
 def launch_command(model: str, *, port: int, adapters: dict[str, str], max_loras: int = 4, max_lora_rank: int = 64,
@@ -59,9 +61,17 @@ def launch(model: str, *, port: int, adapters: dict[str, str], settings) -> subp
     return subprocess.Popen(cmd, env=launch_env())
 
 
-def upstream_error(status: int, text: str) -> EngineError:
-    """An upstream 4xx is the client's problem and keeps its status; an upstream 5xx is our 502."""
-    return EngineError(502 if status >= 500 else status, f"upstream {status}: {text[:300]}")
+def upstream_error(status: int, text: str, *, as_is: bool = False) -> EngineError:
+    """vLLM's refusal in its own words. For a request, an upstream 4xx is the client's problem and keeps its
+    status; an upstream 5xx is our 502. `as_is`: an adapter load or unload, answered with vLLM's status too."""
+    try:
+        error = json.loads(text)["error"]
+        message, kind = str(error["message"]), error.get("type")
+    except (ValueError, KeyError, TypeError):
+        message, kind = text[:300], None
+    if as_is or status < 500:
+        return EngineError(status, message, type=kind)
+    return EngineError(502, f"upstream {status}: {message[:300]}")
 
 
 class VLLMEngine:
@@ -80,8 +90,9 @@ class VLLMEngine:
         self.retired: set[str] = set()  # replaced versions waiting for their last request
 
     @contextlib.contextmanager
-    def _upstream_errors(self):
-        """Upstream failures as the gateway reports them: 504 timeout, 503 unreachable, 4xx kept, 5xx -> 502."""
+    def _upstream_errors(self, as_is: bool = False):
+        """Upstream failures as the gateway reports them: 504 timeout, 503 unreachable, 4xx kept, 5xx -> 502
+        (`as_is`: vLLM's status kept, for adapter loads)."""
         try:
             yield
         except openai.APITimeoutError as e:
@@ -89,7 +100,7 @@ class VLLMEngine:
         except openai.APIConnectionError as e:
             raise EngineError(503, f"upstream unavailable: {self.url} ({type(e.__cause__ or e).__name__})") from e
         except openai.APIStatusError as e:
-            raise upstream_error(e.status_code, e.response.text) from e
+            raise upstream_error(e.status_code, e.response.text, as_is=as_is) from e
         except (openai.APIResponseValidationError, ValueError) as e:
             raise EngineError(502, f"upstream sent something that is not the OpenAI API: {e}") from e
 
@@ -126,7 +137,7 @@ class VLLMEngine:
                 await self.load_adapter(name, folder)
 
     async def _post(self, path: str, body: dict) -> None:
-        with self._upstream_errors():
+        with self._upstream_errors(as_is=True):
             await self.client.post(path, body=body, cast_to=httpx.Response)
 
     async def load_adapter(self, name: str, path: str, version: str | None = None) -> None:
@@ -155,7 +166,7 @@ class VLLMEngine:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         if not self.has_model(request.model):
-            raise EngineError(404, f"The model `{request.model}` does not exist.", param="model")
+            raise model_not_found(request.model)
         upstream = self.adapters.internal(request.model) or self.upstream_base
         self.in_flight[upstream] += 1
         try:

@@ -90,10 +90,13 @@ class TrackingCallback(TrainerCallback):
     """
 
     def __init__(self, run_dir: Path, swanlab_mode: str, config: dict, project: str = "medloop"):
+        import os
+
         self.path = run_dir / "metrics.jsonl"
         run_dir.mkdir(parents=True, exist_ok=True)
         self.swanlab = None
-        if swanlab_mode != "disabled":
+        self.main = int(os.environ.get("RANK", 0)) == 0  # under DDP the first process alone records the run
+        if swanlab_mode != "disabled" and self.main:
             import swanlab
 
             swanlab.init(project=project, experiment_name=run_dir.name, config=config, mode=swanlab_mode,
@@ -104,7 +107,7 @@ class TrackingCallback(TrainerCallback):
         self._tokens0 = 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs:
+        if not logs or not self.main:
             return
         record = {"step": state.global_step, "epoch": state.epoch, **logs}
         for key in ("loss", "eval_loss"):

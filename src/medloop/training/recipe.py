@@ -273,10 +273,14 @@ def _final_eval_loss(trainer) -> float:
 
 def _write_adapter(config: TrainConfig, trainer, tokenizer, report: DataReport, stats: dict, train_loss: float,
                    eval_loss: float | None, started: float) -> TrainResult:
-    """The adapter folder: weights, config, tokenizer, and what made them (medloop_run.json, loss.png)."""
+    """The adapter folder: weights, config, tokenizer, and what made them (medloop_run.json, loss.png). Under DDP
+    every process trained the same adapter on its own shard; the first writes it, once."""
     from medloop.training.components import plot_losses
 
     out = config.output_dir
+    world = trainer.args.world_size
+    if not trainer.is_world_process_zero():
+        return TrainResult(out, train_loss, eval_loss, trainer.state.global_step, report, stats)
     trainer.model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     run = {
@@ -291,6 +295,7 @@ def _write_adapter(config: TrainConfig, trainer, tokenizer, report: DataReport, 
         "eval_loss": eval_loss,
         "eval_perplexity": math.exp(eval_loss) if eval_loss is not None and eval_loss < 50 else None,
         "steps": trainer.state.global_step,
+        "processes": world,  # DDP: each trained on 1/world of the data per epoch
         "duration_s": round(time.time() - started, 1),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": {p: version(p) for p in ("torch", "transformers", "peft", "trl", "bitsandbytes")},

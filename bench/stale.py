@@ -1,0 +1,35 @@
+"""The stale-answer check on its labelled sets (not a test): the dev set it was built on and the held-out set written
+apart, against the sample guidelines (two of them have a superseded version), into bench/results/stale.json.
+
+    .venv/bin/python bench/stale.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from medloop.knowledge import KnowledgeStore, ingest_paths  # noqa: E402
+from medloop.retrieval import quality  # noqa: E402
+from medloop.testing import GUIDELINES  # noqa: E402
+from results import save  # noqa: E402
+
+
+def main() -> None:
+    store = KnowledgeStore(Path(tempfile.mkdtemp()) / "knowledge.db")
+    ingest_paths(store, [GUIDELINES])
+    figures = {}
+    for name in ("dev", "heldout"):
+        result = quality.stale_check_quality(store, quality.stale_set(name))
+        figures[name] = {k: v for k, v in result.items() if k != "per_answer"}
+        figures[name]["wrong"] = [a for a in result["per_answer"] if not a["correct"]]
+        print(f"{name}: detection {result['detection']} on {result['stale_answers']} stale answers, false-flag rate "
+              f"{result['false_flag_rate']} on {result['current_answers']} current ones")
+    save("stale", {"guidelines": "the sample guidelines", "sets": ["stale_dev.jsonl", "stale_heldout.jsonl"]},
+         figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""What a clause claims, read the same way in any language: its values, the drugs and classes it names, who or
+what measurement a value is about, and its topic, as lexicon concepts.
+
+A value is a number with its unit and its direction ("<140/90 mmHg", "140/90 mmHg以下", "below 140/90" are one
+claim; "≥140/90" another: a diagnostic threshold is not a treatment target). Names and qualifiers are lexicon
+concepts the curated list `data/claim_terms.txt` marks (drugs, classes and procedures; populations and measurement
+contexts such as the elderly or fasting glucose), so "利尿剂" and "a diuretic" are one name. The stale-answer check
+and the gate's data check both compare answers with guideline clauses through this reading, never through words,
+which is what lets an English answer be checked against a Chinese guideline.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+from medloop.retrieval.lexicon import Lexicon
+
+UNITS = {
+    "mmhg": "mmHg", "%": "%", "mmol/l": "mmol/L", "小时": "h", "h": "h", "hour": "h", "hours": "h",
+    "个月": "mo", "month": "mo", "months": "mo", "天": "d", "day": "d", "days": "d", "分钟": "min",
+    "minute": "min", "minutes": "min", "min": "min", "岁": "y", "years": "y", "year": "y",
+}
+NUMBER = re.compile(
+    r"(?P<num>\d+(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?)\s*"
+    r"(?P<unit>mmHg|%|mmol/L|小时|个月|天|分钟|岁|hours?|months?|days?|minutes?|min|years?|h\b)?",
+    re.IGNORECASE,
+)
+# A direction written before the number, or after it (Chinese puts 以下/以上 after the value).
+BELOW_BEFORE = re.compile(r"(?:[<＜≤]|低于|小于|不超过|不高于|below|under|less than|lower than|at most|no more than)"
+                          r"\s*=?\s*$", re.IGNORECASE)
+ABOVE_BEFORE = re.compile(r"(?:[>＞≥]|高于|大于|超过|至少|不低于|above|over|more than|greater than|at least|exceeding)"
+                          r"\s*=?\s*$", re.IGNORECASE)
+BELOW_AFTER = re.compile(r"^\s*(?:以下|以内|之内|内|or less|or lower|or below)", re.IGNORECASE)
+ABOVE_AFTER = re.compile(r"^\s*(?:以上|及以上|or more|or higher|or above|and above|or older)", re.IGNORECASE)
+CLAUSE = re.compile(r"[。；;！？!?\n]|\.(?=\s|$)")
+# Alternatives within a clause ("随机血糖≥11.1，或空腹血糖≥7.0"): a qualifier holds for the values of its own part.
+ALTERNATIVE = re.compile(r"[，,]\s*(?:或者?|or\b)|、|或者")
+TERMS = "data/claim_terms.txt"
+
+
+@dataclass(frozen=True)
+class Value:
+    number: str  # "140/90", "7" ("7.0" and "7" are one number)
+    unit: str  # mmHg, %, mmol/L, h, mo, d, min, y
+    direction: str  # "below", "above", or "" when the text gives none
+    text: str  # as written
+
+    def matches(self, other: Value) -> bool:
+        """The same claim: number and unit, and the direction where both give one. A systolic or diastolic value
+        alone is part of a pair that gives it in the same place ("≥140 mmHg" systolic is in "≥140/90 mmHg")."""
+        if self.unit != other.unit or (self.direction and other.direction and self.direction != other.direction):
+            return False
+        if self.number == other.number:
+            return True
+        mine, theirs = self.number.split("/"), other.number.split("/")
+        if len(mine) == len(theirs):
+            return False
+        pair, single = (mine, theirs[0]) if len(mine) == 2 else (theirs, mine[0])
+        return single in pair
+
+
+def values(text: str) -> list[Value]:
+    out = []
+    for m in NUMBER.finditer(text):
+        parts = re.sub(r"\s+", "", m["num"]).split("/")
+        number = "/".join(p.rstrip("0").rstrip(".") if "." in p else p for p in parts)
+        unit = UNITS.get((m["unit"] or "").lower(), "")
+        if "/" in number:
+            unit = "mmHg"  # a systolic/diastolic pair
+        if not unit:
+            continue  # a bare number ("2型", "12-lead") is not a claim
+        before, after = text[max(0, m.start() - 14):m.start()], text[m.end():m.end() + 10]
+        below, above = BELOW_BEFORE.search(before), ABOVE_BEFORE.search(before)
+        direction = "below" if below or BELOW_AFTER.search(after) else \
+            "above" if above or ABOVE_AFTER.search(after) else ""
+        symbol = (below or above).group().strip() if below or above else ""
+        written = (symbol if len(symbol) <= 2 else "") + text[m.start():m.end()].strip()  # "<140/90 mmHg"
+        out.append(Value(number, unit, direction, written))
+    return out
+
+
+def clauses(text: str) -> list[str]:
+    return [c.strip() for c in CLAUSE.split(text) if c.strip()]
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The lexicon, with the concept lines the curated list marks as names or qualifiers."""
+
+    lexicon: Lexicon
+    names: frozenset[int]  # lexicon line numbers (groups)
+    qualifiers: frozenset[int]
+
+    @classmethod
+    def of(cls, lexicon: Lexicon) -> Vocabulary:
+        names, qualifiers = set(), set()
+        text = resources.files("medloop").joinpath(TERMS).read_text("utf-8")
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            kind, _, term = (p.strip() for p in line.partition(":"))
+            groups = lexicon.groups_of(term)
+            if kind not in {"name", "qualifier"} or not groups:
+                raise ValueError(f"{TERMS}:{number}: expected 'name: TERM' or 'qualifier: TERM' with a lexicon term")
+            (names if kind == "name" else qualifiers).update(groups)
+        return cls(lexicon, frozenset(names), frozenset(qualifiers))
+
+
+@lru_cache(maxsize=8)
+def vocabulary(lexicon: Lexicon) -> Vocabulary:
+    return Vocabulary.of(lexicon)
+
+
+@dataclass(frozen=True, eq=False)
+class Reading:
+    """A clause read for its claims."""
+
+    text: str
+    values: tuple[tuple[Value, frozenset[int]], ...]  # each value with the qualifiers of its part of the clause
+    names: dict  # concept (lexicon groups) -> the name as written
+    qualifiers: frozenset[int]  # who or what measurement the clause is about
+    concepts: frozenset[int]  # every lexicon concept it mentions (its topic)
+    chunk: object = None  # the guideline chunk it comes from (a ChunkRecord), None for an answer
+
+    def states(self, value: Value, about: Reading | None = None) -> bool:
+        """Does this clause give `value`? With `about` (an answer's clause): for something that clause is about
+        too; a target this clause gives for the elderly does not support a claim about every patient."""
+        return any(value.matches(v) and (about is None or q <= about.qualifiers) for v, q in self.values)
+
+    def names_concept(self, concept: frozenset[int]) -> bool:
+        return any(concept & groups for groups in self.names)
+
+
+def read(text: str, vocab: Vocabulary, chunk=None) -> Reading:
+    found, _ = vocab.lexicon.find(text)
+    concepts = frozenset(g for groups, _ in found for g in groups)
+    names = {frozenset(groups): written for groups, written in found if set(groups) & vocab.names}
+    claimed = []
+    for part in ALTERNATIVE.split(text):
+        part_found, _ = vocab.lexicon.find(part)
+        scope = frozenset(g for groups, _ in part_found for g in groups if g in vocab.qualifiers)
+        claimed += [(v, scope) for v in values(part)]
+    qualifiers = frozenset(g for groups, _ in found for g in groups if g in vocab.qualifiers)
+    return Reading(text, tuple(claimed), names, qualifiers, concepts, chunk)
+
+
+def read_all(text: str, vocab: Vocabulary, chunk=None) -> list[Reading]:
+    return [read(c, vocab, chunk) for c in clauses(text)]

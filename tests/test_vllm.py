@@ -1,0 +1,273 @@
+"""The vLLM path against the real vLLM (its CPU build: the `real_vllm` fixture), and the stand-ins checked against
+answers recorded from it (tests/fixtures/vllm_answers.json, scripts/record_vllm_answers.py)."""
+
+import asyncio
+import json
+import shutil
+import sys
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+
+from conftest import LiveServer, make_adapter
+from fake_vllm import fake_vllm
+from medloop.serving import build_app
+from medloop.serving.engine import GenerationRequest
+from medloop.serving.local_engine import LocalEngine
+from medloop.serving.vllm_engine import VLLMEngine
+from medloop.testing import FIXTURES, REPO, engine_bodies, send_together, stream_succeeded
+
+sys.path.insert(0, str(REPO / "scripts"))
+import record_vllm_answers as recording  # noqa: E402
+
+GOLDEN = json.loads((FIXTURES / "vllm_answers.json").read_text())
+ADMIN = {"Authorization": "Bearer k-admin"}
+# vLLM answers these with a 500 ("Call to add_lora method failed: Worker failed ..."); medloop checks an adapter
+# itself before loading it and answers with a 400 that names the problem: the client's adapter is at fault.
+CHECKED_FIRST = {"a broken adapter_config.json", "an adapter without weights", "a rank above --max-lora-rank"}
+
+
+def answer_of(a: dict) -> tuple:
+    return a["status"], a["type"], a["message"]
+
+
+def test_the_fake_vllm_answers_as_the_real_one_did(tiny_qwen3, tmp_path):
+    adapter = make_adapter(tiny_qwen3, tmp_path / "adapter", seed=1)
+    values = {**recording.cases(adapter, tmp_path / "scratch"), "base": "tiny"}
+    with LiveServer(fake_vllm("base-path", served_name="tiny")) as upstream:
+        answers = recording.replay(upstream.url, values)
+    for got, want in zip(answers, GOLDEN["answers"], strict=True):
+        assert answer_of(got) == answer_of(want), got["case"]
+
+
+def test_medloops_own_lora_endpoints_answer_as_vllm_did(tiny_qwen3, settings):
+    """The same requests to medloop's /v1/load_lora_adapter and /v1/unload_lora_adapter: vLLM's statuses, error
+    types and messages (validation errors in pydantic's words; bad adapters a 400, see CHECKED_FIRST)."""
+    from pydantic import SecretStr
+
+    settings.admin_key = SecretStr("k-admin")
+    adapter = make_adapter(tiny_qwen3, settings.adapters_dir / "good", seed=1)
+    values = {**recording.cases(adapter, settings.adapters_dir / "scratch"), "base": "tiny"}
+    engine = LocalEngine(str(tiny_qwen3), served_name="tiny")
+    with LiveServer(build_app(settings, engine, None)) as gateway:
+        answers = recording.replay(gateway.url, values, headers=ADMIN)
+    for got, want in zip(answers, GOLDEN["answers"], strict=True):
+        if want["path"] == "/v1/chat/completions":  # OpenAI's shape there, not vLLM's
+            assert got["status"] == want["status"]
+        elif got["case"] in CHECKED_FIRST:
+            assert got["status"] == 400 and got["type"] == "BadRequestError", got
+        elif want["type"] == "Bad Request":
+            assert (got["status"], got["type"]) == (want["status"], want["type"]), got["case"]
+        else:
+            assert answer_of(got) == answer_of(want), got["case"]
+
+
+# ---- against the real vLLM ----
+
+def client(stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.gateway + "/v1", api_key="none", max_retries=0, timeout=300)
+
+
+def greedy(stack, model: str, question: str, tokens: int = 12, **kw) -> str:
+    r = client(stack).chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                              max_tokens=tokens, temperature=0, **kw)
+    message = r.choices[0].message
+    return (message.content or "") + (message.model_extra.get("reasoning") or "")
+
+
+def test_the_real_vllm_still_answers_as_recorded(real_vllm, tmp_path):
+    values = {**recording.cases(real_vllm.adapters["a"], tmp_path), "base": "tiny"}
+    answers = recording.replay(real_vllm.upstream, values)
+    for got, want in zip(answers, GOLDEN["answers"], strict=True):
+        assert answer_of(got) == answer_of(want), got["case"]
+
+
+def test_adapters_configured_at_start_are_served(real_vllm):
+    assert {m.id for m in client(real_vllm).models.list().data} == {"tiny", "a", "b"}
+    answers = {model: greedy(real_vllm, model, "高血压患者的降压目标是多少？") for model in ("tiny", "a", "b")}
+    assert len(set(answers.values())) == 3, answers  # each adapter answers with its own weights
+
+
+def test_qwen3_thinking_is_relayed_plain_and_streamed_and_can_be_turned_off(real_vllm):
+    c = client(real_vllm)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "What is the HbA1c target?"}],
+            "max_tokens": 10, "temperature": 0}
+    plain = c.chat.completions.create(**body).choices[0].message
+    reasoning = plain.model_extra["reasoning"]
+    assert reasoning and plain.model_extra["reasoning_content"] == reasoning and "<think>" not in (plain.content or "")
+    streamed = "".join(chunk.choices[0].delta.model_extra.get("reasoning") or ""
+                       for chunk in c.chat.completions.create(**body, stream=True) if chunk.choices)
+    assert streamed == reasoning
+    off = c.chat.completions.create(**body, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert off.choices[0].message.content and not off.choices[0].message.model_extra.get("reasoning")
+
+
+def test_runtime_lora_loads_through_the_gateway_as_vllm_answers_them(real_vllm):
+    url, folder = real_vllm.gateway, str(real_vllm.adapters["b"])
+    empty = real_vllm.home / "adapters" / "empty"
+    empty.mkdir(exist_ok=True)
+
+    def post(path, body):
+        return httpx.post(url + path, json=body, headers={"Authorization": f"Bearer {real_vllm.ADMIN_KEY}"},
+                          timeout=300)
+
+    assert post("/v1/load_lora_adapter", {"lora_name": "c", "lora_path": folder}).status_code == 200
+    assert "c" in {m.id for m in client(real_vllm).models.list().data}
+    assert greedy(real_vllm, "c", "你好") == greedy(real_vllm, "b", "你好")  # the same weights as b
+    again = post("/v1/load_lora_adapter", {"lora_name": "c", "lora_path": folder})
+    assert again.status_code == 400 and again.json()["error"]["type"] == "InvalidUserInput"
+    inplace = post("/v1/load_lora_adapter", {"lora_name": "c", "lora_path": folder, "load_inplace": True})
+    assert inplace.status_code == 200
+    missing = post("/v1/load_lora_adapter", {"lora_name": "d", "lora_path": str(empty)})
+    assert missing.status_code == 404 and missing.json()["error"]["message"] == \
+        "Loading lora d failed: No adapter found for <path>"
+    big = real_vllm.home / "adapters" / "bigrank"
+    shutil.copytree(real_vllm.adapters["a"], big, dirs_exist_ok=True)
+    config = json.loads((big / "adapter_config.json").read_text())
+    (big / "adapter_config.json").write_text(json.dumps({**config, "r": 100000}))
+    refused = post("/admin/adapters", {"action": "load", "name": "big", "path": str(big)})
+    assert refused.status_code == 500 and "max_lora_rank" in refused.json()["error"]["message"]  # vLLM's own words
+    assert post("/v1/unload_lora_adapter", {"lora_name": "c"}).status_code == 200
+    gone = post("/v1/unload_lora_adapter", {"lora_name": "c"})
+    assert gone.status_code == 404 and gone.json()["error"]["type"] == "NotFoundError"
+    assert greedy(real_vllm, "a", "你好")  # serving goes on
+
+
+@pytest.fixture(scope="module")
+def neighbours(real_vllm):
+    bodies = [{"model": "tiny", "messages": [{"role": "user", "content": "固定问题一"}], "max_tokens": 8,
+               "temperature": 0},
+              {"model": "a", "messages": [{"role": "user", "content": "固定问题二"}], "max_tokens": 8,
+               "temperature": 0}]
+    return bodies, [httpx.post(real_vllm.gateway + "/v1/chat/completions", json=b, timeout=300).json()
+                    ["choices"][0]["message"] for b in bodies]
+
+
+@hsettings(max_examples=25, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(body=engine_bodies("tiny", max_tokens=8))
+def test_hostile_bodies_through_the_gateway_to_vllm_get_4xx_never_5xx(real_vllm, neighbours, body):
+    bodies, expected = neighbours
+    *near, (status, result) = send_together(real_vllm.gateway, [*bodies, body])
+    assert status < 500, result
+    if body.get("stream") and status == 200:
+        assert stream_succeeded(status, result), result[-3:]
+    assert [r["choices"][0]["message"] for _, r in near] == expected
+
+
+def test_a_promotion_by_the_loop_hot_loads_into_vllm(real_vllm, monkeypatch):
+    """retrain -> gate -> promote -> hot-load into the real vLLM: the next request to `medical` is answered by the
+    new version; a request in flight during the swap finishes on the version it started with."""
+    from pydantic import SecretStr
+
+    from medloop.config import Settings
+    from medloop.continual import AdapterRegistry, hot_load, retrain
+    from medloop.testing import paraphrased_month
+
+    s = Settings(home=real_vllm.home, server_url=real_vllm.gateway, admin_key=SecretStr(real_vllm.ADMIN_KEY),
+                 base_model=str(real_vllm.base), train_base_model=str(real_vllm.base), gate_mcq=None,
+                 gate_min_in_domain=0, gate_min_agreement=0,  # no guideline index in this home: data checks off
+                 swanlab_mode="disabled", train_preset="low-mem",
+                 train_overrides={"max_steps": 12, "learning_rate": 1e-2, "batch_size": 4, "grad_accum": 1,
+                                  "max_length": 128, "save_steps": 100, "logging_steps": 4, "quantize": False})
+    registry = AdapterRegistry(s.adapters_dir)
+    first = registry.new_version(None, {})
+    make_adapter(real_vllm.base, s.adapters_dir / first.version, seed=5)
+    first.status, first.pid = "candidate", None
+    registry.save(first)
+    registry.promote(first.version)
+    assert hot_load(s, registry.live()) == "hot-loaded"
+    v1 = greedy(real_vllm, "medical", "请详细介绍高血压", tokens=64, ignore_eos=True)
+    inbox = s.inbox_dir / "sft"
+    inbox.mkdir(parents=True, exist_ok=True)
+    (inbox / "month.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in paraphrased_month()))
+
+    in_flight = {}
+
+    def long_request():
+        with httpx.stream("POST", real_vllm.gateway + "/v1/chat/completions", timeout=600, json={
+                "model": "medical", "messages": [{"role": "user", "content": "请详细介绍高血压"}], "max_tokens": 64,
+                "temperature": 0, "ignore_eos": True, "stream": True}) as r:
+            lines = [line for line in r.iter_lines() if line]
+        in_flight["ok"] = stream_succeeded(r.status_code, lines)
+        in_flight["text"] = "".join(
+            (json.loads(x[6:])["choices"][0]["delta"].get("content") or "") +
+            (json.loads(x[6:])["choices"][0]["delta"].get("reasoning") or "")
+            for x in lines if x.startswith("data: {") and json.loads(x[6:]).get("choices"))
+
+    thread = threading.Thread(target=long_request)
+
+    def hot_load_while_a_request_runs(settings, record):
+        thread.start()
+        time.sleep(1.0)  # the long request is decoding on v1
+        return hot_load(settings, record)
+
+    monkeypatch.setattr("medloop.continual.loop.hot_load", hot_load_while_a_request_runs)
+    result = retrain(s, log=lambda *a: None)
+    assert result["outcome"] == "promoted" and result["serving"] == "hot-loaded", json.dumps(result, default=str)
+    thread.join()
+    assert in_flight["ok"] and in_flight["text"] == v1  # finished on the version it started with
+    models = {m.id: m.model_extra for m in client(real_vllm).models.list().data}
+    assert models["medical"]["version"] == result["version"]
+    assert greedy(real_vllm, "medical", "请详细介绍高血压", tokens=64, ignore_eos=True) != v1
+    upstream = {m["id"] for m in httpx.get(real_vllm.upstream + "/v1/models").json()["data"]}
+    assert sum(name.startswith("medical@") for name in upstream) == 1  # the old version was unloaded
+
+
+def test_gateways_restarted_against_the_same_vllm_adopt_and_never_collide(real_vllm, tmp_path):
+    from pydantic import SecretStr
+
+    from medloop.config import Settings
+
+    s = Settings(home=real_vllm.home, admin_key=SecretStr("k-admin"))
+    for _ in range(3):  # three gateways, one after the other
+        engine = VLLMEngine(real_vllm.upstream, served_name="tiny")
+        with LiveServer(build_app(s, engine, None, adapters={"x": str(real_vllm.adapters["a"])})) as gateway:
+            r = httpx.post(gateway.url + "/admin/adapters", headers=ADMIN, timeout=300,
+                           json={"action": "load", "name": "y", "path": str(real_vllm.adapters["b"])})
+            assert r.status_code == 200, r.text
+            c = openai.OpenAI(base_url=gateway.url + "/v1", api_key="none", max_retries=0, timeout=300)
+            for model in ("x", "y"):
+                assert c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                                 max_tokens=2).choices
+    upstream = [m["id"] for m in httpx.get(real_vllm.upstream + "/v1/models").json()["data"]]
+    assert len(upstream) == len(set(upstream))
+    assert sum(n.startswith("x@") for n in upstream) == 1  # adopted at each restart, not loaded again
+
+
+def test_the_local_engine_and_vllm_answer_alike(real_vllm):
+    """The adapter the gate judged (on transformers + peft) is the adapter vLLM serves: greedy answers agree."""
+    engine = LocalEngine(str(real_vllm.base), served_name="tiny", adapters={"a": str(real_vllm.adapters["a"])})
+    prompts = [f"问题{i}：高血压患者的降压目标是多少？" if i % 2 else f"Question {i}: what is the HbA1c target?"
+               for i in range(20)]
+    kwargs = {"enable_thinking": False}
+
+    async def local(model, prompt):
+        request = GenerationRequest(model, [{"role": "user", "content": prompt}], max_tokens=16, temperature=0,
+                                    chat_template_kwargs=kwargs)
+        return "".join([d.text async for d in engine.stream(request)])
+
+    for model in ("tiny", "a"):
+        same = sum(asyncio.run(local(model, p)) == greedy(real_vllm, model, p, tokens=16,
+                                                          extra_body={"chat_template_kwargs": kwargs})
+                   for p in prompts)
+        print(f"{model}: {same} of 20 greedy answers (16 tokens) identical")
+        assert same >= 18
+
+
+def test_zz_the_gateway_stops_the_vllm_it_launched(real_vllm):
+    """Last: `medloop serve --launch` stops the vLLM it started when it stops."""
+    assert httpx.get(real_vllm.upstream + "/v1/models").status_code == 200
+    assert real_vllm.stop() in (0, -15)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(real_vllm.upstream + "/v1/models", timeout=2)
+        except httpx.HTTPError:
+            return
+        time.sleep(1)
+    pytest.fail("vLLM still answers after its gateway stopped")
