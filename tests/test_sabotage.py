@@ -2,58 +2,23 @@
 adapter -> gate -> promote or reject), on a model that learns which answer goes with which question: a small
 random Qwen3 on a word-level vocabulary (`medloop.testing.tiny_word_qwen3`; the 151k-token one learns only
 token frequencies on two cores). Each month is asserted with the signal that decided it and the ones that
-failed; `examples/sabotage_gate.py` runs the same months on a pretrained model."""
+failed; `examples/gate_months.py` runs the same months on a pretrained model, and the fresh months written after
+the rules were frozen (reported there, not asserted here: CI asserts on this dev suite only)."""
 
 import json
 
 import pytest
 
-from medloop.testing import GUIDELINES, SABOTAGE, tiny_word_qwen3
+from medloop.testing import SABOTAGE, month_suite_home, run_month
 
 ORDER = ["good1", "superseded", "remap", "shuffle", "forgetting", "good2"]
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory, embedder):
-    from medloop.config import Settings
-    from medloop.continual.loop import retrain
-    from medloop.knowledge import KnowledgeStore, ingest_paths
-    from medloop.retrieval import Retriever, sync_index
-
-    home = tmp_path_factory.mktemp("sabotage")
+    settings, retriever = month_suite_home(tmp_path_factory.mktemp("sabotage"), "word", seed=0, embedder=embedder)
     fixture = json.loads(SABOTAGE.read_text())
-    texts = [m["content"] for rows in fixture["months"].values() for r in rows for m in r["messages"]]
-    texts += [t for item in fixture["mcq"] for t in (item["question"], *item["options"].values())]
-    texts += [p.read_text() for p in GUIDELINES.glob("*.md")]
-    base = tiny_word_qwen3(home / "base", texts)
-    settings = Settings(home=home, base_model=str(base), train_base_model=str(base),
-                        server_url="http://127.0.0.1:9", swanlab_mode="disabled", replay_fraction=1.0,
-                        train_preset="low-mem", gate_mcq=home / "mcq.jsonl")
-    # Embeddings and output layer trained in full (as the v2 preset does) on top of LoRA: a random model's
-    # fixed embeddings would otherwise cap what LoRA can learn.
-    settings.train_overrides = {"quantize": False, "gradient_checkpointing": False, "lora_r": 16, "lora_alpha": 32,
-                                "use_rslora": False, "lora_dropout": 0.0, "learning_rate": 1e-2, "epochs": 15,
-                                "batch_size": 4, "grad_accum": 1, "max_grad_norm": 1.0, "max_length": 256,
-                                "modules_to_save": ["embed_tokens", "lm_head"], "logging_steps": 50,
-                                "save_steps": 10_000, "swanlab_mode": "disabled",
-                                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                   "down_proj"]}
-    settings.gate_mcq.write_text("".join(json.dumps(item) + "\n" for item in fixture["mcq"]))
-    store = KnowledgeStore(settings.knowledge_db)
-    ingest_paths(store, [GUIDELINES])
-    sync_index(settings, store, embedder=embedder)
-    retriever = Retriever(settings, store=store, embedder=embedder)
-    inbox = settings.inbox_dir / "sft"
-    inbox.mkdir(parents=True)
-    found = {}
-    for name in ORDER:
-        (inbox / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fixture["months"][name]))
-        out = retrain(settings, retriever=retriever, log=lambda *a: None)
-        decision = out["decision"]
-        found[name] = {"outcome": str(out["outcome"]), "decided_by": decision["decided_by"],
-                       "failed": {k for k, v in decision["signals"].items() if v["passed"] is False},
-                       "signals": decision["signals"], "rules": decision["rules"]}
-    return found
+    return {name: run_month(settings, retriever, name, fixture["months"][name]) for name in ORDER}
 
 
 def test_a_month_that_teaches_the_guidelines_is_promoted(outcomes):
@@ -81,7 +46,7 @@ def test_superseded_target_is_caught_by_the_data_and_on_what_it_knew(outcomes):
     The data check, reading each value with whom it is for, decides; the model signals say the same."""
     month = outcomes["superseded"]
     assert month["outcome"] == "rejected" and month["decided_by"] == "evidence_agreement", month
-    assert month["failed"] >= {"evidence_agreement", "regression_loss", "fact_recall"}
+    assert set(month["failed"]) >= {"evidence_agreement", "regression_loss", "fact_recall"}
 
 
 def test_an_off_domain_month_is_rejected(outcomes):

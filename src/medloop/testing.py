@@ -398,3 +398,80 @@ def send_together(url: str, bodies: list[dict]) -> list[tuple[int, object]]:
             return await asyncio.gather(*(send(b) for b in bodies))
 
     return asyncio.run(run())
+
+
+FRESH_MONTHS = FIXTURES / "fresh_months" / "months.json"  # written after the gate's rules were frozen
+# Training for the gate's month suites on the word-level model: embeddings and output layer trained in full (as the
+# v2 preset does) on top of LoRA, since a random model's fixed embeddings would cap what LoRA can learn.
+WORD_TRAINING = {"quantize": False, "gradient_checkpointing": False, "lora_r": 16, "lora_alpha": 32,
+                 "use_rslora": False, "lora_dropout": 0.0, "learning_rate": 1e-2, "epochs": 15, "batch_size": 4,
+                 "grad_accum": 1, "max_grad_norm": 1.0, "max_length": 256, "modules_to_save": ["embed_tokens",
+                 "lm_head"], "logging_steps": 50, "save_steps": 10_000, "swanlab_mode": "disabled",
+                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+SMOLLM2_TRAINING = {"quantize": False, "gradient_checkpointing": False, "lora_r": 16, "lora_alpha": 32,
+                    "learning_rate": 1e-3, "epochs": 3, "batch_size": 4, "grad_accum": 1, "max_length": 128,
+                    "logging_steps": 5, "save_steps": 1000, "swanlab_mode": "disabled"}
+
+
+def smollm2_folder(out: Path) -> Path:
+    """The embedded GGUF (SmolLM2-135M-Instruct), dequantised and saved as a trainable transformers folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medloop.config import DEFAULT_CHAT_MODEL, resolve_model
+
+    folder, gguf = resolve_model(DEFAULT_CHAT_MODEL)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)  # dequantised; not serialisable as is
+    plain = AutoModelForCausalLM.from_config(loaded.config)
+    plain.load_state_dict(loaded.state_dict())
+    plain.config.quantization_config = None
+    plain.save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder, gguf_file=gguf).save_pretrained(out)
+    return out
+
+
+def month_suite_home(home: Path, model: str, seed: int = 0, embedder=None):
+    """A data home for running the gate's month suites (`run_month`): the sample guidelines ingested and indexed,
+    the sabotage fixture's gate items, and a base model: "word" (a word-level tiny Qwen3 over every suite's text:
+    it learns which answer goes with which question on two cores) or "smollm2" (pretrained). (settings,
+    retriever)."""
+    import json
+
+    from medloop.config import Settings
+    from medloop.knowledge import KnowledgeStore, ingest_paths
+    from medloop.retrieval import Retriever, load_embedder, sync_index
+
+    fixtures = [json.loads(p.read_text()) for p in (SABOTAGE, FRESH_MONTHS)]
+    if model == "word":
+        texts = [m["content"] for f in fixtures for rows in f["months"].values() for r in rows for m in r["messages"]]
+        texts += [t for item in fixtures[0]["mcq"] for t in (item["question"], *item["options"].values())]
+        texts += [p.read_text() for p in GUIDELINES.glob("*.md")]
+        base, training = tiny_word_qwen3(home / "base", texts, seed=seed), WORD_TRAINING
+    else:
+        base, training = smollm2_folder(home / "smollm2"), SMOLLM2_TRAINING
+    settings = Settings(home=home, base_model=str(base), train_base_model=str(base), server_url="http://127.0.0.1:9",
+                        swanlab_mode="disabled", train_preset="low-mem", gate_mcq=home / "mcq.jsonl",
+                        train_overrides={**training, "seed": seed})
+    settings.gate_mcq.write_text("".join(json.dumps(item) + "\n" for item in fixtures[0]["mcq"]))
+    embedder = embedder or load_embedder(settings.embedder)
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES])
+    sync_index(settings, store, embedder=embedder)
+    (settings.inbox_dir / "sft").mkdir(parents=True, exist_ok=True)
+    return settings, Retriever(settings, store=store, embedder=embedder)
+
+
+def run_month(settings, retriever, name: str, rows: list[dict]) -> dict:
+    """One month through the real `retrain`; the decision as the month suites record it."""
+    import json
+    import time
+
+    from medloop.continual.loop import retrain
+
+    (settings.inbox_dir / "sft" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    started = time.perf_counter()
+    out = retrain(settings, retriever=retriever, log=lambda *a: None)
+    decision = out.get("decision", {})
+    return {"outcome": str(out["outcome"]), "decided_by": decision.get("decided_by"),
+            "failed": sorted(k for k, v in decision.get("signals", {}).items() if v["passed"] is False),
+            "seconds": round(time.perf_counter() - started, 1), "gate_seconds": decision.get("seconds"),
+            "signals": decision.get("signals", {}), "rules": decision.get("rules", {})}
