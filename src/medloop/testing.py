@@ -401,6 +401,7 @@ def send_together(url: str, bodies: list[dict]) -> list[tuple[int, object]]:
 
 
 FRESH_MONTHS = FIXTURES / "fresh_months" / "months.json"  # written after the gate's rules were frozen
+THIRD_MONTHS = FIXTURES / "fresh_months" / "third_set.json"  # written after the fresh months changed two rules
 # Training for the gate's month suites on the word-level model: embeddings and output layer trained in full (as the
 # v2 preset does) on top of LoRA, since a random model's fixed embeddings would cap what LoRA can learn.
 WORD_TRAINING = {"quantize": False, "gradient_checkpointing": False, "lora_r": 16, "lora_alpha": 32,
@@ -440,7 +441,7 @@ def month_suite_home(home: Path, model: str, seed: int = 0, embedder=None):
     from medloop.knowledge import KnowledgeStore, ingest_paths
     from medloop.retrieval import Retriever, load_embedder, sync_index
 
-    fixtures = [json.loads(p.read_text()) for p in (SABOTAGE, FRESH_MONTHS)]
+    fixtures = [json.loads(p.read_text()) for p in (SABOTAGE, FRESH_MONTHS, THIRD_MONTHS)]
     if model == "word":
         texts = [m["content"] for f in fixtures for rows in f["months"].values() for r in rows for m in r["messages"]]
         texts += [t for item in fixtures[0]["mcq"] for t in (item["question"], *item["options"].values())]

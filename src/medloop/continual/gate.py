@@ -8,10 +8,13 @@ Signals (candidate vs the live adapter, or the base model the first time):
   nearly learned (loss 0.05) triples its loss under any further training, even a good month's; measured
   against the gain (6.4 nats on the sabotage suite's model), 0.05 -> 0.15 gives back 2%, and a month that
   teaches the superseded target (0.05 -> 1.66) 25%;
-- `in_domain`: the share of this month's new questions the guideline index finds evidence for must reach
+- `in_domain`: the share of this month's new questions that are medical (they find guideline evidence, or name a
+  lexicon concept or a word of the general medical vocabulary `data/medical_words.txt`) must reach
   `gate_min_in_domain`: a month of off-domain text teaches the medical assistant nothing it serves, and what
   it takes away can hide below every loss tolerance (on the sabotage suite's model an off-domain month raised
-  the regression loss as much as a good month did);
+  the regression loss as much as a good month did). Until this round it counted only questions with guideline
+  evidence, and the fresh month of correct general medicine (tests/fixtures/fresh_months) was rejected for
+  being outside the index;
 - `evidence_agreement`: of the month's answers that state a value (a target, threshold, duration) or name a drug,
   class or procedure, and whose question finds evidence, the share whose every value and name a clause of that
   evidence states for the same thing (a general target is not supported by the elderly's, a diagnostic threshold
@@ -36,13 +39,18 @@ others measure the adapters. Measuring loads the base model once, the way the ad
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from medloop.knowledge.language import CJK
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 GUIDELINE_MCQ = DATA / "guideline_mcq.jsonl"
+MEDICAL_WORDS = DATA / "medical_words.txt"
 
 
 @dataclass
@@ -94,10 +102,30 @@ def _new_data_loss(s: Signal, rules: Rules) -> tuple[bool, str]:
 
 
 def _in_domain(s: Signal, rules: Rules) -> tuple[bool, str]:
-    found = round(s.candidate * s.n)
-    return s.candidate >= rules.min_in_domain, (f"{found} of {s.n} new questions find guideline evidence (at least "
-                                                 f"{rules.min_in_domain:.0%}; gate_min_in_domain = 0 for months "
-                                                 "outside the guideline index)")
+    found, shown = round(s.candidate * s.n), "; ".join(f"'{q}'" for q in s.examples[:3])
+    return s.candidate >= rules.min_in_domain, (f"{found} of {s.n} new questions are medical: they find guideline "
+                                                 f"evidence or name a medical concept (at least "
+                                                 f"{rules.min_in_domain:.0%})" + (f"; not: {shown}" if shown else ""))
+
+
+@functools.lru_cache(maxsize=1)
+def _medical_words() -> tuple[re.Pattern, tuple[str, ...]]:
+    """data/medical_words.txt: English words (whole words, plural -s too) and Chinese ones (as written)."""
+    lines = [w.strip().lower() for w in MEDICAL_WORDS.read_text("utf-8").splitlines()
+             if w.strip() and not w.startswith("#")]
+    chinese = tuple(w for w in lines if CJK.search(w))
+    english = sorted((w for w in lines if not CJK.search(w)), key=len, reverse=True)
+    return re.compile(r"\b(?:" + "|".join(map(re.escape, english)) + r")s?\b"), chinese
+
+
+def names_medicine(question: str, lexicon) -> bool:
+    """Is the question about medicine? It names a lexicon concept or a word of the general medical vocabulary. A
+    month of general medicine outside the guideline index is medical; a month of trivia is not."""
+    if lexicon.find(question)[0]:
+        return True
+    english, chinese = _medical_words()
+    text = question.lower()
+    return bool(english.search(text)) or any(w in text for w in chinese)
 
 
 def _evidence_agreement(s: Signal, rules: Rules) -> tuple[bool, str]:
@@ -202,13 +230,16 @@ def data_signals(rows: list[list[dict]], retriever, k: int) -> dict[str, Signal]
 
     if retriever is None or not rows:
         return {}
-    grounded, agreeing, disagreeing = 0, 0, []
+    medical, agreeing, disagreeing, outside = 0, 0, [], []
     for row in rows:
         question = latest_question(row[:-1])
         hits = [h for h in retriever.search(question, k) if h.relevant]
+        if hits or names_medicine(question, retriever.lexicon):
+            medical += 1
+        else:
+            outside.append(question[:60])
         if not hits:
-            continue
-        grounded += 1
+            continue  # nothing to check it against: outside the guideline index, not against it
         claims, unsupported = disagreements(row[-1]["content"], hits, retriever.store, retriever.lexicon)
         if not claims:
             continue  # nothing to check: an answer without a value or a name cannot disagree on one
@@ -217,7 +248,7 @@ def data_signals(rows: list[list[dict]], retriever, k: int) -> dict[str, Signal]
         else:
             agreeing += 1
     checked = agreeing + len(disagreeing)
-    return {"in_domain": Signal(grounded / len(rows), None, len(rows)),
+    return {"in_domain": Signal(medical / len(rows), None, len(rows), examples=outside[:5]),
             "evidence_agreement": Signal(agreeing / checked if checked else None, None, checked,
                                          examples=disagreeing[:5])}
 

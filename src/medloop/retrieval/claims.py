@@ -47,6 +47,7 @@ class Value:
     unit: str  # mmHg, %, mmol/L, h, mo, d, min, y
     direction: str  # "below", "above", or "" when the text gives none
     text: str  # as written
+    at: int = 0  # where in the text it starts
 
     def matches(self, other: Value) -> bool:
         """The same claim: number and unit, and the direction where both give one. A systolic or diastolic value
@@ -78,7 +79,7 @@ def values(text: str) -> list[Value]:
             "above" if above or ABOVE_AFTER.search(after) else ""
         symbol = (below or above).group().strip() if below or above else ""
         written = (symbol if len(symbol) <= 2 else "") + text[m.start():m.end()].strip()  # "<140/90 mmHg"
-        out.append(Value(number, unit, direction, written))
+        out.append(Value(number, unit, direction, written, m.start()))
     return out
 
 
@@ -141,9 +142,14 @@ def read(text: str, vocab: Vocabulary, chunk=None) -> Reading:
     names = {frozenset(groups): written for groups, written in found if set(groups) & vocab.names}
     claimed = []
     for part in ALTERNATIVE.split(text):
-        part_found, _ = vocab.lexicon.find(part)
-        scope = frozenset(g for groups, _ in part_found for g in groups if g in vocab.qualifiers)
-        claimed += [(v, scope) for v in values(part)]
+        marks = [(part.find(written), groups) for groups, written in vocab.lexicon.find(part)[0]
+                 if set(groups) & vocab.qualifiers]
+        for v in values(part):
+            # A value is for what is named before it in its part ("家庭血压监测（≥135/85）和动态血压监测": home
+            # readings), or, when nothing is, for what follows ("<150/90 mmHg for patients aged 80 or older").
+            before = [groups for at, groups in marks if at < v.at]
+            scope = before[-1:] or [groups for at, groups in marks if at > v.at][:1]
+            claimed.append((v, frozenset(g for groups in scope for g in groups if g in vocab.qualifiers)))
     qualifiers = frozenset(g for groups, _ in found for g in groups if g in vocab.qualifiers)
     return Reading(text, tuple(claimed), names, qualifiers, concepts, chunk)
 
