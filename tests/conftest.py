@@ -9,7 +9,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from medloop.testing import GUIDELINES, SFT, TOKENIZER, LiveServer, make_adapter, tiny_qwen3  # noqa: E402, F401
+from medloop.testing import tiny_qwen3  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -32,19 +32,6 @@ def settings(tmp_path, monkeypatch):
 def tiny_qwen3_model(tmp_path_factory) -> Path:
     """A randomly initialised ~10M-parameter Qwen3 on the real Qwen3 tokenizer, saved like a hub model."""
     return tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
-
-
-def registry_with_candidates(adapters_dir: Path, base: Path, seeds=(1, 2)):
-    """An adapter registry holding one finished candidate version (random LoRA weights) per seed."""
-    from medloop.continual import AdapterRegistry
-
-    registry = AdapterRegistry(adapters_dir)
-    for seed in seeds:
-        record = registry.new_version(None, {})
-        make_adapter(base, adapters_dir / record.version, seed)
-        record.status, record.pid = "candidate", None
-        registry.save(record)
-    return registry
 
 
 # The real vLLM (CPU build) for the tests that ask for `real_vllm`. Installing it and booting it take minutes on two

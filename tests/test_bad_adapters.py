@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import LiveServer, make_adapter
 from medloop.serving import build_app
 from medloop.serving.local_engine import LocalEngine
+from medloop.testing import LiveServer, make_adapter
 
 ADMIN = {"Authorization": "Bearer k-admin"}
 
@@ -87,6 +87,7 @@ def answers(url: str) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("endpoint", ["/admin/adapters", "/v1/load_lora_adapter"])
 def test_every_bad_adapter_is_refused_and_serving_is_unchanged(home, tiny_qwen3, cases, endpoint):
     engine = LocalEngine(str(tiny_qwen3), served_name="tiny", max_lora_rank=home.max_lora_rank)
@@ -103,6 +104,7 @@ def test_every_bad_adapter_is_refused_and_serving_is_unchanged(home, tiny_qwen3,
         assert "bad" not in {m["id"] for m in httpx.get(live.url + "/v1/models").json()["data"]}
 
 
+@pytest.mark.slow
 def test_a_load_that_fails_after_touching_the_model_is_undone(home, tiny_qwen3, monkeypatch):
     """The first adapter wraps the base model and injects LoRA layers in place; a failure half-way used to leave
     a model that answered every client with AttributeError ('disable_adapter'). Now it is rebuilt."""
@@ -132,6 +134,7 @@ def test_a_load_that_fails_after_touching_the_model_is_undone(home, tiny_qwen3, 
         assert ok.status_code == 200
 
 
+@pytest.mark.slow
 def test_health_reports_a_broken_engine(home, tiny_qwen3):
     engine = LocalEngine(str(tiny_qwen3), served_name="tiny")
     engine.broken = "the model could not be restored"

@@ -34,6 +34,7 @@ def env(settings, monkeypatch, tmp_path):
     return settings
 
 
+@pytest.mark.slow
 def test_medloop_ingest_takes_every_good_file_and_names_every_bad_one(env, tmp_path, embedder):
     from medloop.config import Settings
     from medloop.retrieval import Retriever
@@ -58,11 +59,15 @@ def test_medloop_ingest_takes_every_good_file_and_names_every_bad_one(env, tmp_p
 
 
 def test_the_inbox_moves_a_bad_file_aside_and_keeps_going(env, tmp_path, embedder, monkeypatch):
+    """...and loads its encoder once: a later poll costs its files, not a model load."""
     from medloop.config import Settings
-    from medloop.continual import ingest_inbox
+    from medloop.continual import ingest_inbox, loop
     from medloop.retrieval import Retriever
 
     monkeypatch.setenv("MEDLOOP_INBOX_SETTLE_S", "0")
+    loads = []
+    monkeypatch.setattr(loop, "encoder", lambda *a: loads.append(a) or embedder)
+    loop._kept_encoder.cache_clear()
     s = Settings()
     inbox = s.inbox_dir / "guidelines"
     inbox.mkdir(parents=True)
@@ -75,7 +80,8 @@ def test_the_inbox_moves_a_bad_file_aside_and_keeps_going(env, tmp_path, embedde
     assert sorted(p.name for p in (s.processed_dir / "guidelines").iterdir()) == ["a-good.md", "c-good.md"]
     (inbox / "d-later.md").write_text(GOOD["00-good-first.md"].replace("good-first", "later").replace(
         "Zebrafish", "Platypus"))
-    assert ingest_inbox(s)["outcome"] == "ok"
+    assert ingest_inbox(s)["outcome"] == "ok" and len(loads) == 1
+    loop._kept_encoder.cache_clear()
     retriever = Retriever(s, embedder=embedder)
     assert "later" in {h.chunk.doc_id for h in retriever.search("platypus tank temperature", 3)}
 
@@ -165,6 +171,7 @@ def test_a_future_date_never_becomes_the_live_version_and_a_displacement_is_said
     assert [v["version"] for v in store.versions("cn-hypertension") if not v["superseded"]] == ["2024"]
 
 
+@pytest.mark.slow
 def test_two_ingests_on_one_home_never_collide(settings, tmp_path, monkeypatch):
     from filelock import FileLock
 

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from conftest import GUIDELINES, registry_with_candidates
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
-from medloop.retrieval.index import current_version, load_index
+from medloop.retrieval.segments import current_version, load_index
+from medloop.testing import GUIDELINES, registry_with_candidates
 
 
 def kill_at(failpoint: str, cmd: list[str], env: dict) -> None:
@@ -33,6 +33,7 @@ def kill_at(failpoint: str, cmd: list[str], env: dict) -> None:
     assert proc.returncode == -9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failpoint", ["index-written", "index-renamed"])
 def test_kill_9_while_publishing_an_index_keeps_the_old_one_live(settings, embedder, failpoint):
     with KnowledgeStore(settings.knowledge_db) as store:
@@ -55,6 +56,7 @@ def test_kill_9_while_publishing_an_index_keeps_the_old_one_live(settings, embed
     assert retriever.search("降压目标", k=1)[0].chunk.version == "2024"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failpoint, live_after_kill", [("promote-pointer", "v1"), ("promote-records", "v2")])
 def test_kill_9_during_promotion_leaves_one_consistent_live_adapter(settings, tiny_qwen3, failpoint,
                                                                    live_after_kill):
@@ -77,6 +79,7 @@ def medloop(args: list[str], env: dict) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_rerun_loses_nothing(settings, tmp_path):
     env = {**os.environ, "MEDLOOP_HOME": str(settings.home), "MEDLOOP_FAILPOINT": "index-written:enospc"}
     full = medloop(["ingest", str(GUIDELINES / "cn-influenza-2025.md")], env)
@@ -91,6 +94,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_loses_nothing(settings, tmp_path)
         assert index.count == store.chunk_count() > 0
 
 
+@pytest.mark.slow
 def test_a_bad_setting_is_named_in_one_line(settings):
     env = {**os.environ, "MEDLOOP_HOME": str(settings.home), "MEDLOOP_RETRAIN_CRON": "0 3 1 13 *"}
     bad = medloop(["scheduler", "status"], env)

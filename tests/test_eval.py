@@ -6,22 +6,19 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import GUIDELINES, SFT, LiveServer, make_adapter
 from medloop.cli import app
 from medloop.continual import evaluation
 from medloop.continual.mcq import load_mcq, mcq_accuracy, option_logprobs
-from medloop.knowledge import KnowledgeStore, ingest_paths
-from medloop.retrieval import Retriever, sync_index
 from medloop.serving import build_app
 from medloop.serving.local_engine import LocalEngine
+from medloop.testing import SFT, LiveServer, ScriptedEngine, make_adapter, sample_index
 
 DATA = Path(evaluation.__file__).resolve().parents[1] / "data"
 
 
+@pytest.mark.slow
 def test_compare_writes_markdown_and_html_with_every_target(settings, tiny_qwen3, embedder, tmp_path):
-    store = KnowledgeStore(settings.knowledge_db)
-    ingest_paths(store, [GUIDELINES])
-    sync_index(settings, store, embedder=embedder)
+    sample_index(settings, embedder)
     adapter = make_adapter(tiny_qwen3, settings.adapters_dir / "med", seed=3)
     questions = tmp_path / "q.jsonl"
     questions.write_text("\n".join(json.dumps({"question": q}, ensure_ascii=False)
@@ -52,15 +49,13 @@ def test_default_questions_are_the_reports_ten():
     assert len(qs) == 10 and qs[0].startswith("糖尿病的主要症状") and qs[-1].startswith("新冠康复后")
 
 
+@pytest.mark.slow
 def test_mcq_scores_every_option_and_picks_the_likeliest(tiny_qwen3, settings, embedder):
-    from medloop.training.evaluate import load_for_eval
+    from medloop.models import load
 
-    store = KnowledgeStore(settings.knowledge_db)
-    ingest_paths(store, [GUIDELINES])
-    sync_index(settings, store, embedder=embedder)
-    model, tokenizer = load_for_eval(str(tiny_qwen3))
-    result = mcq_accuracy(model, tokenizer, DATA / "mcq_sample.jsonl",
-                                     Retriever(settings, store=store, embedder=embedder))
+    retriever = sample_index(settings, embedder)
+    model, tokenizer = load(str(tiny_qwen3))
+    result = mcq_accuracy(model, tokenizer, load_mcq(DATA / "mcq_sample.jsonl"), retriever)
     for mode in ("no_evidence", "evidence"):
         details = result[mode]["details"]
         assert len(details) == 4 and all(set(d["scores"]) == {"A", "B", "C", "D"} for d in details)
@@ -70,6 +65,7 @@ def test_mcq_scores_every_option_and_picks_the_likeliest(tiny_qwen3, settings, e
     assert result["evidence"]["details"][0]["scores"] != result["no_evidence"]["details"][0]["scores"]
 
 
+@pytest.mark.slow
 def test_eval_loss_and_run_curves_from_the_cli(tiny_qwen3, tmp_path):
     from medloop.training import make_config, train
 
@@ -107,6 +103,23 @@ def test_mcq_reads_real_benchmark_layouts(tmp_path):
     assert (item.question, item.options["C"], item.answer, item.line) == ("高血压目标?", "<130", "C", 2)
 
 
+def test_a_medmcqa_file_that_cannot_show_its_cop_base_is_refused_unless_named(tmp_path):
+    """A 0-based subset that never answers A looks 1-based: read that way, every answer moves one letter."""
+    row = {"question": "Q", "opa": "a", "opb": "b", "opc": "c", "opd": "d"}
+    ambiguous = tmp_path / "medmcqa_sub.jsonl"
+    ambiguous.write_text("\n".join(json.dumps({**row, "cop": c}) for c in (1, 3, 2)) + "\n")
+    with pytest.raises(ValueError, match=r"medmcqa_sub.jsonl: every `cop` .* --cop-base"):
+        load_mcq(ambiguous)
+    assert [i.answer for i in load_mcq(ambiguous, cop_base=0)] == ["B", "D", "C"]
+    assert [i.answer for i in load_mcq(ambiguous, cop_base=1)] == ["A", "C", "B"]
+    result = CliRunner().invoke(app, ["eval", "mcq", str(ambiguous), "--no-evidence"])
+    assert result.exit_code == 2 and "medmcqa_sub.jsonl" in result.output and "--cop-base" in result.output
+    both = tmp_path / "both.jsonl"
+    both.write_text("\n".join(json.dumps({**row, "cop": c}) for c in (0, 4)) + "\n")
+    with pytest.raises(ValueError, match="line 1 .* line 2"):
+        load_mcq(both)
+
+
 def test_mcq_answer_outside_the_options_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     rows = [{"question": "Q", "options": {"A": "x", "B": "y"}, "answer": "A"},
@@ -118,12 +131,13 @@ def test_mcq_answer_outside_the_options_names_file_and_line(tmp_path):
     assert result.exit_code == 2 and "bad.jsonl:2" in result.output
 
 
+@pytest.mark.slow
 def test_shared_prompt_scores_equal_full_forward_scores(tiny_qwen3):
     import torch
 
-    from medloop.training.evaluate import load_for_eval
+    from medloop.models import load
 
-    model, tokenizer = load_for_eval(str(tiny_qwen3))
+    model, tokenizer = load(str(tiny_qwen3))
     prompt = tokenizer("<|im_start|>user\n高血压的降压目标？<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
     options = [tokenizer(t)["input_ids"] for t in ["A. <130/80 mmHg", "B. <140/90", "C. 降至正常", "D. x"]]
     fast = option_logprobs(model, prompt, options)
@@ -134,42 +148,28 @@ def test_shared_prompt_scores_equal_full_forward_scores(tiny_qwen3):
         assert abs(score - reference) < 1e-4
 
 
+@pytest.mark.slow
 def test_mcq_runs_on_the_embedded_default_model(settings):
     result = CliRunner().invoke(app, ["eval", "mcq", str(DATA / "mcq_sample.jsonl"), "--no-evidence"])
     assert result.exit_code == 0, result.output
     assert "no_evidence  accuracy" in result.output and "on 4 questions" in result.output
 
 
-class SlowFirstEngine:
-    """Answers instantly, except the very first request, which pays a 'model load' of 1.5 s."""
-
-    base_name = "slow-first"
+class SlowFirstEngine(ScriptedEngine):
+    """Answers "ok" instantly, except the very first request, which pays a 'model load' of 1.5 s."""
 
     def __init__(self):
+        super().__init__("ok", name="slow-first")
         self.calls = 0
-
-    async def start(self, adapters):
-        pass
-
-    async def close(self):
-        pass
-
-    def models(self):
-        return [{"id": self.base_name}]
-
-    def has_model(self, name):
-        return name == self.base_name
 
     async def stream(self, request):
         import asyncio
 
-        from medloop.serving.engine import Delta
-
         self.calls += 1
         if self.calls == 1:
             await asyncio.sleep(1.5)
-        yield Delta(text="ok")
-        yield Delta(finish_reason="stop", prompt_tokens=3, completion_tokens=1)
+        async for delta in super().stream(request):
+            yield delta
 
 
 def test_compare_times_each_target_after_a_warm_up(settings):

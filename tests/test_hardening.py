@@ -13,13 +13,12 @@ from fastapi.responses import PlainTextResponse
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 
-from conftest import GUIDELINES, LiveServer, registry_with_candidates
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
 from medloop.serving import build_app
 from medloop.serving.local_engine import LocalEngine
 from medloop.serving.vllm_engine import VLLMEngine
-from medloop.testing import stream_succeeded
+from medloop.testing import GUIDELINES, LiveServer, registry_with_candidates, sample_index, stream_succeeded
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +31,7 @@ def chat(**kw):
     return {**body, **kw}
 
 
+@pytest.mark.slow
 def test_api_and_admin_keys(settings, engine):
     from pydantic import SecretStr
 
@@ -109,12 +109,10 @@ def test_not_json_and_wrong_types_are_400(settings, engine):
 
 
 def test_audit_log_records_ids_not_text_and_logs_carry_no_text(settings, engine, embedder, caplog):
-    store = KnowledgeStore(settings.knowledge_db)
-    ingest_paths(store, [GUIDELINES])
-    sync_index(settings, store, embedder=embedder)
+    retriever = sample_index(settings, embedder)
     settings.audit_log = True
     secret = "患者张三血压160/100"
-    with LiveServer(build_app(settings, engine, Retriever(settings, embedder=embedder))) as live:
+    with LiveServer(build_app(settings, engine, retriever)) as live:
         caplog.set_level("DEBUG")
         httpx.post(live.url + "/v1/chat/completions", json=chat(messages=[{"role": "user", "content": secret}]))
     record = json.loads((settings.home / "audit.jsonl").read_text().splitlines()[-1])
@@ -124,6 +122,7 @@ def test_audit_log_records_ids_not_text_and_logs_carry_no_text(settings, engine,
     assert "张三" not in caplog.text
 
 
+@pytest.mark.slow
 def test_fuzz_the_api_from_its_openapi_schema_valid_and_invalid_bodies(settings, engine):
     """Requests generated from the server's own OpenAPI schema, schema-valid and schema-violating, sent over
     loopback with the admin key: no 5xx, ever. Valid chat bodies name the served model and carry a user turn
@@ -193,6 +192,7 @@ class _Upstream:
             return PlainTextResponse("<html>502 bad gateway from a proxy</html>")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, status", [("slow", 504), ("garbage", 502)])
 def test_slow_or_garbage_upstream_gives_clear_5xx(settings, mode, status):
     with LiveServer(_Upstream(mode).app) as upstream:
@@ -204,6 +204,7 @@ def test_slow_or_garbage_upstream_gives_clear_5xx(settings, mode, status):
             assert time.time() - t0 < 4  # the configured timeout, not the upstream's pace
 
 
+@pytest.mark.slow
 def test_64_concurrent_streaming_clients(settings, engine):
     with LiveServer(build_app(settings, engine, None)) as live:
         async def one(client, i):
@@ -221,6 +222,7 @@ def test_64_concurrent_streaming_clients(settings, engine):
     assert errors == []
 
 
+@pytest.mark.slow
 def test_ingestion_during_queries_never_fails_a_query(settings, embedder, tmp_path):
     store = KnowledgeStore(settings.knowledge_db)
     ingest_paths(store, [GUIDELINES / "cn-hypertension-2024.md"])

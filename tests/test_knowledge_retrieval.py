@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import GUIDELINES
 from medloop.cli import app
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
-from medloop.retrieval.index import current_version, load_index
+from medloop.retrieval.segments import current_version, load_index
+from medloop.testing import GUIDELINES, sample_index
 
 
 @pytest.fixture
@@ -139,6 +139,7 @@ def test_bad_inputs_fail_alone_with_clear_errors(settings, tmp_path):
     assert {v["doc_id"] for v in store.versions()} == {"cn-influenza", "nometa"}
 
 
+@pytest.mark.slow
 def test_cli_ingest_reports_and_exits_1_on_failure(settings, tmp_path):
     _bad_inputs(tmp_path / "in")
     result = CliRunner().invoke(app, ["ingest", str(tmp_path / "in")])
@@ -151,6 +152,7 @@ def test_cli_ingest_reports_and_exits_1_on_failure(settings, tmp_path):
     assert status["count"] == len(KnowledgeStore(settings.knowledge_db).chunks()) and not status["behind_store"]
 
 
+@pytest.mark.slow
 def test_many_files_with_some_bad(settings, embedder, tmp_path):
     folder = tmp_path / "many"
     (folder / "sub").mkdir(parents=True)
@@ -189,6 +191,7 @@ def test_crash_between_store_and_index_is_caught_up(settings, embedder, monkeypa
     assert hit.chunk.version == "2024"
 
 
+@pytest.mark.slow
 def test_kill_9_during_ingest_then_rerun_completes(settings, tmp_path):
     folder = tmp_path / "bulk"
     folder.mkdir()
@@ -227,10 +230,7 @@ def test_server_side_retriever_reloads_new_index_version(settings, embedder):
 @pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
 def test_approximate_index_types(settings, embedder, index_type):
     settings.index_type = index_type
-    store = KnowledgeStore(settings.knowledge_db)
-    ingest_paths(store, [GUIDELINES])
-    sync_index(settings, store, embedder=embedder)
-    hits = Retriever(settings, store=store, embedder=embedder).search("acute coronary syndrome P2Y12", k=1)
+    hits = sample_index(settings, embedder).search("acute coronary syndrome P2Y12", k=1)
     assert hits[0].chunk.doc_id == "acc-aha-acs"
 
 
@@ -248,6 +248,7 @@ def test_the_same_passage_in_two_documents_is_shown_and_cited_once(settings, emb
     assert len({h.chunk.section for h in hits}) == len(hits)
 
 
+@pytest.mark.slow
 def test_cli_search_output_carries_no_third_party_noise(settings):
     env = {**os.environ, "MEDLOOP_HOME": str(settings.home)}
     ingest = subprocess.run([sys.executable, "-m", "medloop.cli", "ingest", str(GUIDELINES)], env=env,
@@ -303,6 +304,7 @@ def test_an_english_only_embedder_never_reads_chinese_chunks(settings, embedder)
     assert vectors_in(load_index(settings.index_dir)) == len(store.chunks())
 
 
+@pytest.mark.slow
 def test_an_interrupted_index_write_resumes_with_the_embeddings_done(settings, embedder):
     store = KnowledgeStore(settings.knowledge_db)
     ingest_paths(store, [GUIDELINES])
@@ -378,9 +380,7 @@ def test_small_segments_are_merged_as_they_accumulate(settings, embedder, tmp_pa
     import medloop.retrieval.index as index_mod
 
     monkeypatch.setattr(index_mod, "MERGE_FACTOR", 3)
-    store = KnowledgeStore(settings.knowledge_db)
-    ingest_paths(store, [GUIDELINES])
-    sync_index(settings, store, embedder=embedder)
+    store = sample_index(settings, embedder).store
     (base,) = load_index(settings.index_dir).segments
     counts = []
     for i in range(3):
@@ -410,3 +410,111 @@ def test_an_index_of_an_older_layout_is_reported_and_rebuilt(settings, embedder,
         f"{old}: an index written by an older medloop; run `medloop index rebuild`") == 1  # said once
     result = sync_index(settings, store, embedder=embedder)
     assert result.total == len(store.chunks()) and retriever.search("降压目标", 1)[0].relevant
+
+
+@pytest.mark.slow
+def test_an_ingest_after_the_first_imports_neither_torch_nor_the_continual_room(settings):
+    """The first ingest exports the embedder to ONNX; later ones embed with that export (onnxruntime)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MEDLOOP_HOME": str(settings.home)}
+    first = subprocess.run([sys.executable, "-m", "medloop.cli", "ingest", str(GUIDELINES / "cn-hypertension-2024.md")],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    probe = ("import sys; from medloop.cli import main; sys.argv = ['medloop', 'ingest', sys.argv[1]]\n"
+             "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+             "print(sorted(m for m in ('torch', 'sentence_transformers', 'medloop.continual') if m in sys.modules))")
+    second = subprocess.run([sys.executable, "-c", probe, str(GUIDELINES / "cn-influenza-2025.md")], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout.strip().splitlines()[-1] == "[]"
+    assert "流感" in " ".join(c.text for c in KnowledgeStore(settings.knowledge_db).chunks())
+
+
+def test_chunks_follow_their_chunker(settings, monkeypatch):
+    """A chunk_size change re-chunks a file on its next ingest (same text: not "unchanged"), and `medloop index
+    rechunk` re-chunks what is not ingested again, from the stored text."""
+    from medloop.knowledge.chunking import Chunker
+
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [GUIDELINES / "cn-hypertension-2024.md", GUIDELINES / "cn-influenza-2025.md"])
+    before = {c.doc_id: 0 for c in store.chunks()}
+    for c in store.chunks():
+        before[c.doc_id] += 1
+    small = Chunker(size=30, overlap=0)
+    again = ingest_paths(store, [GUIDELINES / "cn-hypertension-2024.md"], chunker=small)
+    assert again.files[0].outcome == "updated"
+    counts = {}
+    for c in store.chunks():
+        counts[c.doc_id] = counts.get(c.doc_id, 0) + 1
+    assert counts["cn-hypertension"] > before["cn-hypertension"] and counts["cn-influenza"] == before["cn-influenza"]
+    assert ingest_paths(store, [GUIDELINES / "cn-hypertension-2024.md"], chunker=small).files[0].outcome == "unchanged"
+    monkeypatch.setenv("MEDLOOP_HOME", str(settings.home))
+    monkeypatch.setenv("MEDLOOP_CHUNK_SIZE", "30")
+    monkeypatch.setenv("MEDLOOP_CHUNK_OVERLAP", "0")
+    store.close()
+    result = CliRunner().invoke(app, ["index", "rechunk"])
+    assert result.exit_code == 0, result.output
+    assert "1 documents re-chunked" in result.output
+    store = KnowledgeStore(settings.knowledge_db)
+    influenza = sum(c.doc_id == "cn-influenza" for c in store.chunks())
+    assert influenza > before["cn-influenza"]
+    assert load_index(settings.index_dir).count == store.chunk_count()
+
+
+
+BM25_QUERIES = ["高血压患者的降压目标是多少？", "HbA1c target for adults with type 2 diabetes", "阿司匹林 双抗 多久"]
+
+
+def _oracle_check(index, rtol_of) -> None:
+    """bm25s' Lucene BM25 (the oracle) over the tokens the index holds, against the index's own sparse search, for
+    every chunk a query reaches: `rtol_of(segment)` is how far that segment may be from the oracle."""
+    import bm25s
+
+    from medloop.retrieval import bm25
+    from medloop.retrieval.tokenize import tokenize
+
+    ids, corpus, owner = [], [], []
+    for s in index.segments:
+        m = s.doc_terms
+        for row, chunk_id in enumerate(s.ids.tolist()):
+            cols, counts = m.indices[m.indptr[row]:m.indptr[row + 1]], m.data[m.indptr[row]:m.indptr[row + 1]]
+            ids.append(chunk_id)
+            corpus.append([s.terms[j] for j, n in zip(cols, counts, strict=True) for _ in range(int(n))])
+            owner.append(s)
+    oracle = bm25s.BM25(method="lucene", k1=bm25.K1, b=bm25.B)
+    oracle.index(corpus, show_progress=False)
+    for question in BM25_QUERIES:
+        terms = sorted(set(tokenize(question)))
+        ours = index.sparse_search(terms, len(ids))
+        known = [t for t in terms if any(t in doc for doc in corpus)]
+        theirs = oracle.get_scores(known)
+        assert ours and set(ours) == {i for i, s in zip(ids, theirs, strict=True) if s > 0}, question
+        for i, chunk_id in enumerate(ids):
+            if chunk_id in ours:
+                rtol = rtol_of(owner[i])
+                assert theirs[i] / (1 + rtol) - 1e-5 <= ours[chunk_id] <= theirs[i] * (1 + rtol) + 1e-5, question
+
+
+def test_one_segment_scores_as_bm25s_lucene_does(settings, embedder):
+    sample_index(settings, embedder)
+    index = load_index(settings.index_dir)
+    assert len(index.segments) == 1
+    _oracle_check(index, lambda segment: 1e-4)
+
+
+def test_several_segments_score_within_their_average_length_of_one_index(settings, embedder):
+    """Segments share the whole index's IDF but normalise length by their own average (bm25.postings): a chunk's
+    score is off the one-index score by at most the ratio of its segment's average length to the index's."""
+    store = KnowledgeStore(settings.knowledge_db)
+    files = sorted(GUIDELINES.iterdir())
+    for part in (files[:2], files[2:]):
+        ingest_paths(store, part)
+        sync_index(settings, store, embedder=embedder)
+    index = load_index(settings.index_dir)
+    assert len(index.segments) == 2
+    average = {s.name: float(s.doc_terms.sum()) / len(s) for s in index.segments}
+    overall = sum(float(s.doc_terms.sum()) for s in index.segments) / sum(len(s) for s in index.segments)
+    _oracle_check(index, lambda s: max(average[s.name], overall) / min(average[s.name], overall) - 1)

@@ -9,16 +9,42 @@ import json
 
 import pytest
 
+from medloop.config import Settings
 from medloop.testing import SABOTAGE, month_suite_home, run_month
 
+pytestmark = pytest.mark.slow  # each month trains an adapter
+
 ORDER = ["good1", "superseded", "remap", "shuffle", "forgetting", "good2"]
+
+
+class Months:
+    """The suite's months, run in order, each when a test first asks for it: each test pays for its own month, so
+    on a slow machine pytest's timeout fails the test whose month ran long, with its name, not every test at once.
+    A month that did not finish fails the tests that need it or a later one with that reason."""
+
+    def __init__(self, settings, retriever):
+        self.settings, self.retriever = settings, retriever
+        self.fixture = json.loads(SABOTAGE.read_text())["months"]
+        self.done: dict[str, dict] = {}
+        self.broken = ""
+
+    def __getitem__(self, name: str) -> dict:
+        while name not in self.done:
+            if self.broken:
+                pytest.fail(self.broken)
+            month = ORDER[len(self.done)]
+            try:
+                self.done[month] = run_month(self.settings, self.retriever, month, self.fixture[month])
+            except BaseException as e:  # pytest-timeout's failure too: later months build on this one
+                self.broken = f"month {month!r} did not finish: {type(e).__name__}: {str(e)[:200]}"
+                raise
+        return self.done[name]
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory, embedder):
     settings, retriever = month_suite_home(tmp_path_factory.mktemp("sabotage"), "word", seed=0, embedder=embedder)
-    fixture = json.loads(SABOTAGE.read_text())
-    return {name: run_month(settings, retriever, name, fixture["months"][name]) for name in ORDER}
+    return Months(settings, retriever)
 
 
 def test_a_month_that_teaches_the_guidelines_is_promoted(outcomes):
@@ -50,11 +76,13 @@ def test_superseded_target_is_caught_by_the_data_and_on_what_it_knew(outcomes):
 
 
 def test_an_off_domain_month_is_rejected(outcomes):
-    """None of its questions finds guideline evidence. Its regression loss rises several times over, as a good
-    month's does: on loss alone the two cannot be told apart."""
+    """Its questions are not medical (at most a stray one names a medical word). Its regression loss rises several
+    times over, as a good month's does: on the regression loss alone the two cannot be told apart. (Its held-out
+    new-data loss may fail too and, being first in the gate's order, be named as the decider; `in_domain` must fail
+    either way.)"""
     month = outcomes["forgetting"]
-    assert month["outcome"] == "rejected" and month["decided_by"] == "in_domain", month
-    assert month["signals"]["in_domain"]["candidate"] == 0
+    assert month["outcome"] == "rejected" and "in_domain" in month["failed"], month
+    assert month["signals"]["in_domain"]["candidate"] < Settings().gate_min_in_domain
     reg = month["signals"]["regression_loss"]
     assert reg["candidate"] > 2 * reg["live"]
 
@@ -63,7 +91,7 @@ def test_a_second_good_month_is_promoted_and_keeps_what_the_first_taught(outcome
     month = outcomes["good2"]
     assert month["outcome"] == "promoted", month
     fact = month["signals"]["fact_recall"]
-    assert fact["passed"] and fact["worse"] - fact["better"] <= 3, fact  # no drop the sign test calls real
+    assert fact["passed"], fact  # what it lost, against what it gained, is a drop the sign test calls chance
     assert month["signals"]["evidence_agreement"]["candidate"] == 1.0
 
 

@@ -8,15 +8,16 @@ import httpx
 import openai
 import pytest
 
-from conftest import GUIDELINES, LiveServer, make_adapter
 from fake_vllm import fake_vllm
+from medloop import testing
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
 from medloop.serving import build_app
-from medloop.serving.engine import Delta, GenerationRequest
+from medloop.serving.engine import GenerationRequest
 from medloop.serving.local_engine import LocalEngine
 from medloop.serving.reasoning import ReasoningParser, split_reasoning
 from medloop.serving.vllm_engine import VLLMEngine
+from medloop.testing import GUIDELINES, LiveServer, ScriptedEngine, make_adapter, sample_index
 
 ADMIN = {"Authorization": "Bearer k-admin"}
 ZH_Q = "高血压患者的降压目标是多少？"
@@ -29,9 +30,7 @@ def home(tmp_path_factory, tiny_qwen3, embedder):
 
     home = tmp_path_factory.mktemp("home")
     settings = Settings(home=home, admin_key="k-admin")
-    store = KnowledgeStore(settings.knowledge_db)
-    ingest_paths(store, [GUIDELINES])
-    sync_index(settings, store, embedder=embedder)
+    sample_index(settings, embedder)
     make_adapter(tiny_qwen3, settings.adapters_dir / "a", seed=1)
     make_adapter(tiny_qwen3, settings.adapters_dir / "b", seed=2)
     return settings
@@ -51,9 +50,7 @@ def server(home, engine, embedder):
 
 
 def ask(client, question, model="qwen3-tiny", **kw):
-    kw.setdefault("max_tokens", 12)
-    kw.setdefault("temperature", 0)
-    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], **kw)
+    return testing.ask(client, question, model, **kw)
 
 
 def test_models_lists_base_and_adapters(server):
@@ -231,33 +228,6 @@ def test_reasoning_parser_splits_whole_and_streamed_output():
         assert (r + dr, c + dc) == ("first think", "the answer")
 
 
-class ScriptedEngine:
-    """Stands in for a model that thinks: emits fixed text in pieces through the engine interface."""
-
-    base_name = "thinker"
-
-    def __init__(self, text):
-        self.text = text
-
-    async def start(self, adapters):
-        pass
-
-    async def close(self):
-        pass
-
-    def models(self):
-        return [{"id": "thinker"}]
-
-    def has_model(self, name):
-        return name == "thinker"
-
-    async def stream(self, request):
-        for i in range(0, len(self.text), 3):
-            await asyncio.sleep(0)
-            yield Delta(text=self.text[i:i + 3])
-        yield Delta(finish_reason="stop", prompt_tokens=5, completion_tokens=9)
-
-
 def test_reasoning_is_returned_apart_from_content(settings):
     app = build_app(settings, ScriptedEngine("<think>\n先看指南\n</think>\n\n答案是130/80"), None)
     with LiveServer(app) as live:
@@ -375,7 +345,7 @@ def test_upstream_gets_its_own_key_never_a_client_key(home, monkeypatch):
 
 
 def test_launch_passes_lora_flags_and_configured_adapters_are_adopted(home, monkeypatch):
-    from medloop import cli
+    from medloop.cli import serve as cli
     from medloop.serving import vllm_engine
 
     path = str((home.adapters_dir / "a").resolve())
@@ -444,8 +414,8 @@ def test_vllm_engine_upstream_faults(home):
 def test_incremental_decoding_reassembles_multibyte_text_exactly():
     from transformers import AutoTokenizer
 
-    from conftest import TOKENIZER
     from medloop.serving.local_engine import Detokenizer, Sampler, _Job, _Row
+    from medloop.testing import TOKENIZER
 
     class Out:
         def __init__(self):

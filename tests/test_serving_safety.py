@@ -17,10 +17,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from conftest import LiveServer
 from medloop.serving import build_app, local_engine
 from medloop.serving.local_engine import LocalEngine
-from medloop.testing import engine_bodies, send_together, stream_succeeded
+from medloop.testing import LiveServer, engine_bodies, send_together, stream_succeeded
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +82,7 @@ fields = st.sampled_from(["model", "messages", "max_tokens", "temperature", "top
                           "logit_bias", "x-extra"])
 
 
+@pytest.mark.slow
 @hsettings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(overrides=st.dictionaries(fields, json_values, max_size=4))
 def test_any_body_beside_a_good_request_leaves_its_answer_unchanged(live, overrides):
@@ -112,6 +112,7 @@ async def stream_one(client: httpx.AsyncClient, url: str, body: dict, leave_afte
             "tokens": usage["completion_tokens"] if usage else None}
 
 
+@pytest.mark.slow
 def test_clients_leaving_at_random_moments_never_change_a_survivors_answer(live):
     questions = [f"问题{i}：血压{120 + i}" for i in range(20)]
     body = {q: good(q, max_tokens=16, stream=True, stream_options={"include_usage": True}) for q in questions}
@@ -147,6 +148,7 @@ def test_clients_leaving_at_random_moments_never_change_a_survivors_answer(live)
     assert survivors >= 20
 
 
+@pytest.mark.slow
 def test_mixed_sampling_settings_share_one_batch_and_keep_their_own_randomness(live, engine):
     bodies = [good(f"问题{i}", temperature=t, top_p=p, seed=s, max_tokens=10)
               for i, (t, p, s) in enumerate([(0.7, 1.0, 1), (1.0, 0.9, 2), (1.3, 0.8, 3), (0.0, 1.0, None),
@@ -161,6 +163,7 @@ def test_mixed_sampling_settings_share_one_batch_and_keep_their_own_randomness(l
     assert len(set(sampled)) == len(sampled)  # distinct seeds really sample differently
 
 
+@pytest.mark.slow
 def test_a_vanishing_temperature_is_greedy_and_its_neighbours_keep_their_answers(live):
     """temperature 1e-300 with top_p 0.5 is a valid body: in float32 it is 0, and logits / 0 emptied the nucleus
     and failed the whole batch (12, 9 and 11 of 12 neighbours got a 500). As in vLLM, it is greedy now."""
@@ -242,6 +245,7 @@ def fixed(live):
     return bodies, [alone(live.url, b) for b in bodies]
 
 
+@pytest.mark.slow
 @hsettings(max_examples=200, derandomize=True, deadline=None, database=None,
            suppress_health_check=list(HealthCheck))
 @given(body=engine_bodies("tiny"))
@@ -306,6 +310,7 @@ def _read_then_leave(url: str, body: dict) -> None:
                 raise httpx.ReadTimeout("leaving after the first chunk")
 
 
+@pytest.mark.slow
 def test_sigterm_drains_with_a_deadline(tiny_qwen3, settings, tmp_path):
     """SIGTERM used to take 7 minutes (the batch in hand ran to its end): now requests in flight get
     shutdown_timeout_s, then they end with an error and the process exits."""

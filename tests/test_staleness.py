@@ -3,14 +3,13 @@
 import httpx
 import pytest
 
-from conftest import GUIDELINES, LiveServer
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
 from medloop.retrieval.claims import values
 from medloop.retrieval.evidence import stale_note
 from medloop.retrieval.staleness import disagreements, stale_claims
 from medloop.serving import build_app
-from test_serving import ScriptedEngine, ask
+from medloop.testing import GUIDELINES, LiveServer, ScriptedEngine, ask
 
 
 @pytest.fixture
@@ -164,8 +163,17 @@ def test_the_check_meets_its_targets_on_the_dev_set(store):
     assert result["detection"] >= 0.9 and result["false_flag_rate"] <= 0.05, result["per_answer"]
 
 
-def test_the_wire_stale_claim_carries_its_kind():
-    from medloop.serving.protocol import StaleClaim
+def test_response_models_refuse_a_field_they_do_not_declare():
+    """The stale claim goes on the wire as the check found it, `kind` included; a field a response model does not
+    declare fails instead of being dropped silently (as `kind` once was)."""
+    import pydantic
 
-    assert StaleClaim(claim="利尿剂", guideline_id="g", stale_version="1", live_version="2", live_says="",
-                      section="s", kind="name").model_dump()["kind"] == "name"
+    from medloop.retrieval.staleness import StaleClaim
+    from medloop.serving.protocol import Evidence, ModelCard
+
+    claim = StaleClaim("利尿剂", "g", "1", "2", "", "s", kind="name")
+    evidence = Evidence(index=1, guideline_id="g", title="t", issuer="i", version="2", published="2024-01-01",
+                        section="s", quote="q", chunk_id=1, score=0.5, relevance=0.9, stale_claims=[claim])
+    assert evidence.model_dump()["stale_claims"][0]["kind"] == "name"
+    with pytest.raises(pydantic.ValidationError, match="extra"):
+        ModelCard(id="medical", revision="v3")

@@ -7,10 +7,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-from conftest import SFT, TOKENIZER
 from medloop.cli import app
+from medloop.testing import SFT, TOKENIZER
 from medloop.training import make_config, merge, train
 from medloop.training.components import AdaptiveClip, TermMaskingCollator
+from medloop.training.config import PRESETS_DIR, load_preset
 from medloop.training.data import IGNORE, BadSample, load_samples, render
 
 LAYOUTS = ["sharegpt_zh_en.jsonl", "alpaca_zh_en.jsonl", "messages_think_zh_en.jsonl"]
@@ -79,6 +80,19 @@ def test_presets_are_data_and_flags_override():
         make_config("v9", base_model="m", data=[], output_dir="o")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
+def test_every_preset_trains_a_step_as_written(tiny_qwen3, tmp_path, preset):
+    """Each preset file, with nothing overridden but the step count, loads, trains (QLoRA) and records itself."""
+    result = CliRunner().invoke(app, [
+        "train", "--base-model", str(tiny_qwen3), "--data", str(SFT / LAYOUTS[0]), "--output-dir", str(tmp_path),
+        "--preset", preset, "--max-steps", "1", "--val-size", "0", "--swanlab-mode", "disabled"])
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "medloop_run.json").read_text())
+    assert run["preset"] == preset and run["steps"] == 1
+    assert {k: run["config"][k] for k in load_preset(preset)} == load_preset(preset)
+
+
 def test_term_masking_masks_prompt_terms_only(tokenizer):
     messages = [{"role": "user", "content": "高血压和糖尿病怎么办？"},
                 {"role": "assistant", "content": "高血压要控制。"}]
@@ -142,6 +156,7 @@ def _config(tiny_qwen3, tmp_path, preset="v1", **kw):
     return make_config(preset, **{**base, **kw})
 
 
+@pytest.mark.slow
 def test_qlora_lowers_training_loss_and_writes_a_loadable_adapter(tiny_qwen3, tmp_path):
     result = train(_config(tiny_qwen3, tmp_path))
     out = result.output_dir
@@ -172,6 +187,7 @@ def test_qlora_lowers_training_loss_and_writes_a_loadable_adapter(tiny_qwen3, tm
     assert torch.allclose(merged_logits, tuned, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_v3_recipe_trains_with_masking_and_adaptive_clip(tiny_qwen3, tmp_path):
     result = train(_config(tiny_qwen3, tmp_path, preset="v3", max_steps=14, save_steps=100, warmup_ratio=0.0,
                            modules_to_save=[], quantize=False))
@@ -180,6 +196,7 @@ def test_v3_recipe_trains_with_masking_and_adaptive_clip(tiny_qwen3, tmp_path):
     assert thresholds[0] == 0.3 and thresholds[-1] != 0.3  # fixed during warm-up, then the running percentile
 
 
+@pytest.mark.slow
 def test_resume_continues_the_step_count(tiny_qwen3, tmp_path):
     train(_config(tiny_qwen3, tmp_path, max_steps=4, save_steps=2, eval_steps=100, logging_steps=1, quantize=False))
     resumed = train(_config(tiny_qwen3, tmp_path, max_steps=6, save_steps=2, eval_steps=100, logging_steps=1,
@@ -190,6 +207,7 @@ def test_resume_continues_the_step_count(tiny_qwen3, tmp_path):
     assert steps[:4] == [1, 2, 3, 4] and steps[4:] == [5, 6]  # the second run started at step 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_each_layout_trains_from_the_cli(tiny_qwen3, tmp_path, layout):
     result = CliRunner().invoke(app, [
@@ -200,6 +218,7 @@ def test_each_layout_trains_from_the_cli(tiny_qwen3, tmp_path, layout):
     assert "adapter:" in result.output and (tmp_path / "a" / "adapter_config.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_train_strict_fails_on_bad_line(tiny_qwen3, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text((SFT / "alpaca_zh_en.jsonl").read_text() + "{broken\n")
@@ -208,6 +227,7 @@ def test_cli_train_strict_fails_on_bad_line(tiny_qwen3, tmp_path):
     assert result.exit_code == 2 and "bad.jsonl:9" in result.output
 
 
+@pytest.mark.slow
 def test_every_config_field_is_a_flag_validated_by_the_config(tiny_qwen3, tmp_path):
     import typer
 
@@ -236,6 +256,7 @@ def test_every_config_field_is_a_flag_validated_by_the_config(tiny_qwen3, tmp_pa
     assert bad.exit_code == 2 and "--lora-dropout" in bad.output
 
 
+@pytest.mark.slow
 def test_torchrun_trains_one_adapter_on_two_processes(tiny_qwen3, tmp_path):
     """DDP for real, on CPU (gloo): each process trains on its own half of the data, the first alone writes the
     adapter and the metrics, and the loss falls."""

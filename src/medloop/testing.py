@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medloop.serving.engine import ServedAdapters
 from medloop.serving.live import LiveServer  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -418,15 +419,15 @@ def smollm2_folder(out: Path) -> Path:
     """The embedded GGUF (SmolLM2-135M-Instruct), dequantised and saved as a trainable transformers folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medloop.config import DEFAULT_CHAT_MODEL, resolve_model
+    from medloop.models import DEFAULT_CHAT_MODEL, resolve
 
-    folder, gguf = resolve_model(DEFAULT_CHAT_MODEL)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)  # dequantised; not serialisable as is
+    folder, extra = resolve(DEFAULT_CHAT_MODEL)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, **extra)  # dequantised; not serialisable as is
     plain = AutoModelForCausalLM.from_config(loaded.config)
     plain.load_state_dict(loaded.state_dict())
     plain.config.quantization_config = None
     plain.save_pretrained(out)
-    AutoTokenizer.from_pretrained(folder, gguf_file=gguf).save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder, **extra).save_pretrained(out)
     return out
 
 
@@ -476,3 +477,88 @@ def run_month(settings, retriever, name: str, rows: list[dict]) -> dict:
             "failed": sorted(k for k, v in decision.get("signals", {}).items() if v["passed"] is False),
             "seconds": round(time.perf_counter() - started, 1), "gate_seconds": decision.get("seconds"),
             "signals": decision.get("signals", {}), "rules": decision.get("rules", {})}
+
+
+QWEN3_SHAPES = {  # from the public Qwen3 config.json files; "tiny" for CPU dry runs
+    "0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, tie_word_embeddings=True),
+}
+
+
+def qwen3_shaped(folder: Path, shape: str) -> Path:
+    """A Qwen3 of a real size with random weights (bfloat16; built on the GPU when there is one) on the real
+    tokenizer: speed and memory depend on shapes and lengths, not on weight values."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    config = Qwen3Config(vocab_size=151936, max_position_embeddings=40960, rope_theta=1000000.0,
+                         eos_token_id=[151645, 151643], pad_token_id=151643, bos_token_id=151643, **QWEN3_SHAPES[shape])
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen3ForCausalLM(config).to(torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = [151645, 151643], 151643
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def registry_with_candidates(adapters_dir: Path, base: Path, seeds=(1, 2)):
+    """An adapter registry holding one finished candidate version (random LoRA weights) per seed."""
+    from medloop.continual import AdapterRegistry
+
+    registry = AdapterRegistry(adapters_dir)
+    for seed in seeds:
+        record = registry.new_version(None, {})
+        make_adapter(base, adapters_dir / record.version, seed)
+        record.status, record.pid = "candidate", None
+        registry.save(record)
+    return registry
+
+
+def sample_index(settings, embedder, files: list[Path] | None = None):
+    """The sample guidelines (or `files`) ingested and indexed under `settings`' home; a Retriever over them."""
+    from medloop.knowledge import KnowledgeStore, ingest_paths
+    from medloop.retrieval import Retriever, sync_index
+
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, files or [GUIDELINES])
+    sync_index(settings, store, embedder=embedder)
+    return Retriever(settings, store=store, embedder=embedder)
+
+
+def ask(client, question: str, model: str, **kw):
+    """One chat question through the openai client, greedy and short unless told otherwise."""
+    kw.setdefault("max_tokens", 12)
+    kw.setdefault("temperature", 0)
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], **kw)
+
+
+class ScriptedEngine:
+    """Stands in for a model that thinks: emits fixed text in pieces through the engine interface."""
+
+    def __init__(self, text: str, name: str = "thinker"):
+        self.text = text
+        self.adapters = ServedAdapters(name)
+
+    async def start(self, adapters):
+        pass
+
+    async def close(self):
+        pass
+
+    async def stream(self, request):
+        import asyncio
+
+        from medloop.serving.engine import Delta
+
+        for i in range(0, len(self.text), 3):
+            await asyncio.sleep(0)
+            yield Delta(text=self.text[i:i + 3])
+        yield Delta(finish_reason="stop", prompt_tokens=5, completion_tokens=9)

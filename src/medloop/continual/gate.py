@@ -201,15 +201,16 @@ def fact_hits(model, tokenizer, items, prompts: list[list[int]], max_tokens: int
     option's text? Answered in length-sorted, left-padded batches: a batch decodes in max_tokens steps."""
     import torch
 
+    from medloop.models import left_pad
+
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: dict[int, str] = {}
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in batch)
-        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch], device=device)
+        ids, mask = left_pad([prompts[i] for i in batch], pad, device)
+        width = ids.shape[1]
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False,
                                  pad_token_id=pad)
@@ -260,10 +261,11 @@ def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: lis
     from peft import PeftModel
 
     from medloop.continual.mcq import item_prompt, score_items
-    from medloop.training.evaluate import eval_loss, load_for_eval
+    from medloop.models import load
+    from medloop.training.evaluate import eval_loss
 
     started = time.perf_counter()
-    base, tokenizer = load_for_eval(base_model, quantize=quantize)
+    base, tokenizer = load(base_model, quantize=quantize)
     model = PeftModel.from_pretrained(base, candidate, adapter_name="candidate").eval()
     if live is not None:
         model.load_adapter(live, adapter_name="live")

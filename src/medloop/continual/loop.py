@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import time
@@ -19,6 +20,7 @@ from medloop.continual.mcq import load_mcq
 from medloop.continual.registry import AdapterRecord, AdapterRegistry, Status
 from medloop.knowledge.ingest import FileOutcome
 from medloop.knowledge.parsing import SUPPORTED_SUFFIXES
+from medloop.retrieval.embedder import encoder
 from medloop.retrieval.ingest import IngestBusy, ingest_and_index
 from medloop.training.data import BadSample, detect_layout
 
@@ -121,6 +123,13 @@ def route_inbox(settings: Settings) -> dict[str, int]:
     return routed
 
 
+@functools.lru_cache(maxsize=1)
+def _kept_encoder(index_dir: Path, name: str):
+    """The scheduler's encoder, loaded on the first poll with files and kept: a later poll costs its files, not a
+    model load."""
+    return encoder(index_dir, name)
+
+
 def ingest_inbox(settings: Settings) -> dict:
     """Ingest everything in inbox/guidelines/ (and guidelines dropped into inbox/ itself); move each file to
     processed/ or to failed/ beside a .error.txt."""
@@ -135,7 +144,8 @@ def ingest_inbox(settings: Settings) -> dict:
         return {"outcome": Outcome.FAILED_SOME if links else Outcome.NOTHING_NEW, "files": 0, "refused": len(links),
                 "settling": len(settling), "routed": routed, "serving": serving}
     try:
-        report, synced = ingest_and_index(settings, files, wait_s=0)
+        report, synced = ingest_and_index(settings, files, wait_s=0,
+                                          embedder=_kept_encoder(settings.index_dir, settings.embedder))
     except IngestBusy as e:  # a `medloop ingest` on this home: its files wait for the next poll
         return {"outcome": Outcome.SKIPPED, "reason": str(e)}
     for result in report.files:

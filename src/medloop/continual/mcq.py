@@ -3,8 +3,9 @@
 Reads JSONL (or CSV) in the layouts the public medical sets use, any letter case:
 - medloop / MIRAGE: `question`, `options` (dict or list), `answer` (letter or option text);
 - MedQA: `options` dict, `answer` (option text) and `answer_idx` (letter);
-- MedMCQA: `opa`..`ope`, `cop` (1-based as in the original release; a file with a `cop` of 0 is 0-based,
-  as on the HF hub);
+- MedMCQA: `opa`..`ope`, `cop`: 1-based in the original release, 0-based on the HF hub. A file with a `cop` of 0
+  is 0-based, one with a `cop` as large as its option count is 1-based; one with neither could be either (a
+  0-based subset that never answers A) and is refused unless the caller names the base (`cop_base`);
 - CMMLU / C-Eval: `Question`, columns `A`..`E`, `Answer`.
 An answer that is none of the options is an error naming the file and line, never a silent zero.
 
@@ -74,6 +75,23 @@ def _answer(row: dict, options: dict[str, str], cop_base: int) -> str | None:
     return by_text[0] if len(by_text) == 1 else text
 
 
+def _cop_base(path: Path, rows: list[tuple[int, dict]], given: int | None) -> int:
+    cops = [(line, int(c), len(_options(r))) for line, r in rows
+            if (c := _field(r, "cop")) is not None and str(c).strip().isdigit()]
+    if given is not None or not cops:
+        return 1 if given is None else given
+    zero = next((line for line, cop, _ in cops if cop == 0), None)
+    top = next((line for line, cop, n in cops if cop == n), None)
+    if zero is not None and top is not None:
+        raise MCQFormatError(f"{path}: `cop` is 0 on line {zero} (0-based) and as large as the option count on line "
+                             f"{top} (1-based): one of them is wrong")
+    if zero is None and top is None:
+        raise MCQFormatError(f"{path}: every `cop` lies between 1 and the option count less one, so the file may be "
+                             "0-based (as on the HF hub) or 1-based (the original MedMCQA release): name the base "
+                             "(`medloop eval mcq --cop-base 0` or `1`)")
+    return 0 if zero is not None else 1
+
+
 def _rows(path: Path) -> list[tuple[int, dict]]:
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".csv":
@@ -84,10 +102,9 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
         raise MCQFormatError(f"{path}:{e.line}: {e.message}") from e
 
 
-def load_mcq(path: Path) -> list[MCQItem]:
+def load_mcq(path: Path, cop_base: int | None = None) -> list[MCQItem]:
     rows = _rows(path)
-    cops = [int(c) for _, r in rows if (c := _field(r, "cop")) is not None and str(c).strip().isdigit()]
-    cop_base = 0 if cops and min(cops) == 0 else 1
+    cop_base = _cop_base(path, rows, cop_base)
     items = []
     for line, row in rows:
         question, options = _field(row, "question"), _options(row)
@@ -160,9 +177,8 @@ def score_items(model, tokenizer, items: list[MCQItem], retriever=None, k: int =
             "seconds_per_item": (time.perf_counter() - started) / max(len(items), 1)}
 
 
-def mcq_accuracy(model, tokenizer, path: Path, retriever=None, k: int = 3, on_item=None) -> dict:
+def mcq_accuracy(model, tokenizer, items: list[MCQItem], retriever=None, k: int = 3, on_item=None) -> dict:
     """Accuracy without evidence and (given a retriever) with the evidence serving would put in the prompt."""
-    items = load_mcq(path)
     result = {"questions": len(items), "no_evidence": score_items(model, tokenizer, items, None, k, on_item)}
     if retriever is not None:
         result["evidence"] = score_items(model, tokenizer, items, retriever, k, on_item)

@@ -1,7 +1,9 @@
 """Structure-following chunks: sections by heading, then paragraphs, then sentences.
 
 Sizes are counted in "units": one CJK character or one Latin word each, so that a Chinese and an
-English chunk of the same size carry about the same amount of text (and of tokens).
+English chunk of the same size carry about the same amount of text (and of tokens). A `Chunker` is the rule and its
+sizes; its `signature` is stored with every document, so that a change of either re-chunks a document the next time
+it is ingested, or at once with `medloop index rechunk`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,31 @@ UNIT = re.compile(f"[{CJK_RANGES}]|[^\\s{CJK_RANGES}]+")
 SENTENCE_END = re.compile(r"(?<=[。！？；!?;])|(?<=[.])\s+")
 
 
+VERSION = 2  # bump when the rule changes: stored documents are re-chunked (2: section names made one line)
+DEFAULT_SIZE, DEFAULT_OVERLAP = 360, 40
+
+
 @dataclass
 class Chunk:
     section: str
     text: str
+
+
+@dataclass(frozen=True)
+class Chunker:
+    size: int = DEFAULT_SIZE  # units per chunk
+    overlap: int = DEFAULT_OVERLAP  # units carried over from the chunk before
+
+    @classmethod
+    def from_settings(cls, settings) -> Chunker:
+        return cls(settings.chunk_size, settings.chunk_overlap)
+
+    @property
+    def signature(self) -> str:
+        return f"v{VERSION}/{self.size}/{self.overlap}"
+
+    def __call__(self, text: str, is_markdown: bool = True) -> list[Chunk]:
+        return chunk_text(text, max_units=self.size, overlap=self.overlap, is_markdown=is_markdown)
 
 
 def units(text: str) -> int:
@@ -67,7 +90,8 @@ def _pieces(body: str, max_units: int) -> list[str]:
     return pieces
 
 
-def chunk_text(text: str, *, max_units: int = 360, overlap: int = 40, is_markdown: bool = True) -> list[Chunk]:
+def chunk_text(text: str, *, max_units: int = DEFAULT_SIZE, overlap: int = DEFAULT_OVERLAP,
+               is_markdown: bool = True) -> list[Chunk]:
     chunks: list[Chunk] = []
     for section, body in _sections(text, is_markdown):
         current: list[str] = []

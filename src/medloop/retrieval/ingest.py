@@ -9,6 +9,7 @@ from filelock import FileLock, Timeout
 from medloop.config import Settings
 from medloop.errors import UserError
 from medloop.knowledge import KnowledgeStore, ingest_paths
+from medloop.knowledge.chunking import Chunker
 from medloop.knowledge.parsing import Limits
 from medloop.retrieval.index import sync_index
 
@@ -30,9 +31,8 @@ def ingest_and_index(settings: Settings, paths: list[Path], *, recursive: bool =
                          "it is done") from None
     try:
         with KnowledgeStore(settings.knowledge_db) as store:
-            report = ingest_paths(store, paths, recursive=recursive, chunk_size=settings.chunk_size,
-                                  chunk_overlap=settings.chunk_overlap, limits=Limits.from_settings(settings),
-                                  on_start=on_start, on_file=on_file)
+            report = ingest_paths(store, paths, recursive=recursive, chunker=Chunker.from_settings(settings),
+                                  limits=Limits.from_settings(settings), on_start=on_start, on_file=on_file)
             return report, sync_index(settings, store, embedder=embedder, on_progress=on_progress)
     finally:
         lock.release()

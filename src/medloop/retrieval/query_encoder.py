@@ -70,7 +70,8 @@ def export(model, folder: Path, embedder: str) -> bool:
 
 
 class OnnxQueryEncoder:
-    """The subset of SentenceTransformer that retrieval uses: `encode`."""
+    """The subset of SentenceTransformer that retrieval uses: `encode` (questions, and passages at ingest) and the
+    embedding's dimension."""
 
     def __init__(self, folder: Path):
         import onnxruntime
@@ -87,8 +88,15 @@ class OnnxQueryEncoder:
         self.session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options,
                                                     providers=["CPUExecutionProvider"])
 
-    def encode(self, texts: list[str], normalize_embeddings: bool = True, **_) -> np.ndarray:
-        batch = self.tokenizer.encode_batch(list(texts))
+    def get_sentence_embedding_dimension(self) -> int:
+        return int(self.encode(["a"]).shape[1])
+
+    def encode(self, texts: list[str], normalize_embeddings: bool = True, batch_size: int = 64, **_) -> np.ndarray:
+        texts = list(texts)
+        if len(texts) > batch_size:  # padded to the longest text of each batch, not of them all
+            return np.concatenate([self.encode(texts[i:i + batch_size], normalize_embeddings, batch_size)
+                                   for i in range(0, len(texts), batch_size)])
+        batch = self.tokenizer.encode_batch(texts)
         feeds = {"input_ids": [e.ids for e in batch], "attention_mask": [e.attention_mask for e in batch],
                  "token_type_ids": [e.type_ids for e in batch]}
         hidden = self.session.run(None, {n: np.array(feeds[n], dtype=np.int64) for n in self.settings["inputs"]})[0]

@@ -11,7 +11,6 @@ set by `medloop eval retrieval --calibrate`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import jieba
 import jieba.posseg
 from wordfreq import zipf_frequency
 
+from medloop.retrieval.bm25 import idf
 from medloop.retrieval.lexicon import ENGLISH_WORD, Form, Lexicon
 from medloop.retrieval.tokenize import CJK_RUN, STOPWORDS, bigrams, english_token, tokenize
 
@@ -101,10 +101,6 @@ def _compounds(question: str, lexicon: Lexicon) -> list[Concept]:
             # Whole or nothing: half of "血压计" is always found wherever "血压" is.
             out.append(Concept(word, (tuple(bigrams(word)),), weight=rarity(word)))
     return out
-
-
-def idf(df: int, n_docs: int) -> float:
-    return math.log(1 + (n_docs - df + 0.5) / (df + 0.5))
 
 
 def concept_weights(query: Query, df: Callable[[str], int], n_docs: int) -> list[float]:

@@ -13,9 +13,11 @@ from medloop.knowledge.language import is_chinese
 from medloop.knowledge.similarity import fingerprint, near_duplicates, shingles
 from medloop.knowledge.store import ChunkRecord, KnowledgeStore
 from medloop.retrieval import query_encoder
-from medloop.retrieval.index import IndexLayoutError, LoadedIndex, current_version, load_embedder, load_index
+from medloop.retrieval.dense import IndexParams
+from medloop.retrieval.embedder import load_embedder
 from medloop.retrieval.lexicon import lexicon
 from medloop.retrieval.relevance import analyse, concept_weights, relevance
+from medloop.retrieval.segments import IndexLayoutError, LoadedIndex, current_version, load_index
 
 log = logging.getLogger("medloop.retrieval")
 
@@ -84,8 +86,9 @@ class Retriever:
             if live is not None and (self._index is None or self._index.version != live):
                 try:
                     self._index = load_index(self.settings.index_dir, live, reuse=self._index)
+                    params = IndexParams.from_settings(self.settings)
                     for segment in self._index.segments:
-                        segment.tune(self.settings)
+                        segment.tune(params)
                 except FileNotFoundError:  # cleaned away under us by a newer version: next call catches up
                     pass
                 except IndexLayoutError as e:  # an index of an older layout: answers go without evidence until rebuilt

@@ -14,8 +14,9 @@ the evidence for its question states, clause for clause, and none that only a su
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 from medloop.knowledge.parsing import one_line
 from medloop.knowledge.store import KnowledgeStore
@@ -25,16 +26,15 @@ from medloop.retrieval.lexicon import Lexicon, lexicon
 
 @dataclass
 class StaleClaim:
+    """One claim of an answer that follows a superseded version; the API sends it as is (`evidence[].stale_claims`)."""
+
     claim: str  # as the answer states it
     guideline_id: str
     stale_version: str  # the superseded version that says it
     live_version: str
     live_says: str  # what the live version says on the same point ("" when it says nothing there)
     section: str  # the live section
-    kind: str = "value"  # a threshold/target/duration, or a "name" (a drug or class) only the old version names
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    kind: Literal["value", "name"] = "value"  # a threshold/target/duration, or a drug or class only the old one names
 
 
 @lru_cache(maxsize=64)

@@ -31,7 +31,7 @@ async def admin_adapters(body: AdapterRequest, request: Request):
         await engine.load_adapter(body.name, allowed_adapter_path(request, body.path), body.version)
     else:
         await engine.unload_adapter(body.name)
-    return {"status": "ok", "models": engine.models()}
+    return {"status": "ok", "models": engine.adapters.models()}
 
 
 # vLLM's runtime LoRA API, answered as vLLM 0.32 answers (statuses, types, messages: recorded from the real server
@@ -49,7 +49,7 @@ async def load_lora(body: LoadLoraRequest, request: Request):
     engine = request.app.state.engine
     if not body.lora_name or not body.lora_path:
         raise APIError(400, "Both 'lora_name' and 'lora_path' must be provided.", type="InvalidUserInput")
-    if body.lora_name == engine.base_name:
+    if body.lora_name == engine.adapters.base_name:
         raise APIError(400, f"The lora adapter '{body.lora_name}' conflicts with a served base model.",
                        type="InvalidUserInput")
     if body.lora_name in engine.adapters and not body.load_inplace:

@@ -37,7 +37,6 @@ from medloop.serving.protocol import (
     ModelCard,
     ModelList,
     ResponseMessage,
-    StaleClaim,
     StreamChoice,
     Usage,
     completion_id,
@@ -69,7 +68,7 @@ class ChatService:
             raise APIError(400, f"max_tokens must be at most {s.max_tokens_limit}", "max_tokens")
         if not any(m.role == "user" and m.text().strip() for m in body.messages):
             raise APIError(400, "at least one non-empty user message is required", "messages")
-        if not self.engine.has_model(body.model):
+        if not self.engine.adapters.has_model(body.model):
             raise model_not_found(body.model)
 
     async def ground(self, body: ChatCompletionRequest) -> Grounded:
@@ -99,7 +98,7 @@ class ChatService:
         s = self.settings
         if not s.audit_log:
             return
-        version = next((m.get("version") for m in self.engine.models() if m["id"] == body.model), None)
+        version = next((m.get("version") for m in self.engine.adapters.models() if m["id"] == body.model), None)
         record = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "model": body.model,
                   "adapter_version": version, "evidence": [h.chunk.chunk_id for h in hits]}
         s.home.mkdir(parents=True, exist_ok=True)
@@ -119,7 +118,7 @@ def evidence_items(hits, stale=()) -> list[Evidence]:
     """The structured citations; a stale claim rides on the first citation of its guideline."""
     items, claimed = [], set()
     for i, h in enumerate(hits, 1):
-        mine = [StaleClaim(**c.to_dict()) for c in stale if c.guideline_id == h.chunk.doc_id] \
+        mine = [c for c in stale if c.guideline_id == h.chunk.doc_id] \
             if h.chunk.doc_id not in claimed else []
         claimed.add(h.chunk.doc_id)
         items.append(Evidence(index=i, guideline_id=h.chunk.doc_id, title=h.chunk.title, issuer=h.chunk.issuer,
@@ -136,7 +135,7 @@ def usage_of(last: Delta) -> Usage:
 
 @router.get("/v1/models")
 async def models(request: Request) -> ModelList:
-    return ModelList(data=[ModelCard(**m) for m in request.app.state.engine.models()])
+    return ModelList(data=[ModelCard(**m) for m in request.app.state.engine.adapters.models()])
 
 
 @router.post("/v1/chat/completions")

@@ -45,12 +45,10 @@ class EngineError(APIError):
 
 
 class Engine(Protocol):
-    base_name: str
+    adapters: ServedAdapters  # what it serves: the base model and the adapters by served name
 
     async def start(self, adapters: dict[str, str]) -> None: ...
     async def close(self) -> None: ...
-    def models(self) -> list[dict]: ...
-    def has_model(self, name: str) -> bool: ...
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
     async def load_adapter(self, name: str, path: str, version: str | None = None) -> None: ...
     async def unload_adapter(self, name: str) -> None: ...
@@ -60,9 +58,11 @@ _SERIAL = re.compile(r"@(\d+)$")
 
 
 class ServedAdapters:
-    """served name -> (internal versioned name, registry version)."""
+    """The models an engine serves: the base model under `base_name` (`base_root`: the name its backend knows it
+    by), and each adapter as served name -> (internal versioned name, registry version)."""
 
-    def __init__(self) -> None:
+    def __init__(self, base_name: str = "", base_root: str = "") -> None:
+        self.base_name, self.base_root = base_name, base_root or base_name
         self.table: dict[str, tuple[str, str | None]] = {}
         self.serial = 0
 
@@ -95,8 +95,12 @@ class ServedAdapters:
     def __contains__(self, name: str) -> bool:
         return name in self.table
 
-    def cards(self, base_name: str, base_root: str) -> list[dict]:
-        return [{"id": base_name, "root": base_root}] + [
-            {"id": name, "root": internal, "parent": base_name, "version": version}
+    def has_model(self, name: str) -> bool:
+        return name == self.base_name or name in self.table
+
+    def models(self) -> list[dict]:
+        """`/v1/models` cards: the base model, then each adapter with the registry version it serves."""
+        return [{"id": self.base_name, "root": self.base_root}] + [
+            {"id": name, "root": internal, "parent": self.base_name, "version": version}
             for name, (internal, version) in sorted(self.table.items())
         ]

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from medloop.config import DEFAULT_CHAT_MODEL, resolve_model
+from medloop import models
+from medloop.models import DEFAULT_CHAT_MODEL
 from medloop.serving.adapters import check_adapter
 from medloop.serving.engine import Delta, EngineError, GenerationRequest, ServedAdapters
 from medloop.serving.errors import model_not_found
@@ -228,24 +229,17 @@ def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
 class LocalEngine:
     def __init__(self, base_model: str, *, served_name: str = "", adapters: dict[str, str] | None = None,
                  max_batch_size: int = 16, device: str | None = None, max_lora_rank: int = 64):
-        from transformers import AutoTokenizer
-
-        folder, gguf = resolve_model(base_model)
-        self._source = (folder, {"gguf_file": gguf} if gguf else {})
+        self.base_model = base_model
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, **self._source[1])
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = models.load_tokenizer(base_model, padding_side="left")
         self.model = self._load_base()
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
         self.context_length = getattr(self.model.config, "max_position_embeddings", None) or 32768
-        self.base_name = served_name or default_served_name(base_model)
         self.max_batch_size = max_batch_size
         self.max_lora_rank = max_lora_rank
-        self.adapters = ServedAdapters()
+        self.adapters = ServedAdapters(served_name or default_served_name(base_model))
         self.folders: dict[str, str] = {}  # internal adapter name -> its folder (to rebuild after a fault)
         self.retired: set[str] = set()  # replaced adapters waiting for their last row
         self.broken: str | None = None  # why the engine cannot serve (health), None when it can
@@ -262,13 +256,9 @@ class LocalEngine:
             self._load(name, path, None)
 
     def _load_base(self):
-        from transformers import AutoModelForCausalLM
-
-        folder, kwargs = self._source
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs).to(self.device).eval()
+        model = models.load_base(self.base_model, device=self.device)
         if any(t != "full_attention" for t in getattr(model.config, "layer_types", None) or []):
-            raise ValueError(f"{folder}: sliding-window attention is not supported by the local engine; "
+            raise ValueError(f"{self.base_model}: sliding-window attention is not supported by the local engine; "
                              "serve this model with --engine vllm")
         return model
 
@@ -351,12 +341,6 @@ class LocalEngine:
     async def unload_adapter(self, name: str) -> None:
         await self._control(lambda: self._unload(name))
 
-    def models(self) -> list[dict]:
-        return self.adapters.cards(self.base_name, self.base_name)
-
-    def has_model(self, name: str) -> bool:
-        return name == self.base_name or name in self.adapters
-
     def health(self) -> str | None:
         """None when the engine can serve; otherwise why not."""
         if self.broken:
@@ -397,7 +381,7 @@ class LocalEngine:
 
     # ---- generation ----
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        if not self.has_model(request.model):
+        if not self.adapters.has_model(request.model):
             raise model_not_found(request.model)
         if self.broken:
             raise EngineError(503, f"engine unavailable: {self.broken}")
@@ -468,7 +452,7 @@ class LocalEngine:
             job = self._pending.pop(0)
             if job.cancelled:
                 continue
-            if not self.has_model(job.request.model):  # unloaded while queued
+            if not self.adapters.has_model(job.request.model):  # unloaded while queued
                 job.emit(model_not_found(job.request.model))
                 continue
             try:
@@ -486,10 +470,7 @@ class LocalEngine:
     def _prefill(self, rows: list[_Row], sequences: list[list[int]]) -> None:
         """Run the rows' sequences, choose each row's next token, and add the rows to the running batch. When the
         forward raises, each row is tried alone: only a row that fails alone fails."""
-        width = max(map(len, sequences))
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=self.device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=self.device)
+        ids, mask = models.left_pad(sequences, self.tokenizer.pad_token_id, self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         try:
             logits, cache = self._forward(ids, mask, positions, None, [r.adapter for r in rows])

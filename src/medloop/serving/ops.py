@@ -14,7 +14,7 @@ async def health(request: Request):
     state = request.app.state
     index = state.retriever.index() if state.retriever is not None else None
     broken = state.engine.health() if hasattr(state.engine, "health") else None
-    body = {"status": "unavailable" if broken else "ok", "model": state.engine.base_name,
+    body = {"status": "unavailable" if broken else "ok", "model": state.engine.adapters.base_name,
             "index_version": index.version if index else None}
     if broken:
         return JSONResponse({**body, "reason": broken}, status_code=503)
@@ -25,7 +25,7 @@ async def health(request: Request):
 async def metrics(request: Request):
     state = request.app.state
     state.metrics.adapters.clear()
-    for card in state.engine.models():
+    for card in state.engine.adapters.models():
         if card.get("parent"):
             state.metrics.adapters.labels(card["id"], card.get("version") or "").set(1)
     state.metrics.registry_live.clear()

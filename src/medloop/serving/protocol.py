@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from medloop.retrieval.staleness import StaleClaim
 from medloop.serving.engine import GenerationRequest
 
 INT64 = 2**63  # OpenAI's and vLLM's seed is a signed 64-bit integer
@@ -118,26 +119,19 @@ class ChatCompletionRequest(BaseModel):
         )
 
 
-class Usage(BaseModel):
+class Response(BaseModel):
+    """What medloop sends: built by medloop, so an unknown field is a bug (it would be dropped silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Usage(Response):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
 
 
-class StaleClaim(BaseModel):
-    """The answer states `claim` as the superseded `stale_version` did; `live_version` says `live_says`. `kind`:
-    "value" (a threshold, target, duration) or "name" (a drug or class only the superseded version names)."""
-
-    claim: str
-    guideline_id: str
-    stale_version: str
-    live_version: str
-    live_says: str
-    section: str
-    kind: Literal["value", "name"] = "value"
-
-
-class Evidence(BaseModel):
+class Evidence(Response):
     index: int
     guideline_id: str
     title: str
@@ -152,7 +146,7 @@ class Evidence(BaseModel):
     stale_claims: list[StaleClaim] = []
 
 
-class ResponseMessage(BaseModel):
+class ResponseMessage(Response):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     # vLLM's field for Qwen3 thinking is `reasoning` (older releases: `reasoning_content`): send both.
@@ -160,7 +154,7 @@ class ResponseMessage(BaseModel):
     reasoning: str | None = None
 
 
-class Choice(BaseModel):
+class Choice(Response):
     index: int = 0
     message: ResponseMessage
     finish_reason: str | None = "stop"
@@ -170,7 +164,7 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
-class ChatCompletionResponse(BaseModel):
+class ChatCompletionResponse(Response):
     id: str = Field(default_factory=completion_id)
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=lambda: int(time.time()))
@@ -180,20 +174,20 @@ class ChatCompletionResponse(BaseModel):
     evidence: list[Evidence] = []
 
 
-class DeltaMessage(BaseModel):
+class DeltaMessage(Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None
 
 
-class StreamChoice(BaseModel):
+class StreamChoice(Response):
     index: int = 0
     delta: DeltaMessage
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(Response):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int = Field(default_factory=lambda: int(time.time()))
@@ -203,7 +197,7 @@ class ChatCompletionChunk(BaseModel):
     evidence: list[Evidence] | None = None
 
 
-class ModelCard(BaseModel):
+class ModelCard(Response):
     id: str
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
@@ -213,19 +207,19 @@ class ModelCard(BaseModel):
     version: str | None = None  # the adapter version being served under this name
 
 
-class ModelList(BaseModel):
+class ModelList(Response):
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(Response):
     message: str
     type: str
     param: str | None = None
     code: int | str | None = None
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(Response):
     error: ErrorBody
 
 

@@ -83,9 +83,7 @@ class VLLMEngine:
         self.startup_wait_s = startup_wait_s if startup_wait_s is not None else timeout
         self.client = openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=api_key or "EMPTY", max_retries=0,
                                          timeout=httpx.Timeout(timeout, connect=5.0))
-        self.base_name = served_name
-        self.upstream_base = ""
-        self.adapters = ServedAdapters()
+        self.adapters = ServedAdapters(served_name)  # the base model's upstream name is learnt in start()
         self.in_flight: Counter = Counter()  # upstream name -> requests running on it
         self.retired: set[str] = set()  # replaced versions waiting for their last request
 
@@ -123,8 +121,8 @@ class VLLMEngine:
         bases = [c["id"] for c in cards if not c.get("parent")]
         if not bases:
             raise EngineError(502, "upstream lists no base model")
-        self.upstream_base = bases[0]
-        self.base_name = self.base_name or self.upstream_base
+        self.adapters.base_root = bases[0]
+        self.adapters.base_name = self.adapters.base_name or bases[0]
         loras = {c["id"]: c.get("root") for c in cards if c.get("parent")}
         self.adapters.skip_past(list(loras))
         for name, path in adapters.items():
@@ -158,16 +156,10 @@ class VLLMEngine:
             with contextlib.suppress(EngineError):  # upstream restarted or already forgot it: nothing to free
                 await self._post("/unload_lora_adapter", {"lora_name": upstream})
 
-    def models(self) -> list[dict]:
-        return self.adapters.cards(self.base_name, self.upstream_base)
-
-    def has_model(self, name: str) -> bool:
-        return name == self.base_name or name in self.adapters
-
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        if not self.has_model(request.model):
+        if not self.adapters.has_model(request.model):
             raise model_not_found(request.model)
-        upstream = self.adapters.internal(request.model) or self.upstream_base
+        upstream = self.adapters.internal(request.model) or self.adapters.base_root
         self.in_flight[upstream] += 1
         try:
             async for delta in self._relay(upstream, request):

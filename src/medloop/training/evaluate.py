@@ -7,34 +7,8 @@ from pathlib import Path
 
 import torch
 
-from medloop.config import resolve_model
+from medloop.models import load
 from medloop.training.data import IGNORE, load_samples, render
-
-
-def load_for_eval(base_model: str, adapter: Path | None = None, *, quantize: bool = False):
-    """Base model by path, hub id, `.gguf` file or the embedded default (dequantised), optionally + a LoRA.
-    `quantize`: load it as QLoRA trained on it (4-bit NF4), so an adapter is judged on the weights it learnt on."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if quantize:
-        from medloop.training.recipe import load_base
-
-        model, tokenizer = load_base(base_model, quantize=True)
-        model.config.use_cache = True
-        if adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter)
-        return model.eval(), tokenizer
-    folder, gguf = resolve_model(base_model)
-    kwargs = {"gguf_file": gguf} if gguf else {}
-    tokenizer = AutoTokenizer.from_pretrained(adapter) if adapter else AutoTokenizer.from_pretrained(folder, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
-    return model.eval(), tokenizer
 
 
 @torch.inference_mode()
@@ -65,6 +39,6 @@ def eval_loss(model, tokenizer, conversations: list[list[dict]], *, max_length: 
 
 
 def eval_files(base_model: str, adapter: Path | None, data: list[Path], max_length: int = 2048) -> dict:
-    model, tokenizer = load_for_eval(base_model, adapter)
+    model, tokenizer = load(base_model, adapter)
     samples, report = load_samples(data)
     return {**eval_loss(model, tokenizer, samples, max_length=max_length), "dropped": len(report.dropped)}

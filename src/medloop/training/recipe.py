@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from medloop import models
 from medloop.training.config import TrainConfig
 from medloop.training.data import IGNORE, DataReport, load_samples, render, split, statistics
 
@@ -33,31 +33,9 @@ class TrainResult:
     stats: dict
 
 
-def compute_dtype() -> torch.dtype:
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def load_base(base_model: str, quantize: bool):
-    """The base model as training sees it: 4-bit NF4 (double quantisation, bf16 compute where supported) for
-    QLoRA, else in the compute dtype; on this process's GPU when there is one."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    kwargs: dict = {"dtype": compute_dtype()}
-    if torch.cuda.is_available():
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    if quantize:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype(),
-        )
-    model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
-    model.config.use_cache = False
-    return model, tokenizer
+    """The base model as training sees it (4-bit NF4 for QLoRA, on this process's GPU), and its tokenizer."""
+    return models.load_base(base_model, quantize=quantize, training=True), models.load_tokenizer(base_model)
 
 
 def attach_lora(model, config: TrainConfig):
@@ -144,10 +122,10 @@ def choose_micro_batch(effective: int, budget_bytes: int, peak_bytes: Callable[[
 
 def fit_micro_batch(config: TrainConfig, model, tokenizer, rows: list[dict], log) -> TrainConfig:
     """Fill the memory budget while keeping the effective batch. At medical-SFT lengths a 4-bit step is bound
-    by kernel launches and dequantisation, not arithmetic: one micro-batch of 8 runs ~1.9x the samples/s of
-    4 x 2 on an H100 for +1.3 GB. The peak of each candidate is measured, not guessed: one forward and backward
-    pass over the longest training samples (group_by_length puts them in one batch), plus the optimizer's
-    state. On CPU the configured split stays."""
+    by kernel launches and dequantisation, not arithmetic, so fewer, larger micro-batches run faster at the same
+    effective batch (bench/gpu.py measures it). The peak of each candidate is measured, not guessed: one forward
+    and backward pass over the longest training samples (group_by_length puts them in one batch), plus the
+    optimizer's state. On CPU the configured split stays."""
     effective = config.batch_size * config.grad_accum
     if not config.memory_budget_gb or not torch.cuda.is_available() or not rows:
         log(f"batch: micro-batch {config.batch_size} x accumulation {config.grad_accum} (as configured)")
@@ -202,8 +180,8 @@ def _sft_args(config: TrainConfig, evaluate: bool):
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         gradient_checkpointing=False,  # already set up by attach_lora
-        bf16=compute_dtype() == torch.bfloat16,
-        fp16=compute_dtype() == torch.float16,
+        bf16=models.compute_dtype() == torch.bfloat16,
+        fp16=models.compute_dtype() == torch.float16,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=config.eval_steps,
         save_strategy="steps",
@@ -310,7 +288,7 @@ def merge(adapter: Path, output: Path) -> Path:
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
-    model = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=compute_dtype())
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=models.compute_dtype())
     merged = model.merge_and_unload()
     merged.save_pretrained(output)
     AutoTokenizer.from_pretrained(adapter).save_pretrained(output)

@@ -1,0 +1,3 @@
+from medloop.cli import main
+
+main()
