@@ -118,8 +118,9 @@ def latency() -> str:
 def engines() -> str:
     run = load("engines")
     f, s = run["figures"], run["settings"]
-    lines = [f"{s['model']} ({s['dtype']}) with a {s['lora']} LoRA, greedy, {s['tokens']} tokens a request, "
-             f"{s['requests_per_client']} requests per client, each engine alone behind its own OpenAI API:", "",
+    lines = [f"{s['model']} with a {s['lora']} LoRA (vLLM computing in {s['dtype']}, the local engine in float32), "
+             f"greedy, {s['tokens']} tokens a request, {s['requests_per_client']} requests per client, each engine "
+             f"alone behind its own OpenAI API, 2 CPU cores, the client on the same cores:", "",
              "| clients | local engine tok/s (TTFT p50) | vLLM CPU build tok/s (TTFT p50) | local / vLLM |",
              "|---|---|---|---|"]
     for a, b in zip(f["local"], f["vllm"], strict=True):
