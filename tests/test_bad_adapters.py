@@ -15,6 +15,8 @@ from medloop.serving.local_engine import LocalEngine
 from medloop.testing import LiveServer, make_adapter
 
 ADMIN = {"Authorization": "Bearer k-admin"}
+# The suite boots the real vLLM beside these tests: a request may take longer than httpx's 5 s default.
+http = httpx.Client(timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def answers(url: str) -> dict[str, str]:
     for model in ("tiny", "good"):
         body = {"model": model, "messages": [{"role": "user", "content": "血压多少算高？"}], "max_tokens": 10,
                 "temperature": 0}
-        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+        r = http.post(url + "/v1/chat/completions", json=body)
         assert r.status_code == 200, r.text
         out[model] = r.json()["choices"][0]["message"]["content"]
     return out
@@ -96,12 +98,12 @@ def test_every_bad_adapter_is_refused_and_serving_is_unchanged(home, tiny_qwen3,
         for name, (path, status, phrase) in cases.items():
             body = {"action": "load", "name": "bad", "path": path} if endpoint == "/admin/adapters" else \
                 {"lora_name": "bad", "lora_path": path}
-            r = httpx.post(live.url + endpoint, json=body, headers=ADMIN)
+            r = http.post(live.url + endpoint, json=body, headers=ADMIN)
             assert r.status_code == status and phrase in r.json()["error"]["message"], (name, r.text)
             assert "secret-hash" not in r.text
             assert answers(live.url) == before, name
-            assert httpx.get(live.url + "/health").json()["status"] == "ok"
-        assert "bad" not in {m["id"] for m in httpx.get(live.url + "/v1/models").json()["data"]}
+            assert http.get(live.url + "/health").json()["status"] == "ok"
+        assert "bad" not in {m["id"] for m in http.get(live.url + "/v1/models").json()["data"]}
 
 
 @pytest.mark.slow
@@ -114,7 +116,7 @@ def test_a_load_that_fails_after_touching_the_model_is_undone(home, tiny_qwen3, 
     with LiveServer(build_app(home, engine, None)) as live:
         body = {"model": "tiny", "messages": [{"role": "user", "content": "高血压"}], "max_tokens": 10,
                 "temperature": 0}
-        before = httpx.post(live.url + "/v1/chat/completions", json=body).json()["choices"][0]["message"]
+        before = http.post(live.url + "/v1/chat/completions", json=body).json()["choices"][0]["message"]
 
         def half_load(model, path, adapter_name, **kw):
             config = peft.LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
@@ -122,14 +124,14 @@ def test_a_load_that_fails_after_touching_the_model_is_undone(home, tiny_qwen3, 
             raise RuntimeError("disk error half-way")
 
         monkeypatch.setattr(peft.PeftModel, "from_pretrained", half_load)
-        r = httpx.post(live.url + "/admin/adapters", headers=ADMIN,
+        r = http.post(live.url + "/admin/adapters", headers=ADMIN,
                        json={"action": "load", "name": "m", "path": str(home.adapters_dir / "good")})
         assert r.status_code == 400 and "could not be loaded" in r.json()["error"]["message"]
         monkeypatch.undo()
-        after = httpx.post(live.url + "/v1/chat/completions", json=body)
+        after = http.post(live.url + "/v1/chat/completions", json=body)
         assert after.status_code == 200 and after.json()["choices"][0]["message"] == before
-        assert httpx.get(live.url + "/health").status_code == 200
-        ok = httpx.post(live.url + "/admin/adapters", headers=ADMIN,
+        assert http.get(live.url + "/health").status_code == 200
+        ok = http.post(live.url + "/admin/adapters", headers=ADMIN,
                         json={"action": "load", "name": "m", "path": str(home.adapters_dir / "good")})
         assert ok.status_code == 200
 
@@ -139,7 +141,7 @@ def test_health_reports_a_broken_engine(home, tiny_qwen3):
     engine = LocalEngine(str(tiny_qwen3), served_name="tiny")
     engine.broken = "the model could not be restored"
     with LiveServer(build_app(home, engine, None)) as live:
-        r = httpx.get(live.url + "/health")
+        r = http.get(live.url + "/health")
         assert r.status_code == 503 and r.json()["reason"] == "the model could not be restored"
         body = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
-        assert httpx.post(live.url + "/v1/chat/completions", json=body).status_code == 503
+        assert http.post(live.url + "/v1/chat/completions", json=body).status_code == 503
