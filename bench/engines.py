@@ -80,7 +80,7 @@ async def load(url: str, model: str, clients: int, per_client: int, tokens: int)
             "completion_tokens": sum(c for _, _, c in runs), "wall_s": round(wall, 1)}
 
 
-def serve_local(model: Path, adapter: Path, dtype: str, work: Path) -> tuple[subprocess.Popen, str, Path]:
+def serve_local(model: Path, adapter: Path, work: Path) -> tuple[subprocess.Popen, str, Path]:
     log = work / "local.log"
     env = {**os.environ, "MEDLOOP_HOME": str(work / "home"), "MEDLOOP_SERVED_MODEL_NAME": "base",
            "MEDLOOP_ADAPTERS": json.dumps({"lora": str(adapter)}), "MEDLOOP_MAX_BATCH_SIZE": "32"}
@@ -120,7 +120,7 @@ def main() -> None:
     model = smollm2_folder(work / "smollm2-135m-instruct")  # float32; vLLM casts to --dtype
     adapter = make_adapter(model, work / "lora", seed=1, rank=16, targets="all")
     figures = {}
-    for side, start in (("local", lambda: serve_local(model, adapter, args.dtype, work)),
+    for side, start in (("local", lambda: serve_local(model, adapter, work)),
                         ("vllm", lambda: serve_vllm(model, adapter, args.dtype, work, args.port))):
         proc, url, log = start()
         try:

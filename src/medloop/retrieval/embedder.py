@@ -25,7 +25,6 @@ def load_embedder(name: str):
     return SentenceTransformer(resolve_embedder_path(name), device="cpu")
 
 
-
 def encoder(index_dir: Path, name: str):
     """The exported ONNX encoder when there is one (loads in a fraction of a second, imports no torch), else the
     sentence-transformers model. Both answer `encode(texts, batch_size=, normalize_embeddings=, convert_to_numpy=)`
