@@ -22,8 +22,7 @@ import torch  # noqa: E402
 
 from medloop.continual.mcq import load_mcq, option_logprobs  # noqa: E402
 from medloop.models import load  # noqa: E402
-
-DATA = Path(__file__).resolve().parents[1] / "src" / "medloop" / "data"
+from medloop.resources import DATA  # noqa: E402
 
 
 @torch.inference_mode()

@@ -28,7 +28,6 @@ import re
 import sys
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,6 +42,7 @@ from medloop.knowledge import KnowledgeStore  # noqa: E402
 from medloop.knowledge.chunking import Chunk  # noqa: E402
 from medloop.knowledge.language import is_chinese  # noqa: E402
 from medloop.knowledge.parsing import Document  # noqa: E402
+from medloop.resources import DATA  # noqa: E402
 from medloop.retrieval import Retriever, load_embedder, sync_index  # noqa: E402
 from medloop.retrieval import index as index_mod  # noqa: E402
 from medloop.retrieval.dense import IndexParams  # noqa: E402
@@ -50,7 +50,6 @@ from medloop.retrieval.index import compact_index, ensure_query_encoder  # noqa:
 from medloop.retrieval.segments import load_index  # noqa: E402
 from results import save  # noqa: E402
 
-DATA = resources.files("medloop").joinpath("data")
 CHUNKS_PER_DOC = 500
 
 

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from medloop.config import Settings  # noqa: E402
 from medloop.continual.loop import ingest_and_index  # noqa: E402
+from medloop.resources import SAMPLE_GUIDELINES as SAMPLES  # noqa: E402
 from medloop.retrieval import (
     Retriever,  # noqa: E402
     grounding,  # noqa: E402
@@ -43,7 +44,6 @@ from medloop.serving.local_engine import LocalEngine  # noqa: E402
 from medloop.testing import LiveServer  # noqa: E402
 from results import save  # noqa: E402
 
-SAMPLES = Path(__file__).resolve().parents[1] / "src" / "medloop" / "data" / "guidelines"
 QUESTIONS = [
     "What HbA1c target is recommended for most adults with diabetes?",
     "Which antiplatelet therapy is used after acute coronary syndrome?",

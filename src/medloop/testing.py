@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medloop.resources import SAMPLE_GUIDELINES as GUIDELINES  # noqa: F401  (shipped with the package)
 from medloop.serving.engine import ServedAdapters
 from medloop.serving.live import LiveServer  # noqa: F401  (re-exported for tests)
 
@@ -17,7 +18,6 @@ FIXTURES = REPO / "tests" / "fixtures"
 TOKENIZER = FIXTURES / "qwen3-tokenizer"  # the real Qwen3 tokenizer (Apache-2.0, see its SOURCE.md)
 SFT = FIXTURES / "sft"  # the same 8 medical Q&A pairs in the three SFT layouts
 SABOTAGE = FIXTURES / "sabotage" / "months.json"  # months that a promotion gate must tell apart
-GUIDELINES = Path(__file__).resolve().parent / "data" / "guidelines"  # shipped with the package
 
 
 def tiny_qwen3(folder: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:

@@ -33,7 +33,8 @@ train_app = typer.Typer(help="QLoRA fine-tuning.", invoke_without_command=True)
 app.add_typer(train_app, name="train")
 console = Console(stderr=True)
 out = Console()
-THIRD_PARTY_LOGGERS = ("bitsandbytes", "transformers", "sentence_transformers", "peft", "accelerate", "jieba")
+THIRD_PARTY_LOGGERS = ("bitsandbytes", "transformers", "sentence_transformers", "peft", "accelerate", "jieba",
+                       "kernels")  # kernels: "Skipping publisher trust check" when offline (bitsandbytes loads it)
 
 
 VERBOSE = typer.Option("--verbose", "-v", help="show third-party warnings and progress bars (model loading, kernels)")
@@ -53,8 +54,11 @@ def options(ctx: typer.Context, verbose: Annotated[bool, VERBOSE] = False) -> No
     # deprecation notices of the libraries' own internals (is_gradient_checkpointing, past_key_values): not ours
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for name in THIRD_PARTY_LOGGERS:
+    for name in THIRD_PARTY_LOGGERS:  # these set a level of their own
         logging.getLogger(name).setLevel(logging.ERROR)
+    # and any other library's warning, one a new release adds included: stderr carries medloop's own lines
+    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("medloop").setLevel(logging.INFO)  # shown where a handler takes it (the scheduler), else warnings
 
 
 def _progress() -> Progress:

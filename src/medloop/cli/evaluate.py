@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from medloop.cli import _progress, console, eval_app, load_settings, out
+from medloop.cli.knowledge import require_guidelines
 from medloop.cli.serve import _parse_adapters, build_server
 
 
@@ -74,7 +75,9 @@ def eval_retrieval(
     except (ValueError, OSError) as e:
         console.print(f"[red]error[/] {e}")
         raise typer.Exit(2) from e
-    retriever = Retriever(load_settings())
+    settings = load_settings()
+    require_guidelines(settings)
+    retriever = Retriever(settings)
     result = quality.retrieval_quality(retriever, rows, k)
     table = Table(title=f"{path.name}: {result['on_topic']} on-topic, {result['off_topic']} off-topic, k={k}")
     for col in ("figure", "value", "target"):
@@ -114,6 +117,7 @@ def eval_stale(
     from medloop.retrieval.lexicon import lexicon
 
     settings = load_settings()
+    require_guidelines(settings)
     path = file or quality.stale_set(labelled)
     with KnowledgeStore(settings.knowledge_db) as store:
         try:
@@ -130,8 +134,8 @@ def eval_stale(
     out.print(table)
     for a in result["per_answer"]:
         if not a["correct"]:
-            console.print(f"[yellow]wrong[/] line {a['line']}: expected {a['expected']}, flagged {a['flagged']}: "
-                          f"{a['answer']}", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"wrong   line {a['line']}: expected {a['expected']}, flagged {a['flagged']}: "
+                          f"{a['answer']}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     if save:
         save.write_text(json.dumps({"file": str(path), **result}, ensure_ascii=False, indent=2))
 

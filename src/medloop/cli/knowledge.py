@@ -11,21 +11,38 @@ from rich.table import Table
 
 from medloop.cli import _progress, app, console, index_app, load_settings, out
 from medloop.config import Settings
+from medloop.errors import UserError
+
+
+def require_guidelines(settings: Settings) -> None:
+    """Refuse to work on a home with no guideline indexed: its hits and figures would be empties and zeros."""
+    from medloop.retrieval.segments import indexed_chunks
+
+    if not indexed_chunks(settings.index_dir):
+        raise UserError(f"no guidelines are indexed in {settings.home}: run `medloop ingest FILES_OR_FOLDERS` first "
+                        "(`medloop demo` ingests the sample guidelines)")
 
 
 def run_ingest(settings: Settings, paths: list[Path], recursive: bool, quiet: bool = False):
-    """Ingest with progress bars: files, then embedding of the new chunks."""
+    """Ingest with progress bars: files, then embedding of the new chunks. No guideline file found is an error,
+    with the `-r` hint when the files may sit in sub-folders."""
     from medloop.retrieval.ingest import ingest_and_index
 
     with _progress() as progress:
         files = progress.add_task("ingest", total=None, visible=not quiet)
         embed = progress.add_task("index", total=None, visible=not quiet)
-        return ingest_and_index(
+        report, synced = ingest_and_index(
             settings, paths, recursive=recursive, wait_s=settings.ingest_wait_s,
             on_start=lambda n: progress.update(files, total=n),
             on_file=lambda r: progress.advance(files),
             on_progress=lambda done, total: progress.update(embed, completed=done, total=total),
         )
+    if not report.files:
+        folders = [p for p in paths if p.is_dir() and any(c.is_dir() for c in p.iterdir())]
+        hint = f"; {', '.join(map(str, folders))} has sub-folders: add -r to read them" if folders and not recursive \
+            else ""
+        raise UserError(f"no guideline files (md, txt, html, pdf, jsonl) in {', '.join(map(str, paths))}{hint}")
+    return report, synced
 
 
 @app.command()
@@ -58,6 +75,8 @@ def ingest(
     table.add_row(*(str(report.counts[c]) for c in ("added", "updated", "superseded", "unchanged", "failed")))
     out.print(table)
     out.print(f"index v{synced.version}: {synced.total} chunks (+{synced.added} -{synced.removed})")
+    if not synced.total:
+        raise UserError(f"the index of {settings.home} holds no chunks: no file above gave any text")
     raise typer.Exit(1 if report.failed else 0)
 
 
@@ -71,7 +90,9 @@ def search(
     """Search the guideline index."""
     from medloop.retrieval import Retriever
 
-    hits = Retriever(load_settings()).search(question, k, include_superseded=include_superseded)
+    settings = load_settings()
+    require_guidelines(settings)
+    hits = Retriever(settings).search(question, k, include_superseded=include_superseded)
     if as_json:
         out.print_json(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
         return
@@ -118,10 +139,13 @@ def index_rechunk() -> None:
 
     settings = load_settings()
 
+    unreadable: dict[str, str] = {}  # source file -> why it no longer parses
+
     def reread(path: Path):
         try:
             return parse_file(path, Limits.from_settings(settings))
-        except ParseError:
+        except ParseError as e:
+            unreadable[str(path)] = str(e)
             return []
 
     with KnowledgeStore(settings.knowledge_db) as store:
@@ -129,9 +153,10 @@ def index_rechunk() -> None:
         with _progress() as progress:
             task = progress.add_task("index", total=None)
             result = sync_index(settings, store, on_progress=lambda d, t: progress.update(task, completed=d, total=t))
-    for name in left:
-        console.print(f"not re-chunked: {name}: its text was stored before texts were kept and its file is gone; "
-                      "ingest the file again", markup=False, highlight=False, soft_wrap=True)
+    for name, source in left:
+        why = f"its file no longer parses ({unreadable[source]})" if source in unreadable else "its file is gone"
+        console.print(f"not re-chunked: {name}: its text was stored before texts were kept and {why}; ingest the "
+                      "file again", markup=False, highlight=False, soft_wrap=True)
     out.print(f"{done} documents re-chunked; index v{result.version}: {result.total} chunks")
     raise typer.Exit(1 if left else 0)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,8 +9,8 @@ import typer
 from medloop.cli import app, console, load_settings, out
 from medloop.cli.knowledge import run_ingest
 from medloop.config import Settings
-
-SAMPLE_GUIDELINES = Path(__file__).parent / "data" / "guidelines"
+from medloop.errors import UserError
+from medloop.resources import SAMPLE_GUIDELINES
 
 
 def _parse_adapters(values: list[str]) -> dict[str, str]:
@@ -22,6 +21,20 @@ def _parse_adapters(values: list[str]) -> dict[str, str]:
             raise typer.BadParameter(f"--adapter takes NAME=PATH, got '{v}'")
         adapters[name] = path
     return adapters
+
+
+def ensure_sample_index(settings: Settings) -> None:
+    """`demo`, `serve --demo`: the sample guidelines ingested when the index holds nothing (no index yet, or one of
+    no chunks); an ingest that leaves it empty is an error naming each file and why."""
+    from medloop.retrieval.segments import indexed_chunks
+
+    if indexed_chunks(settings.index_dir):
+        return
+    console.print(f"demo: ingesting the sample guidelines into {settings.home}", highlight=False)
+    report, synced = run_ingest(settings, [SAMPLE_GUIDELINES], recursive=False, quiet=True)
+    if report.failed or not synced.total:
+        why = "; ".join(f"{f.path}: {f.error}" for f in report.failed) or "they gave no chunks"
+        raise UserError(f"the sample guidelines did not ingest into {settings.home}: {why}")
 
 
 def build_server(settings: Settings, **kwargs):
@@ -48,13 +61,16 @@ def serve(
     """Serve the OpenAI-compatible chat API with guideline evidence (`--port 0`: a free port, printed)."""
     import socket
 
-    from medloop.retrieval.segments import current_version
+    from medloop.retrieval.segments import indexed_chunks
     from medloop.serving.server import serve as serve_app
 
     settings = load_settings()
-    if demo and current_version(settings.index_dir) is None:
-        console.print(f"demo: ingesting the sample guidelines into {settings.home}")
-        run_ingest(settings, [SAMPLE_GUIDELINES], recursive=False, quiet=True)
+    if demo:
+        ensure_sample_index(settings)
+    elif not no_rag and not indexed_chunks(settings.index_dir):
+        console.print(f"[yellow]no guidelines indexed in {settings.home}: answers carry no evidence until `medloop "
+                      "ingest FILES_OR_FOLDERS` fills it (the running server picks it up); `--demo` ingests the "
+                      "sample guidelines[/]", soft_wrap=True, highlight=False)
     if not settings.api_keys and host not in {"127.0.0.1", "localhost", "::1"}:
         console.print(f"[yellow]no API key configured (MEDLOOP_API_KEYS): binding to 127.0.0.1, not {host}[/]")
         host = "127.0.0.1"
@@ -86,13 +102,10 @@ def demo(
     empty), start the API on loopback, ask through the official `openai` client, print answers and evidence."""
     import openai
 
-    from medloop.retrieval.segments import current_version
     from medloop.serving.live import LiveServer
 
     settings = load_settings()
-    if current_version(settings.index_dir) is None:
-        console.print(f"demo: ingesting the sample guidelines into {settings.home}")
-        run_ingest(settings, [SAMPLE_GUIDELINES], recursive=False, quiet=True)
+    ensure_sample_index(settings)
     application = build_server(settings, engine="local", base_model=settings.base_model, adapters={}, rag=True)
     with LiveServer(application) as live:
         client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0, timeout=600)

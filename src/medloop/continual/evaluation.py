@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+from medloop.resources import DATA
+
 DEFAULT_QUESTIONS = DATA / "report_questions.jsonl"
 
 

@@ -47,8 +47,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medloop.knowledge.language import CJK
+from medloop.resources import DATA
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 GUIDELINE_MCQ = DATA / "guideline_mcq.jsonl"
 MEDICAL_WORDS = DATA / "medical_words.txt"
 

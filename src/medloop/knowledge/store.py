@@ -175,11 +175,11 @@ class KnowledgeStore:
             [(version_id, i, c.section, c.text) for i, c in enumerate(chunks)],
         )
 
-    def rechunk(self, chunker, reread=None) -> tuple[int, list[str]]:
+    def rechunk(self, chunker, reread=None) -> tuple[int, list[tuple[str, str]]]:
         """Chunk again every stored version chunked otherwise than `chunker` (another rule or size), from its
         stored text; a version stored before texts were kept is read again from its source file by `reread`
         (path -> the file's documents), when the file is still there. (versions re-chunked, "id@version" of the
-        ones that could not be)."""
+        ones that could not be, with their source file)."""
         stale = self.db.execute("SELECT id, doc_id, version, text, is_markdown, source FROM versions WHERE"
                                 " chunking != ?", (chunker.signature,)).fetchall()
         done, left = 0, []
@@ -188,7 +188,7 @@ class KnowledgeStore:
                 found = [d for d in reread(Path(source)) if (d.id, d.version) == (doc_id, version)]
                 text, is_markdown = (found[0].text, found[0].is_markdown) if found else ("", is_markdown)
             if not text:
-                left.append(f"{doc_id}@{version}")
+                left.append((f"{doc_id}@{version}", source))
                 continue
             with self.db:
                 self._replace_chunks(version_id, chunker(text, bool(is_markdown)))

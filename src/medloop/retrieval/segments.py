@@ -167,6 +167,12 @@ def read_meta(index_dir: Path) -> dict | None:
     return json.loads((index_dir / f"v{version}" / "meta.json").read_text()) if version is not None else None
 
 
+def indexed_chunks(index_dir: Path) -> int:
+    """How many live chunks the current index version holds (0 without an index)."""
+    meta = read_meta(index_dir)
+    return meta["count"] if meta else 0
+
+
 def load_index(index_dir: Path, version: int | None = None, *, reuse: LoadedIndex | None = None,
                lazy: bool = False) -> LoadedIndex | None:
     """The live version (or `version`). Segments already loaded in `reuse` are taken from it: after an

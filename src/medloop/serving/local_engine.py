@@ -116,10 +116,14 @@ class Detokenizer:
         self.prefix = self.read = 0
 
     def add(self, token: int | None = None, final: bool = False) -> str:
+        """The text so far. `final` (the answer was cut at max_tokens): a character whose bytes were cut off is
+        dropped, never sent as U+FFFD."""
         if token is not None:
             self.tokens.append(token)
         before = self.decode(self.tokens[self.prefix:self.read], skip_special_tokens=True)
         after = self.decode(self.tokens[self.prefix:], skip_special_tokens=True)
+        if final:
+            after = after.rstrip("\ufffd")
         if len(after) > len(before) and (final or not after.endswith("\ufffd")):
             self.text += after[len(before):]
             self.prefix, self.read = self.read, len(self.tokens)

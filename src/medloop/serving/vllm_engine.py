@@ -21,7 +21,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import openai
 
 from medloop.serving.engine import Delta, EngineError, GenerationRequest, ServedAdapters
@@ -82,7 +81,8 @@ class VLLMEngine:
         self.process = process  # a vLLM we launched: stopped with us
         self.startup_wait_s = startup_wait_s if startup_wait_s is not None else timeout
         self.client = openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=api_key or "EMPTY", max_retries=0,
-                                         timeout=httpx.Timeout(timeout, connect=5.0))
+                                         timeout=openai.Timeout(timeout, connect=5.0))
+        # openai.Timeout, never httpx's: openai 3 runs on httpx2 and refuses another library's type
         self.adapters = ServedAdapters(served_name)  # the base model's upstream name is learnt in start()
         self.in_flight: Counter = Counter()  # upstream name -> requests running on it
         self.retired: set[str] = set()  # replaced versions waiting for their last request
@@ -136,7 +136,7 @@ class VLLMEngine:
 
     async def _post(self, path: str, body: dict) -> None:
         with self._upstream_errors(as_is=True):
-            await self.client.post(path, body=body, cast_to=httpx.Response)
+            await self.client.post(path, body=body, cast_to=str)  # vLLM answers in plain text
 
     async def load_adapter(self, name: str, path: str, version: str | None = None) -> None:
         upstream = self.adapters.next_name(name)
