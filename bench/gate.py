@@ -49,10 +49,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results import ingested, save
+
     home = Path(tempfile.mkdtemp(prefix="medloop-gate-bench-"))
     settings = Settings(home=home)
     store = KnowledgeStore(settings.knowledge_db)
-    ingest_paths(store, [GUIDELINES])
+    ingested(ingest_paths(store, [GUIDELINES]))
     embedder = load_embedder(settings.embedder)
     sync_index(settings, store, embedder=embedder)
     retriever = Retriever(settings, store=store, embedder=embedder)
@@ -74,8 +77,6 @@ def main() -> None:
           f"({args.batch_size}) {figures['batched']['seconds_per_item']:.3f} s/item -> {ratio:.2f}x faster; "
           f"{same} of {len(items)} answers the same; fact recall {figures['one_at_a_time']['fact_recall']} vs "
           f"{figures['batched']['fact_recall']}")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from results import save
 
     save("gate", vars(args), {**figures, "speedup": round(ratio, 2), "same_answers": same, "items": len(items),
                               "prompt_tokens_mean": round(sum(map(len, prompts)) / len(prompts), 1)})

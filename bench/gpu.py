@@ -18,7 +18,8 @@ On the device it
 Each file names the device. Goals (ratios in one run): training >= 3x the seed's way at <= 8 GB (1.7B); the 8B
 shape >= 10 samples/s at <= 24 GB; the local engine >= 100 tok/s for one stream and >= 1,500 at 32 (1.7B + LoRA).
 
-What a device image typically lacks (wheels to carry, for Python 3.12, manylinux x86_64; GPU.md lists what worked):
+What a device image typically lacks (wheels to carry, for Python 3.12, manylinux x86_64; the team's device notes
+list what worked there):
 bitsandbytes, trl, datasets, dill, multiprocess, xxhash, peft, accelerate (if absent), pydantic, pydantic-core,
 pydantic-settings, python-dotenv, annotated-types, typing-inspection, typer, rich (if absent), filelock, psutil,
 openai, httpx, matplotlib (training's loss plot), swanlab is not needed (`swanlab_mode` disabled). Retrieval's

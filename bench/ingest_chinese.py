@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import save  # noqa: E402
+from results import ingested, save  # noqa: E402
 
 
 def chinese_text(megabytes: float, seed: int = 0) -> str:
@@ -72,7 +72,7 @@ def ingest(megabytes: float, multilingual: bool, latency: bool = False) -> dict:
     embedder = load_embedder(settings.embedder)
     start = time.perf_counter()
     with KnowledgeStore(settings.knowledge_db) as store:
-        ingest_paths(store, [path])
+        ingested(ingest_paths(store, [path]))
         parsed = time.perf_counter() - start
         result = sync_index(settings, store, embedder=embedder)
         seconds = time.perf_counter() - start

@@ -35,6 +35,15 @@ def versions() -> dict:
     return found
 
 
+def ingested(report, synced=None):
+    """The ingest a bench measures on, refused when partial: a failed file or an empty index would put the zeros of
+    a broken run into bench/results/ as if they were measured."""
+    failed = [f"{f.path}: {f.error}" for f in report.failed]
+    if not report.files or failed or (synced is not None and not synced.total):
+        raise SystemExit("refusing to measure on a partial ingest: " + ("; ".join(failed) or "no chunks indexed"))
+    return report
+
+
 def save(bench: str, settings: dict, figures: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"bench": bench, "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(),

@@ -48,7 +48,7 @@ from medloop.retrieval import index as index_mod  # noqa: E402
 from medloop.retrieval.dense import IndexParams  # noqa: E402
 from medloop.retrieval.index import compact_index, ensure_query_encoder  # noqa: E402
 from medloop.retrieval.segments import load_index  # noqa: E402
-from results import save  # noqa: E402
+from results import ingested, save  # noqa: E402
 
 CHUNKS_PER_DOC = 500
 
@@ -200,10 +200,11 @@ def add_one_document(settings: Settings, embedder, rng: random.Random, en: list[
         return path
 
     t0 = time.perf_counter()
-    _, synced = ingest_and_index(settings, [guideline(1)], embedder=embedder)
+    report, synced = ingest_and_index(settings, [guideline(1)], embedder=embedder)
+    ingested(report, synced)
     add_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ingest_and_index(settings, [guideline(2)])
+    ingested(*ingest_and_index(settings, [guideline(2)]))
     end_to_end_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     compacted = compact_index(settings)

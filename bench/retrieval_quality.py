@@ -17,14 +17,14 @@ from medloop.config import Settings  # noqa: E402
 from medloop.knowledge import KnowledgeStore, ingest_paths  # noqa: E402
 from medloop.retrieval import Retriever, load_embedder, quality, sync_index  # noqa: E402
 from medloop.testing import GUIDELINES  # noqa: E402
-from results import save  # noqa: E402
+from results import ingested, save  # noqa: E402
 
 
 def main() -> None:
     settings = Settings(home=Path(tempfile.mkdtemp(prefix="medloop-retrieval-")))
     embedder = load_embedder(settings.embedder)
     store = KnowledgeStore(settings.knowledge_db)
-    ingest_paths(store, [GUIDELINES])
+    ingested(ingest_paths(store, [GUIDELINES]))
     sync_index(settings, store, embedder=embedder)
     retriever = Retriever(settings, store=store, embedder=embedder)
     for name in ("dev", "heldout", "fresh"):

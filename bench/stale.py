@@ -15,12 +15,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from medloop.knowledge import KnowledgeStore, ingest_paths  # noqa: E402
 from medloop.retrieval import quality  # noqa: E402
 from medloop.testing import GUIDELINES  # noqa: E402
-from results import save  # noqa: E402
+from results import ingested, save  # noqa: E402
 
 
 def main() -> None:
     store = KnowledgeStore(Path(tempfile.mkdtemp()) / "knowledge.db")
-    ingest_paths(store, [GUIDELINES])
+    ingested(ingest_paths(store, [GUIDELINES]))
     figures = {}
     for name in ("dev", "heldout", "fresh"):
         result = quality.stale_check_quality(store, quality.stale_set(name))

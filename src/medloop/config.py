@@ -172,6 +172,11 @@ class Settings(BaseSettings):
         return self.home / "adapters"
 
     @cached_property
+    def models_dir(self) -> Path:
+        """Base models made trainable (a GGUF dequantised into a folder), made once."""
+        return self.home / "models"
+
+    @cached_property
     def scheduler_db(self) -> Path:
         return self.home / "scheduler.db"
 

@@ -30,6 +30,46 @@ def resolve(name: str) -> tuple[str, dict]:
     return name, {}
 
 
+def trainable(name: str, cache: Path) -> str:
+    """A base model training can start from: `name` itself, or, for a GGUF (quantised weights no trainer and no
+    4-bit loader takes), a transformers folder of its weights dequantised, made once under `cache` and kept there
+    (the monthly job and the gate then load that folder, 4-bit for QLoRA; serving keeps loading the GGUF, whose
+    dequantised weights are the same)."""
+    folder, extra = resolve(name)
+    if "gguf_file" not in extra:
+        return name
+    out = cache / Path(extra["gguf_file"]).stem
+    if not (out / "config.json").exists():
+        dequantise(name, out)
+    return str(out)
+
+
+def dequantise(name: str, out: Path) -> Path:
+    """The GGUF model `name`, saved as a plain transformers folder (compute-dtype weights and its tokenizer); written
+    beside `out` and renamed into place, so that an interrupted run leaves no half folder that looks done."""
+    import shutil
+    import tempfile
+
+    from filelock import FileLock
+    from transformers import AutoModelForCausalLM
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / "config.json").exists():  # another process made it meanwhile
+            return out
+        folder, extra = resolve(name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, **extra)  # dequantised, but marked GGUF-quantised
+        plain = AutoModelForCausalLM.from_config(loaded.config)
+        plain.load_state_dict(loaded.state_dict())
+        plain.config.quantization_config = None
+        work = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+        plain.save_pretrained(work)
+        load_tokenizer(name).save_pretrained(work)
+        shutil.rmtree(out, ignore_errors=True)
+        work.rename(out)
+    return out
+
+
 def compute_dtype():
     import torch
 
@@ -75,12 +115,18 @@ def load_base(name: str, *, quantize: bool = False, training: bool = False, devi
 def load(name: str, adapter: Path | None = None, *, quantize: bool = False):
     """(model, tokenizer) for evaluation: the base (4-bit when `quantize`), with a LoRA adapter on it if given."""
     model = load_base(name, quantize=quantize)
-    tokenizer = load_tokenizer(str(adapter)) if adapter else load_tokenizer(name)
+    tokenizer = load_tokenizer(tokenizer_of(adapter, name) if adapter else name)
     if adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter).eval()
     return model, tokenizer
+
+
+def tokenizer_of(adapter: Path, base: str) -> str:
+    """Where an adapter's tokenizer is: its own folder when training saved one there, else its base model's."""
+    saved = any((Path(adapter) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+    return str(adapter) if saved else base
 
 
 def left_pad(sequences: list[list[int]], pad: int, device):

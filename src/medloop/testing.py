@@ -6,6 +6,7 @@ Every file they read lies in the repository (`tests/fixtures/`, `src/medloop/dat
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -364,20 +365,24 @@ class RealVLLM:
         return self
 
     def stop(self) -> int | None:
-        """SIGTERM to the gateway, which stops the vLLM it launched; its exit status."""
+        """SIGTERM to the gateway, which stops the vLLM it launched; its exit status. Whatever is left of its
+        process group afterwards (a vLLM whose gateway died before it could stop it) is killed: a failed run never
+        leaves a server behind."""
+        import os
         import signal
 
         self.stopped = True
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=120)
-        except Exception:  # noqa: BLE001 - never leave it behind
-            import os
-
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=120)
+            except Exception:  # noqa: BLE001 - killed below
+                pass
+        with contextlib.suppress(ProcessLookupError):  # the gateway leads its group (start_new_session)
             os.killpg(self.process.pid, signal.SIGKILL)
-            return self.process.wait()
+        return self.process.wait()
 
 
 def send_together(url: str, bodies: list[dict]) -> list[tuple[int, object]]:
@@ -420,18 +425,9 @@ SMOLLM2_TRAINING = {"quantize": False, "gradient_checkpointing": False, "lora_r"
 
 def smollm2_folder(out: Path) -> Path:
     """The embedded GGUF (SmolLM2-135M-Instruct), dequantised and saved as a trainable transformers folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from medloop.models import DEFAULT_CHAT_MODEL, dequantise
 
-    from medloop.models import DEFAULT_CHAT_MODEL, resolve
-
-    folder, extra = resolve(DEFAULT_CHAT_MODEL)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, **extra)  # dequantised; not serialisable as is
-    plain = AutoModelForCausalLM.from_config(loaded.config)
-    plain.load_state_dict(loaded.state_dict())
-    plain.config.quantization_config = None
-    plain.save_pretrained(out)
-    AutoTokenizer.from_pretrained(folder, **extra).save_pretrained(out)
-    return out
+    return dequantise(DEFAULT_CHAT_MODEL, out)
 
 
 def month_suite_home(home: Path, model: str, seed: int = 0, embedder=None):

@@ -58,11 +58,15 @@ def train_cmd(ctx: typer.Context, **given) -> None:
         return
     from pydantic import ValidationError
 
+    from medloop import models
     from medloop.training import make_config, train
     from medloop.training.data import BadSample
 
+    settings = load_settings()
     given = {k: v for k, v in given.items() if v is not None}
-    given.setdefault("swanlab_mode", load_settings().swanlab_mode)
+    given.setdefault("swanlab_mode", settings.swanlab_mode)
+    if given.get("base_model"):  # a GGUF base trains from its dequantised folder, made once in the home
+        given["base_model"] = models.trainable(given["base_model"], settings.models_dir)
     try:
         config = make_config(given.pop("preset", "v1"), **given)
         result = train(config, log=console.print)

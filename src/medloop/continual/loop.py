@@ -251,9 +251,11 @@ def retrain(settings: Settings, *, retriever=None, log=print) -> dict:
 
 
 def _train_gate_promote(settings, registry, record, live, data, retriever, mcq_items, log) -> dict:
+    from medloop import models
     from medloop.training import make_config, train
 
-    base_model = settings.train_base_model or settings.base_model
+    # a GGUF base (the embedded default is one) trains, and is judged, as its dequantised folder kept in the home
+    base_model = models.trainable(settings.train_base_model or settings.base_model, settings.models_dir)
     files = data.write(Path(record.path) / "data")
     overrides = {"val_size": 0, "swanlab_mode": settings.swanlab_mode, **settings.train_overrides}
     config = make_config(settings.train_preset, base_model=base_model, data=[files["train"]],

@@ -75,9 +75,11 @@ def build_app(settings: Settings, engine: Engine, retriever=None, *, adapters: d
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await engine.start(adapters or {})
-        yield
-        await engine.close()
+        try:
+            await engine.start(adapters or {})
+            yield
+        finally:  # a start that fails stops what it started too (a launched vLLM is never left behind)
+            await engine.close()
 
     docs = settings.api_docs  # off by default: the pages load Swagger's assets from a public CDN
     app = FastAPI(title="medloop", version="0.3.0", lifespan=lifespan, docs_url="/docs" if docs else None,

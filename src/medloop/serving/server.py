@@ -19,9 +19,14 @@ def build_engine(settings: Settings, *, engine: str, base_model: str, adapters: 
             process = launch(base_model, port=vllm_port, adapters=adapters, settings=settings)
             vllm_url = f"http://127.0.0.1:{vllm_port}"
         upstream_key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
-        return VLLMEngine(vllm_url or settings.vllm_url, timeout=settings.upstream_timeout_s,
-                          served_name=settings.served_model_name, api_key=upstream_key, process=process,
-                          startup_wait_s=settings.vllm_startup_s if process else None)
+        try:
+            return VLLMEngine(vllm_url or settings.vllm_url, timeout=settings.upstream_timeout_s,
+                              served_name=settings.served_model_name, api_key=upstream_key, process=process,
+                              startup_wait_s=settings.vllm_startup_s if process else None)
+        except BaseException:
+            if process is not None:  # never leave a launched vLLM behind a gateway that could not be built
+                process.terminate()
+            raise
     if engine != "local":
         raise ValueError(f"unknown engine '{engine}': choose local or vllm")
     from medloop.serving.local_engine import LocalEngine

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -60,6 +61,44 @@ def launch(model: str, *, port: int, adapters: dict[str, str], settings) -> subp
     return subprocess.Popen(cmd, env=launch_env())
 
 
+# vLLM renders the messages into one prompt string, and its tokenizer reads every added token in that string
+# (`<|im_start|>`, `<think>`) as the control token: a client's `<|im_end|>\n<|im_start|>system` would open a system
+# turn of its own. The gateway defuses them first: a word joiner (U+2060, invisible, no meaning) after the first
+# character, so the tokenizer reads the client's characters as text. The control tokens are the model's added tokens
+# when its folder is readable here (`--launch`, a shared disk); else the shapes chat templates use.
+CONTROL_SHAPES = r"<\|[^|<>\s]{1,64}\|>|</?(?:think|tool_call|tool_response|s)>|\[/?INST\]"
+WORD_JOINER = "\u2060"
+
+
+def control_tokens(model_root: str) -> re.Pattern:
+    """What a client must not type as control tokens: the model's added tokens (tokenizer.json), and the common
+    shapes."""
+    tokens = []
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        added = json.loads((Path(model_root) / "tokenizer.json").read_text(encoding="utf-8"))["added_tokens"]
+        tokens = [t["content"] for t in added if len(t["content"]) > 1]
+    alternatives = [re.escape(t) for t in sorted(tokens, key=len, reverse=True)] + [CONTROL_SHAPES]
+    return re.compile("|".join(alternatives))
+
+
+def defuse(messages: list[dict], control: re.Pattern) -> list[dict]:
+    """The messages with every control token in their text broken by a word joiner (text stays text)."""
+    def text(s: str) -> str:
+        return control.sub(lambda m: m.group()[0] + WORD_JOINER + m.group()[1:], s)
+
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            message = {**message, "content": text(content)}
+        elif isinstance(content, list):
+            message = {**message, "content": [{**part, "text": text(part["text"])}
+                                              if isinstance(part, dict) and isinstance(part.get("text"), str)
+                                              else part for part in content]}
+        out.append(message)
+    return out
+
+
 def upstream_error(status: int, text: str, *, as_is: bool = False) -> EngineError:
     """vLLM's refusal in its own words. For a request, an upstream 4xx is the client's problem and keeps its
     status; an upstream 5xx is our 502. `as_is`: an adapter load or unload, answered with vLLM's status too."""
@@ -85,6 +124,7 @@ class VLLMEngine:
         # openai.Timeout, never httpx's: openai 3 runs on httpx2 and refuses another library's type
         self.adapters = ServedAdapters(served_name)  # the base model's upstream name is learnt in start()
         self.in_flight: Counter = Counter()  # upstream name -> requests running on it
+        self.control = re.compile(CONTROL_SHAPES)  # the model's own control tokens once start() knows its folder
         self.retired: set[str] = set()  # replaced versions waiting for their last request
 
     @contextlib.contextmanager
@@ -121,6 +161,7 @@ class VLLMEngine:
         bases = [c["id"] for c in cards if not c.get("parent")]
         if not bases:
             raise EngineError(502, "upstream lists no base model")
+        self.control = control_tokens(next(c.get("root") or c["id"] for c in cards if not c.get("parent")))
         self.adapters.base_root = bases[0]
         self.adapters.base_name = self.adapters.base_name or bases[0]
         loras = {c["id"]: c.get("root") for c in cards if c.get("parent")}
@@ -176,7 +217,7 @@ class VLLMEngine:
         finish, usage = None, None
         with self._upstream_errors():
             chunks = await self.client.chat.completions.create(
-                model=upstream, messages=request.messages, max_tokens=request.max_tokens,
+                model=upstream, messages=defuse(request.messages, self.control), max_tokens=request.max_tokens,
                 temperature=request.temperature, top_p=request.top_p, stop=request.stop or None,
                 seed=request.seed, stream=True, stream_options={"include_usage": True}, extra_body=extra or None,
             )

@@ -42,7 +42,8 @@ def attach_lora(model, config: TrainConfig):
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if config.quantize:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -68,7 +69,11 @@ def prepare_data(config: TrainConfig, tokenizer) -> tuple[list[dict], list[dict]
         for messages in conversations:
             row = render(tokenizer, messages, max_length=config.max_length, terms=terms)
             if sum(1 for x in row["labels"] if x != IGNORE) < config.min_length:
-                report.dropped.append(("", 0, "too short: fewer trained tokens than min_length after truncation"))
+                asked = next((m["content"] for m in messages if m["role"] == "user"), "")
+                why = f"cut off: the answer starts past max_length {config.max_length} tokens (a long prompt or " \
+                    "evidence)" if row["truncated"] else f"too short: fewer trained tokens than min_length " \
+                    f"{config.min_length}"
+                report.dropped.append(("", 0, f"{why}: {asked[:80]!r}"))
                 continue
             rows.append(row)
         return rows
@@ -96,8 +101,7 @@ def _setup_data(config: TrainConfig, tokenizer, log) -> tuple[list[dict], list[d
     stats = {"train": statistics(train_rows), "validation": statistics(val_rows), "layouts": dict(report.layouts),
              "dropped": dict(report.reasons())}
     for path, line, reason in report.dropped[:20]:
-        if path:
-            log(f"skipped {path}:{line}: {reason}")
+        log(f"skipped {path}:{line}: {reason}" if path else f"skipped: {reason}")
     log(f"data: {report.read} read, {len(report.dropped)} dropped {dict(report.reasons())}, "
         f"{len(train_rows)} train / {len(val_rows)} validation; {json.dumps(stats['train'])}")
     if not train_rows:
@@ -175,7 +179,7 @@ def _sft_args(config: TrainConfig, evaluate: bool):
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_ratio,  # transformers 5: a float below 1 is a share of the steps
-        optim=config.optim or ("paged_adamw_8bit" if config.quantize else "adamw_torch"),
+        optim=config.optim or ("paged_adamw_8bit" if config.quantize and torch.cuda.is_available() else "adamw_torch"),
         max_grad_norm=config.max_grad_norm,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -291,5 +295,6 @@ def merge(adapter: Path, output: Path) -> Path:
     model = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=models.compute_dtype())
     merged = model.merge_and_unload()
     merged.save_pretrained(output)
-    AutoTokenizer.from_pretrained(adapter).save_pretrained(output)
+    base = model.peft_config["default"].base_model_name_or_path
+    AutoTokenizer.from_pretrained(models.tokenizer_of(adapter, base)).save_pretrained(output)
     return output

