@@ -93,12 +93,44 @@ def test_admin_is_closed_by_default_and_a_client_key_never_opens_it(settings, en
     (chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]), "messages.0.content"),
     (chat(seed=2**70), "seed"),
     (chat(max_tokens=4096), "messages"),  # prompt + max_tokens beyond the model's context: the engine says so
+    # asked for and not served yet: refused by name, never answered as if it had been honoured
+    (chat(response_format={"type": "json_object"}), "response_format"),
+    (chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+    (chat(logprobs=True, top_logprobs=2), "logprobs"),
+    (chat(presence_penalty=0.5), "presence_penalty"),
+    (chat(logit_bias={"42": 10}), "logit_bias"),
+    (chat(top_k=5), "top_k"),  # a field medloop does not know at all
+    (chat(messages=[{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}, {"role": "user",
+                                                                                       "content": "x"}]),
+     "messages.0"),
 ])
 def test_bad_requests_get_400_in_openai_shape(settings, engine, body, param):
     with LiveServer(build_app(settings, engine, None)) as live:
         r = httpx.post(live.url + "/v1/chat/completions", json=body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["param"] == param
+
+
+def test_every_chat_field_of_the_openai_sdk_is_served_or_refused_by_name(settings, engine):
+    """A field a new SDK release adds fails here until the wire type serves it or refuses it; a not-served field's
+    neutral value (what a client sends to mean "off") and a returned message's null fields pass."""
+    import typing
+
+    from openai.types.chat.completion_create_params import CompletionCreateParamsBase
+
+    from medloop.serving.protocol import ANNOTATIONS, NOT_SERVED, ChatCompletionRequest
+
+    sdk = set(typing.get_type_hints(CompletionCreateParamsBase))
+    assert sdk <= set(ChatCompletionRequest.model_fields), sdk - set(ChatCompletionRequest.model_fields)
+    served = sdk - set(NOT_SERVED) - set(ANNOTATIONS)
+    assert served == {"messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
+                      "seed", "n", "stream_options"}
+    neutral = {name: values[-1] for name, values in NOT_SERVED.items()}
+    returned = {"role": "assistant", "content": "earlier", "refusal": None, "tool_calls": None, "audio": None}
+    with LiveServer(build_app(settings, engine, None)) as live:
+        r = httpx.post(live.url + "/v1/chat/completions", json=chat(**neutral, user="clinician-7", messages=[
+            {"role": "user", "content": "a"}, returned, {"role": "user", "content": "b"}]))
+    assert r.status_code == 200, r.text
 
 
 def test_not_json_and_wrong_types_are_400(settings, engine):

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medloop.retrieval.staleness import StaleClaim
 from medloop.serving.engine import GenerationRequest
@@ -29,11 +29,22 @@ StopString = Annotated[Text, Field(max_length=MAX_STOP_CHARS)]
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # A message the SDK hands back (`message.model_dump()`) carries null fields (refusal, audio, tool_calls...):
+    # they pass. One that carries something medloop would not use is a 400 (`_nothing_ignored`).
+    model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "developer"]
     content: Text | list[dict[str, Any]] | None = ""
+    # an earlier answer's thinking, sent back: Qwen3's template leaves it out of the prompt, as vLLM's does
     reasoning_content: Text | None = None
+    reasoning: Text | None = None
+
+    @model_validator(mode="after")
+    def _nothing_ignored(self):
+        for name, value in (self.model_extra or {}).items():
+            if value not in (None, [], {}, ""):
+                raise ValueError(f"message field '{name}' is not served by medloop yet: leave it out")
+        return self
 
     @field_validator("content")
     @classmethod
@@ -77,8 +88,24 @@ class ChatTemplateKwargs(BaseModel):
     enable_thinking: bool | None = None
 
 
+# Chat fields of OpenAI's API and vLLM's that medloop does not serve yet, each with the values that ask for nothing
+# (what a client sends to mean "off"). Any other value is a 400 that names the field: a client that asked for JSON,
+# tools or log-probabilities and silently got prose would be worse off than one that was told.
+NOT_SERVED: dict[str, tuple] = {
+    "response_format": (None, {"type": "text"}), "tools": (None, []), "tool_choice": (None, "none"),
+    "parallel_tool_calls": (None, True, False), "functions": (None, []), "function_call": (None, "none"),
+    "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}),
+    "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "repetition_penalty": (None, 1),
+    "min_tokens": (None, 0), "stop_token_ids": (None, []), "reasoning_effort": (None,), "verbosity": (None,),
+    "modalities": (None, ["text"]), "audio": (None,), "prediction": (None,), "web_search_options": (None,),
+    "moderation": (None,), "prompt_cache_options": (None,), "prompt_cache_retention": (None,),
+}
+# Fields that label a request for the caller's own bookkeeping and change nothing in the answer: accepted, unused.
+ANNOTATIONS = ("user", "metadata", "safety_identifier", "prompt_cache_key", "store", "service_tier")
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")  # a field medloop does not know is a 400, never ignored
 
     model: Text
     messages: list[ChatMessage] = Field(min_length=1)
@@ -94,6 +121,44 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
     medloop: MedloopOptions | None = None
+    # not served yet (NOT_SERVED) and annotations (ANNOTATIONS): declared so that each is checked by name
+    response_format: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    functions: Any = None
+    function_call: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    logit_bias: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    repetition_penalty: Any = None
+    min_tokens: Any = None
+    stop_token_ids: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    modalities: Any = None
+    audio: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    moderation: Any = None
+    prompt_cache_options: Any = None
+    prompt_cache_retention: Any = None
+    user: Text | None = None
+    metadata: dict[str, Text] | None = None
+    safety_identifier: Text | None = None
+    prompt_cache_key: Text | None = None
+    store: bool | None = None
+    service_tier: Text | None = None
+
+    @field_validator(*NOT_SERVED)
+    @classmethod
+    def _not_served(cls, value, info):
+        if value not in NOT_SERVED[info.field_name]:
+            raise ValueError(f"'{info.field_name}' is not served by medloop yet: leave it out (or send "
+                             f"{NOT_SERVED[info.field_name][-1]!r})")
+        return value
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
