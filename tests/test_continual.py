@@ -361,3 +361,19 @@ def test_one_scheduler_per_home_and_outcomes_survive_a_full_disk(loop_settings, 
     scheduler.run_job("ingest")
     with sqlite3.connect(s.scheduler_db) as db:
         assert db.execute("SELECT COUNT(*) FROM job_runs WHERE job='ingest'").fetchone()[0] == 2
+
+
+def test_after_a_restart_models_shows_the_live_registry_version(settings, tiny_qwen3, monkeypatch):
+    """Measured before: after a kill -9 and a restart v2 was live and served, and `/v1/models` said null."""
+    import httpx
+
+    from medloop.cli.serve import build_server
+    from medloop.testing import LiveServer, registry_with_candidates
+
+    registry = registry_with_candidates(settings.adapters_dir, tiny_qwen3)
+    registry.promote("v1")
+    registry.promote("v2")
+    application = build_server(settings, engine="local", base_model=str(tiny_qwen3), adapters={}, rag=False)
+    with LiveServer(application) as live:  # a fresh process's server, as after a restart
+        cards = {m["id"]: m for m in httpx.get(live.url + "/v1/models").json()["data"]}
+    assert cards[settings.served_adapter_name]["version"] == "v2"

@@ -207,6 +207,7 @@ def test_train_merge_end_to_end_folds_the_adapter_into_weights_that_load_alone(t
 # ---- the third door on the embedded defaults ----
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # 4 to 7 minutes on two cores, more while the suite's vLLM install runs beside it
 def test_the_monthly_job_on_the_embedded_defaults_promotes_a_good_month_and_the_server_serves_it(
         settings, monkeypatch, tmp_path):
     """README's defaults (SmolLM2 GGUF base, the low-mem QLoRA preset): ingest, a month of SFT rows in the inbox,

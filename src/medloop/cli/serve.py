@@ -42,8 +42,9 @@ def build_server(settings: Settings, **kwargs):
     from medloop.continual.registry import served_live
     from medloop.serving.server import build_server as build
 
-    adapters, status = served_live(settings.adapters_dir, settings.served_adapter_name, kwargs.pop("adapters", {}))
-    return build(settings, adapters=adapters, registry_status=status, **kwargs)
+    adapters, versions, status = served_live(settings.adapters_dir, settings.served_adapter_name,
+                                             kwargs.pop("adapters", {}))
+    return build(settings, adapters=adapters, versions=versions, registry_status=status, **kwargs)
 
 
 @app.command()

@@ -179,19 +179,21 @@ class AdapterRegistry:
 
 def served_live(adapters_dir: Path, name: str, adapters: dict[str, str]):
     """What a starting server takes from the registry: `adapters` with the live version under `name` (unless
-    given), and the status function `/metrics` reports it with (live version, server confirmed loading it)."""
+    given), the registry version of each adapter it added (for `/v1/models`), and the status function `/metrics`
+    reports it with (live version, server confirmed loading it)."""
     if not adapters_dir.exists():
-        return adapters, None
+        return adapters, {}, None
     registry = AdapterRegistry(adapters_dir)
     live = registry.live()
+    versions = {}
     if live is not None and name not in adapters:
-        adapters = {name: live.path, **adapters}
+        adapters, versions = {name: live.path, **adapters}, {name: live.version}
 
     def status() -> tuple[str | None, bool]:
         current = registry.live()
         return (current.version, registry.pending_hot_load() is None) if current else (None, True)
 
-    return adapters, status
+    return adapters, versions, status
 
 
 def _alive(pid: int | None) -> bool:

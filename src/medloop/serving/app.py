@@ -65,9 +65,11 @@ def allowed_hosts(settings: Settings, api_keys: list[str]) -> list[str]:
     return ["*"] if api_keys else LOOPBACK_HOSTS
 
 
-def build_app(settings: Settings, engine: Engine, retriever=None, *, adapters: dict[str, str] | None = None) -> FastAPI:
+def build_app(settings: Settings, engine: Engine, retriever=None, *, adapters: dict[str, str] | None = None,
+              versions: dict[str, str] | None = None) -> FastAPI:
     """`engine`: a LocalEngine or VLLMEngine; `retriever`: a Retriever, or None to serve without evidence;
-    `adapters`: served name -> folder, loaded at start (and allowed as hot-swap sources)."""
+    `adapters`: served name -> folder, loaded at start (and allowed as hot-swap sources); `versions`: the registry
+    version of those the registry serves, shown in `/v1/models`."""
     api_keys = [k.get_secret_value() for k in settings.api_keys if k.get_secret_value()]
     admin_key = settings.admin_key.get_secret_value() if settings.admin_key else ""
     if admin_key and admin_key in api_keys:
@@ -77,6 +79,9 @@ def build_app(settings: Settings, engine: Engine, retriever=None, *, adapters: d
     async def lifespan(app: FastAPI):
         try:
             await engine.start(adapters or {})
+            for name, version in (versions or {}).items():  # start-up adapters the registry serves: their version
+                if name in engine.adapters:
+                    engine.adapters.set(name, engine.adapters.internal(name), version)
             yield
         finally:  # a start that fails stops what it started too (a launched vLLM is never left behind)
             await engine.close()

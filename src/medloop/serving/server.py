@@ -37,10 +37,11 @@ def build_engine(settings: Settings, *, engine: str, base_model: str, adapters: 
 
 def build_server(settings: Settings, *, engine: str = "local", base_model: str = "",
                  adapters: dict[str, str] | None = None, rag: bool = True, vllm_url: str = "",
-                 launch_vllm: bool = False, vllm_port: int = 0,
+                 launch_vllm: bool = False, vllm_port: int = 0, versions: dict[str, str] | None = None,
                  registry_status: Callable[[], tuple[str | None, bool]] | None = None):
     """Engine + retriever + app. `adapters`: served name -> folder (the registry's live one included by the
-    caller); `registry_status`: () -> (live version, whether the server confirmed loading it), for /metrics."""
+    caller, its registry version in `versions`); `registry_status`: () -> (live version, whether the server
+    confirmed loading it), for /metrics."""
     from medloop.retrieval import Retriever
     from medloop.serving.app import build_app
 
@@ -50,7 +51,7 @@ def build_server(settings: Settings, *, engine: str = "local", base_model: str =
     adapters = dict(adapters or {})
     eng = build_engine(settings, engine=engine, base_model=base_model or settings.base_model, adapters=adapters,
                        vllm_url=vllm_url, launch_vllm=launch_vllm, vllm_port=vllm_port)
-    application = build_app(settings, eng, retriever, adapters=adapters)
+    application = build_app(settings, eng, retriever, adapters=adapters, versions=versions)
     application.state.registry_status = registry_status
     return application
 
