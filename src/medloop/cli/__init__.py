@@ -33,8 +33,7 @@ train_app = typer.Typer(help="QLoRA fine-tuning.", invoke_without_command=True)
 app.add_typer(train_app, name="train")
 console = Console(stderr=True)
 out = Console()
-THIRD_PARTY_LOGGERS = ("bitsandbytes", "transformers", "sentence_transformers", "peft", "accelerate", "jieba",
-                       "kernels")  # kernels: "Skipping publisher trust check" when offline (bitsandbytes loads it)
+THIRD_PARTY_LOGGERS = ("bitsandbytes", "transformers", "sentence_transformers", "peft", "accelerate", "jieba")
 
 
 VERBOSE = typer.Option("--verbose", "-v", help="show third-party warnings and progress bars (model loading, kernels)")
