@@ -3,7 +3,7 @@ citation thresholds.
 
 A labelled row: {"question", "guideline_ids": [accepted guidelines; empty for an off-topic question],
 "versions": {guideline: its newest version}, "kind": direct | paraphrase | colloquial | abbreviation |
-cross-lingual | off}. The sample sets live in `medloop/data/retrieval_dev.jsonl` (tune on it) and
+cross-lingual | off, "passage": the answering words (optional: a hit counts only when its chunk holds them)}. The sample sets live in `medloop/data/retrieval_dev.jsonl` (tune on it) and
 `retrieval_heldout.jsonl` (check on it, never tune).
 """
 
@@ -38,8 +38,11 @@ def load_labelled(path: Path) -> list[dict]:
         if not isinstance(ids, list):
             raise ValueError(f"{path}:{line}: `guideline_ids` must be a list (empty for an off-topic question)")
         versions = row.get("versions") or ({ids[0]: str(row["version"])} if row.get("version") and ids else {})
+        passage = row.get("passage")
+        if passage is not None and (not isinstance(passage, str) or not passage.strip()):
+            raise ValueError(f"{path}:{line}: `passage` must be the answering words (a non-empty string)")
         rows.append({"question": row["question"], "guideline_ids": ids, "versions": versions,
-                     "kind": row.get("kind", "off" if not ids else "direct")})
+                     "kind": row.get("kind", "off" if not ids else "direct"), "passage": passage})
     return rows
 
 
@@ -61,16 +64,21 @@ def retrieval_quality(retriever, rows: list[dict], k: int = 3, *, min_relevance:
         cited = [h for h in hits[:k] if (h.relevant if default else cites(h.relevance, h.dense_score, knows,
                                                                            t_rel, t_cos))]
         accepted = set(row["guideline_ids"])
+
+        def answers(hit, passage=_plain(row.get("passage") or "")) -> bool:
+            return hit.chunk.doc_id in accepted and passage in _plain(hit.chunk.text)
+
         docs = [h.chunk.doc_id for h in hits[:k]]
         record = {"question": row["question"], "kind": row["kind"], "top": docs[:3],
                   "cited": [h.chunk.doc_id for h in cited],
-                  "relevance": [round(h.relevance, 3) for h in hits[:3]]}
+                  "relevance": [round(h.relevance, 3) for h in hits[:3]],
+                  "cosine": [round(h.dense_score, 3) for h in hits[:3]]}
         if accepted:
-            rank = next((i for i, d in enumerate(docs, 1) if d in accepted), None)
+            rank = next((i for i, h in enumerate(hits[:k], 1) if answers(h)), None)
             hit1 += rank == 1
             hit3 += rank is not None and rank <= 3
             mrr += 1 / rank if rank else 0.0
-            ok = any(h.chunk.doc_id in accepted for h in cited)
+            ok = any(answers(h) for h in cited)
             recall += ok
             by_kind[row["kind"]][0] += ok
             by_kind[row["kind"]][1] += 1
@@ -95,6 +103,11 @@ def retrieval_quality(retriever, rows: list[dict], k: int = 3, *, min_relevance:
     figures["targets_met"] = {name: _meets(figures[name], op, goal) for name, (op, goal) in TARGETS.items()}
     figures["per_question"] = per_question
     return figures
+
+
+def _plain(text: str) -> str:
+    """Whitespace does not decide whether a chunk holds a passage (a chunk boundary may fold a line)."""
+    return " ".join(text.split())
 
 
 def _meets(value: float, op: str, goal: float) -> bool:
