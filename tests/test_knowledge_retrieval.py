@@ -29,18 +29,19 @@ def indexed(settings, embedder):
 
 
 @pytest.mark.parametrize(
-    "question, doc_id",
+    "question, doc_ids",
     [
-        ("高血压患者的降压目标是多少？", "cn-hypertension"),
-        ("流感的抗病毒治疗应该什么时候开始", "cn-influenza"),
-        ("冠心病合并慢阻肺能用β受体阻滞剂吗", "comorbidity-notes"),
-        ("What is the HbA1c target for adults with diabetes?", "ada-standards-of-care"),
-        ("antiplatelet therapy after acute coronary syndrome", "acc-aha-acs"),
+        ("高血压患者的降压目标是多少？", {"cn-hypertension"}),
+        ("流感的抗病毒治疗应该什么时候开始", {"cn-influenza"}),
+        ("冠心病合并慢阻肺能用β受体阻滞剂吗", {"comorbidity-notes"}),
+        # both answer it (<7%): a multilingual embedder reads the Chinese one as well as the English one
+        ("What is the HbA1c target for adults with diabetes?", {"ada-standards-of-care", "cn-t2dm"}),
+        ("antiplatelet therapy after acute coronary syndrome", {"acc-aha-acs"}),
     ],
 )
-def test_questions_reach_the_right_guideline(indexed, question, doc_id):
+def test_questions_reach_the_right_guideline(indexed, question, doc_ids):
     hits = indexed[2].search(question, k=3)
-    assert hits[0].chunk.doc_id == doc_id
+    assert hits[0].chunk.doc_id in doc_ids
     assert hits[0].relevant
 
 
@@ -258,7 +259,7 @@ def test_cli_search_output_carries_no_third_party_noise(settings):
     question = "What is the HbA1c target for adults with diabetes?"
     search = subprocess.run([sys.executable, "-m", "medloop.cli", "search", question, "-k", "1", "--json"], env=env,
                             capture_output=True, text=True)
-    assert search.returncode == 0 and json.loads(search.stdout)[0]["doc_id"] == "ada-standards-of-care"
+    assert search.returncode == 0 and json.loads(search.stdout)[0]["doc_id"] in {"ada-standards-of-care", "cn-t2dm"}
     assert search.stderr == ""  # no import-time warnings, no weight-loading bars (they are behind --verbose)
 
 
@@ -284,9 +285,10 @@ def vectors_in(index) -> int:
     return sum(s.dense.ntotal for s in index.segments)
 
 
-def test_an_english_only_embedder_never_reads_chinese_chunks(settings, embedder):
+def test_an_english_only_embedder_never_reads_chinese_chunks(english_settings, english_embedder):
     from medloop.knowledge.language import is_chinese
 
+    settings, embedder = english_settings, english_embedder
     store = KnowledgeStore(settings.knowledge_db)
     ingest_paths(store, [GUIDELINES])
     recording = RecordingEmbedder(embedder)

@@ -72,7 +72,12 @@ def test_superseded_target_is_caught_by_the_data_and_on_what_it_knew(outcomes):
     The data check, reading each value with whom it is for, decides; the model signals say the same."""
     month = outcomes["superseded"]
     assert month["outcome"] == "rejected" and month["decided_by"] == "evidence_agreement", month
-    assert set(month["failed"]) >= {"evidence_agreement", "regression_loss", "fact_recall"}
+    assert set(month["failed"]) >= {"evidence_agreement", "fact_recall"}
+    # Its loss on what the live adapter knew rises, but on the multilingual default (which cites more of the sample
+    # guidelines in the month's prompts) by 4x (0.054 -> 0.216, seed 0), inside the forgetting allowance (0.751);
+    # with the English embedder it rose 60x (0.047 -> 2.87) and failed too. How much a loss must rise is #33's.
+    reg = month["signals"]["regression_loss"]
+    assert reg["candidate"] > 2 * reg["live"], reg
 
 
 def test_an_off_domain_month_is_rejected(outcomes):

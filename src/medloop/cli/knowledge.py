@@ -104,7 +104,7 @@ def search(
         table.add_column(col, overflow="fold")
     for i, h in enumerate(hits, 1):
         c = h.chunk
-        mark = f" ({h.relevance:.2f})" if h.relevant else f" (weak {h.relevance:.2f})"
+        mark = f" ({h.evidence:.2f})" if h.relevant else f" (weak {h.evidence:.2f})"
         table.add_row(str(i), c.title + (" [superseded]" if c.superseded else ""), c.issuer, c.version,
                       c.published, c.section, f"{h.score:.4f}{mark}", c.text[:200])
     out.print(table)

@@ -233,6 +233,13 @@ class KnowledgeStore:
                 part,
             )
 
+    def bilingual_terms(self) -> list[tuple[str, str]]:
+        """The terms the live guidelines give in two languages (see `knowledge.terms`)."""
+        from medloop.knowledge.terms import bilingual_terms
+
+        rows = self.db.execute("SELECT text FROM versions WHERE superseded=0 ORDER BY id")
+        return list(dict.fromkeys(pair for (text,) in rows for pair in bilingual_terms(text)))
+
     def chunk_ids(self, after: int = 0) -> np.ndarray:
         """The ids of the chunks newer than `after`, sorted (ids only grow: AUTOINCREMENT)."""
         rows = self.db.execute("SELECT id FROM chunks WHERE id > ? ORDER BY id", (after,))

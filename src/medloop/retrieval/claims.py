@@ -16,16 +16,20 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+from medloop.knowledge.language import is_chinese
 from medloop.retrieval.lexicon import Lexicon
 
 UNITS = {
-    "mmhg": "mmHg", "%": "%", "mmol/l": "mmol/L", "小时": "h", "h": "h", "hour": "h", "hours": "h",
+    "mmhg": "mmHg", "%": "%", "mmol/l": "mmol/L", "μmol/l": "umol/L", "umol/l": "umol/L", "mg/dl": "mg/dL",
+    "miu/l": "mIU/L", "mg": "mg", "μg": "ug", "ug": "ug", "mcg": "ug", "ml": "mL", "iu": "IU",
+    "小时": "h", "h": "h", "hour": "h", "hours": "h", "周": "wk", "week": "wk", "weeks": "wk",
     "个月": "mo", "month": "mo", "months": "mo", "天": "d", "day": "d", "days": "d", "分钟": "min",
     "minute": "min", "minutes": "min", "min": "min", "岁": "y", "years": "y", "year": "y",
 }
 NUMBER = re.compile(
     r"(?P<num>\d+(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?)\s*"
-    r"(?P<unit>mmHg|%|mmol/L|小时|个月|天|分钟|岁|hours?|months?|days?|minutes?|min|years?|h\b)?",
+    r"(?P<unit>mmHg|%|mmol/L|[μu]mol/L|mg/dL|mIU/L|(?:mg|[μu]g|mcg|mL|IU|h)(?![A-Za-z])|小时|周|个月|天|分钟|岁|"
+    r"hours?|weeks?|months?|days?|minutes?|min|years?)?",
     re.IGNORECASE,
 )
 # A direction written before the number, or after it (Chinese puts 以下/以上 after the value).
@@ -44,7 +48,7 @@ TERMS = "data/claim_terms.txt"
 @dataclass(frozen=True)
 class Value:
     number: str  # "140/90", "7" ("7.0" and "7" are one number)
-    unit: str  # mmHg, %, mmol/L, h, mo, d, min, y
+    unit: str  # mmHg, %, mmol/L, umol/L, mg/dL, mIU/L, mg, ug, mL, IU, h, wk, mo, d, min, y
     direction: str  # "below", "above", or "" when the text gives none
     text: str  # as written
     at: int = 0  # where in the text it starts
@@ -146,9 +150,12 @@ def read(text: str, vocab: Vocabulary, chunk=None) -> Reading:
                  if set(groups) & vocab.qualifiers]
         for v in values(part):
             # A value is for what is named before it in its part ("家庭血压监测（≥135/85）和动态血压监测": home
-            # readings), or, when nothing is, for what follows ("<150/90 mmHg for patients aged 80 or older").
+            # readings), or, when nothing is and the part is English, for what follows ("<150/90 mmHg for
+            # patients aged 80 or older"); Chinese names whom a value is for first ("...不超过100 mg，肾功能不全者从
+            # 每日50 mg开始": the 100 mg is everyone's).
             before = [groups for at, groups in marks if at < v.at]
-            scope = before[-1:] or [groups for at, groups in marks if at > v.at][:1]
+            after = [] if is_chinese(part) else [groups for at, groups in marks if at > v.at][:1]
+            scope = before[-1:] or after
             claimed.append((v, frozenset(g for groups in scope for g in groups if g in vocab.qualifiers)))
     qualifiers = frozenset(g for groups, _ in found for g in groups if g in vocab.qualifiers)
     return Reading(text, tuple(claimed), names, qualifiers, concepts, chunk)

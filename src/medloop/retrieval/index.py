@@ -30,7 +30,7 @@ from filelock import FileLock
 from scipy import sparse
 
 from medloop.atomic import failpoint, write_text_atomic
-from medloop.config import Settings
+from medloop.config import MULTILINGUAL_EMBEDDER, Settings
 from medloop.knowledge.language import is_chinese
 from medloop.knowledge.store import KnowledgeStore
 from medloop.retrieval import bm25
@@ -53,6 +53,8 @@ def ensure_query_encoder(settings: Settings, embedder=None, *, force: bool = Fal
     True when an export is in place afterwards."""
     from medloop.retrieval import query_encoder
 
+    if settings.embedder == MULTILINGUAL_EMBEDDER:
+        return False  # numpy already, loaded in about a second: nothing to export
     folder = query_encoder.encoder_dir(settings.index_dir, settings.embedder)
     if (folder / "encoder.json").exists() and not force:
         return True

@@ -30,7 +30,10 @@ def export(model, folder: Path, embedder: str) -> bool:
     """Write `model` (a SentenceTransformer) as ONNX + tokenizer + pooling settings; False if its pipeline
     is not Transformer -> Pooling(mean|cls) -> [Normalize]."""
     import torch
+    from sentence_transformers import SentenceTransformer
 
+    if not isinstance(model, SentenceTransformer):
+        return False  # the multilingual USE runs in numpy already: nothing to export
     names = [type(m).__name__ for m in model]
     if names not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
         return False

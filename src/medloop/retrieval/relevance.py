@@ -1,12 +1,12 @@
-"""Does a passage answer the question? A calibrated score in [0, 1], independent of corpus size.
+"""Does a passage answer the question? A score in [0, 1], independent of corpus size.
 
 The question is read as concepts: names from the bilingual lexicon (each with all its synonyms, in both
-languages) and the remaining informative words. A concept counts as found in a passage when any of its forms
-is there; a Chinese word outside the lexicon earns the share of its character bigrams found. Each concept
-weighs its inverse document frequency, so "高血压" found and "香蕉" missing scores low, while the question's
-phrasing (stop words) weighs nothing. The score is the found weight over the total: the share of what the
-question is about that the passage covers. Its threshold (`min_relevance`) is calibrated on the labelled dev
-set by `medloop eval retrieval --calibrate`.
+languages) and the remaining informative words, each with its names in the other language from the bridge (the
+corpus's own bilingual terms, then the dictionary). A concept counts as found in a passage when any of its forms
+is there; a Chinese word earns the share of its character bigrams found. Each concept weighs its inverse
+document frequency, so "高血压" found and "香蕉" missing scores low, while the question's phrasing (stop words)
+weighs nothing. The score is the found weight over the total: the share of what the question is about that the
+passage covers. With the embedder's cosine it makes a hit's evidence (`retriever.evidence`).
 """
 
 from __future__ import annotations
@@ -16,38 +16,30 @@ from dataclasses import dataclass
 
 import jieba
 import jieba.posseg
-from wordfreq import zipf_frequency
 
 from medloop.retrieval.bm25 import idf
-from medloop.retrieval.lexicon import ENGLISH_WORD, Form, Lexicon
+from medloop.retrieval.dictionary import Bridge, dictionary, rarity
+from medloop.retrieval.lexicon import ENGLISH_WORD, Form, Lexicon, form_of
 from medloop.retrieval.tokenize import CJK_RUN, STOPWORDS, bigrams, english_token, tokenize
 
-# A word outside the lexicon may be the topic ("香蕉", "骨折", "sunscreen") or the phrasing ("会不会", "注意",
-# "reasonable"). General-language frequency tells them apart: the rarer a word in everyday text (wordfreq's
-# Zipf scale: 7 for "the", 3 for "sunscreen"), the likelier it is the topic. An unknown word counts at
-# its rarity x its IDF; Chinese function words (jieba tags: pronouns, adverbs, particles, numerals...) not at
-# all. Calibrated on the dev set (a sweep of both bounds; the widest threshold gap at the best cited recall).
-COMMON_ZIPF, RARE_ZIPF = 6.0, 3.5  # rarity 0 at or above the first, 1 at or below the second
+# A word outside the lexicon counts at its rarity (`dictionary.rarity`) x its IDF; Chinese function words (jieba
+# tags: pronouns, adverbs, particles, numerals...) not at all, unless rare in everyday text: jieba's tag for a
+# medical word it hardly knows is a guess.
 CONTENT_TAGS = set("nvalstiz")
-
-
-def rarity(word: str) -> float:
-    zipf = zipf_frequency(word, "zh" if CJK_RUN.search(word) else "en")
-    return min(1.0, max(0.0, (COMMON_ZIPF - zipf) / (COMMON_ZIPF - RARE_ZIPF)))
 
 
 @dataclass(frozen=True)
 class Concept:
     text: str  # how the question put it, for explanations
     forms: tuple[Form, ...]
-    partial: bool = False  # a Chinese word outside the lexicon: credit for the share of its bigrams found
+    partial: bool = False  # a Chinese word of the question: its own form (the first) earns the share of its bigrams
     weight: float = 1.0  # of its IDF: 1 for a lexicon concept, less for a word the lexicon does not know
 
     def found(self, tokens: set[str]) -> float:
-        if self.partial:
-            form = self.forms[0]
-            return sum(t in tokens for t in form) / len(form)
-        return 1.0 if any(all(t in tokens for t in form) for form in self.forms) else 0.0
+        """1 when a passage holds any form whole, else (for a partial concept) the share of its own bigrams found."""
+        if any(all(t in tokens for t in form) for form in self.forms):
+            return 1.0
+        return sum(t in tokens for t in self.forms[0]) / len(self.forms[0]) if self.partial else 0.0
 
 
 @dataclass(frozen=True)
@@ -57,26 +49,69 @@ class Query:
     sparse_tokens: tuple[str, ...]  # BM25 query: the question's tokens and every form of its lexicon concepts
 
 
-def analyse(question: str, lexicon: Lexicon) -> Query:
+def analyse(question: str, lexicon: Lexicon, bridge: Bridge | None = None) -> Query:
+    """`bridge` gives each word outside the lexicon its names in the other language as further forms: the
+    corpus's own bilingual terms and the dictionary (the plain dictionary when none is given)."""
+    bridge = bridge or Bridge(dictionary())
     groups, rest = lexicon.find(question)
     concepts = []
     for line_ids, _ in groups:
         forms = tuple(dict.fromkeys(f for g in line_ids for f in lexicon.groups[g]))
         concepts.append(Concept(" ".join(forms[0]), forms))
     for run in CJK_RUN.findall(rest):
-        for word, tag in jieba.posseg.lcut(run):
-            if len(word) < 2 or word in STOPWORDS or tag[:1] not in CONTENT_TAGS or _a_name(word, tag):
+        for word, tag in _words(run, bridge):
+            function_word = tag[:1] not in CONTENT_TAGS and rarity(word) < 1.0  # jieba tags "痛经" an adverb
+            if len(word) < 2 or word in STOPWORDS or function_word or _a_name(word, tag):
                 continue  # a leftover character or a function word is phrasing, not topic
-            concepts.append(Concept(word, (tuple(bigrams(word)),), partial=True, weight=rarity(word)))
+            own = tuple(bigrams(word))
+            concepts.append(Concept(word, (own, *bridge.senses_within(word)), partial=True, weight=rarity(word)))
     concepts += _compounds(question, lexicon)
-    english = CJK_RUN.sub(" ", rest)
-    for word in dict.fromkeys(m.group() for m in ENGLISH_WORD.finditer(english)):
-        token = english_token(word)
-        if token and not word.isdigit():  # numbers are the answer's business, not the topic
-            concepts.append(Concept(word, ((token,),), weight=rarity(word)))
+    concepts += _english(CJK_RUN.sub(" ", rest), bridge)
     sparse = list(tokenize(question))
     sparse += [t for c in concepts for form in c.forms for t in form]
     return Query(question, tuple(dict.fromkeys(concepts)), tuple(dict.fromkeys(sparse)))
+
+
+def _words(run: str, bridge: Bridge) -> list[tuple[str, str]]:
+    """jieba's words and tags, except that a longer dictionary word is kept whole: jieba splits "骨质疏松" and
+    "心房颤动", whose halves translate to nothing."""
+    out, i, rest = [], 0, ""
+    while i < len(run):
+        word = bridge.longest_at(run, i)
+        if word:
+            out += jieba.posseg.lcut(rest) if rest else []
+            out.append((word, "n"))
+            rest, i = "", i + len(word)
+        else:
+            rest, i = rest + run[i], i + 1
+    return out + (jieba.posseg.lcut(rest) if rest else [])
+
+
+def _english(text: str, bridge: Bridge) -> list[Concept]:
+    """The question's English words outside the lexicon, a phrase the dictionary knows ("atrial fibrillation")
+    as one concept, each with its Chinese names as further forms."""
+    words = [m.group() for m in ENGLISH_WORD.finditer(text) if not m.group().isdigit()]  # numbers: the answer's
+    concepts, i = [], 0
+    while i < len(words):
+        for n in range(min(bridge.longest_phrase, len(words) - i), 1, -1):
+            phrase = tuple(words[i:i + n])
+            chinese = bridge.words(phrase)
+            form = tuple(t for w in phrase if (t := english_token(w)))
+            if chinese and len(form) > 1:
+                concepts.append(_translated(" ".join(phrase), form, chinese, max(rarity(w) for w in phrase)))
+                i += n
+                break
+        else:
+            token = english_token(words[i])
+            if token:
+                concepts.append(_translated(words[i], (token,), bridge.words((words[i],)), rarity(words[i])))
+            i += 1
+    return list(dict.fromkeys(concepts))
+
+
+def _translated(text: str, form: Form, chinese: tuple[str, ...], weight: float) -> Concept:
+    """A translation counts whole only: half of "偏头痛" (migraine) is "头痛" (headache)."""
+    return Concept(text, (form, *(form_of(c) for c in chinese)), weight=weight)
 
 
 # jieba tags names "nr", but also some phrases ("喝咖啡"): a name is an nr word that starts with a common surname.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import asdict, dataclass
 
@@ -14,6 +15,7 @@ from medloop.knowledge.similarity import fingerprint, near_duplicates, shingles
 from medloop.knowledge.store import ChunkRecord, KnowledgeStore
 from medloop.retrieval import query_encoder
 from medloop.retrieval.dense import IndexParams
+from medloop.retrieval.dictionary import Bridge, dictionary
 from medloop.retrieval.embedder import load_embedder
 from medloop.retrieval.lexicon import lexicon
 from medloop.retrieval.relevance import analyse, concept_weights, relevance
@@ -29,17 +31,22 @@ class Hit:
     dense_score: float  # cosine similarity, or nan when not in the dense list
     sparse_score: float  # BM25 score, 0 when no query term matched
     relevance: float  # IDF-weighted share of the question's concepts found in the chunk, in [0, 1]
-    relevant: bool  # passes the evidence thresholds: cited
+    evidence: float  # what the citation is decided on: see `evidence`
+    relevant: bool  # evidence >= min_evidence (or the reranker's own threshold): cited
 
     def to_dict(self) -> dict:
         return {**asdict(self.chunk), "score": self.score, "dense_score": self.dense_score,
-                "sparse_score": self.sparse_score, "relevance": self.relevance, "relevant": self.relevant}
+                "sparse_score": self.sparse_score, "relevance": self.relevance, "evidence": self.evidence,
+                "relevant": self.relevant}
 
 
-def cited(relevance: float, cosine: float, knows_language: bool, min_relevance: float, min_cosine: float) -> bool:
-    """The evidence rule: enough of the question's concepts covered, or (only where the embedder understands the
-    question's language) a high enough cosine."""
-    return relevance >= min_relevance or (knows_language and cosine >= min_cosine)
+def evidence(relevance: float, cosine: float, knows_language: bool) -> float:
+    """The share of the question's concepts a passage covers (in either language, through the lexicon and the
+    dictionary) plus how close the embedder reads it to the question, where the embedder knows the question's
+    language (nothing where the passage was not among the dense results). Either view alone lets through what
+    the other catches: a near miss on the same topic reads close; an answer in the other language shares few
+    words. Its threshold, `min_evidence`, is calibrated (`medloop eval retrieval --calibrate`)."""
+    return relevance + (cosine if knows_language and not math.isnan(cosine) else 0.0)
 
 
 CANDIDATES = 20  # fused candidates whose relevance is scored before the top k are chosen
@@ -57,6 +64,7 @@ class Retriever:
         self._index: LoadedIndex | None = None
         self._lock = threading.Lock()
         self._unreadable: int | None = None  # the version that could not be read (said once)
+        self._bridge: tuple[int, Bridge] | None = None  # (store revision, its bridge)
         self.lexicon = lexicon(str(settings.lexicon) if settings.lexicon else None)
 
     @property
@@ -79,6 +87,14 @@ class Retriever:
     def knows_language(self, question: str) -> bool:
         """Does the embedder understand the question? An English-only one places a Chinese question at random."""
         return self.settings.embedder_multilingual or not is_chinese(question)
+
+    def bridge(self) -> Bridge:
+        """The dictionary with the bilingual terms of the guidelines stored now (read again when they change)."""
+        revision = self.store.revision()
+        with self._lock:
+            if self._bridge is None or self._bridge[0] != revision:
+                self._bridge = (revision, Bridge(dictionary(), self.store.bilingual_terms()))
+            return self._bridge[1]
 
     def index(self) -> LoadedIndex | None:
         live = current_version(self.settings.index_dir)
@@ -104,7 +120,7 @@ class Retriever:
         s = self.settings
         n = min(index.count, max(50, 10 * k))
         question = question[:QUESTION_CHARS]
-        query = analyse(question, self.lexicon)
+        query = analyse(question, self.lexicon, self.bridge())
         knows_language = self.knows_language(question)
         w_dense = s.dense_weight if knows_language else s.dense_weight_cjk
 
@@ -132,15 +148,15 @@ class Retriever:
             seen.append(grams)
             d = dense.get(cid, float("nan"))
             rel = relevance(query, index.token_set(cid), weights)
-            relevant = cited(rel, d, knows_language, s.min_relevance, s.min_cosine)
-            candidates.append(Hit(chunk, fused[cid], d, sparse.get(cid, 0.0), rel, relevant))
+            ev = evidence(rel, d, knows_language)
+            candidates.append(Hit(chunk, fused[cid], d, sparse.get(cid, 0.0), rel, ev, ev >= s.min_evidence))
             if len(candidates) == (s.reranker_candidates if s.reranker else max(k, CANDIDATES)):
                 break
         if s.reranker and candidates:
             return self._rerank(question, candidates)[:k]
-        # Concepts covered first, fused rank within a tie: fusion alone lets an English embedder's favourite
-        # English passage outrank the Chinese guideline that a cross-lingual question names concept by concept.
-        return sorted(candidates, key=lambda h: (round(h.relevance, 2), h.score), reverse=True)[:k]
+        # By evidence, fused rank within a tie: fusion alone lets the embedder's favourite passage in one language
+        # outrank the guideline that a question names concept by concept in the other.
+        return sorted(candidates, key=lambda h: (round(h.evidence, 2), h.score), reverse=True)[:k]
 
     def _rerank(self, question: str, hits: list[Hit]) -> list[Hit]:
         """The cross-encoder reads question and passage together: its order replaces the fused one."""
