@@ -85,10 +85,10 @@ class Rules:
 def sign_test(worse: int, better: int) -> float:
     """One-sided exact p-value of at least `worse` losses among the worse+better items that changed, if
     losing and winning were equally likely (McNemar's exact test)."""
+    from scipy.stats import binomtest
+
     n = worse + better
-    if n == 0:
-        return 1.0
-    return sum(math.comb(n, i) for i in range(worse, n + 1)) / 2**n
+    return float(binomtest(worse, n, 0.5, alternative="greater").pvalue) if n else 1.0
 
 
 def _finite(x: float | None) -> bool:
