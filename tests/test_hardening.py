@@ -97,7 +97,10 @@ def test_admin_is_closed_by_default_and_a_client_key_never_opens_it(settings, en
     (chat(response_format={"type": "json_object"}), "response_format"),
     (chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
     (chat(logprobs=True, top_logprobs=2), "logprobs"),
-    (chat(presence_penalty=0.5), "presence_penalty"),
+    (chat(presence_penalty=0.5), "presence_penalty"),  # the vLLM engine's: this local one refuses it by name
+    (chat(min_tokens=4), "min_tokens"),
+    (chat(presence_penalty=3), "presence_penalty"),  # outside OpenAI's [-2, 2] on any engine
+    (chat(repetition_penalty=0), "repetition_penalty"),
     (chat(logit_bias={"42": 10}), "logit_bias"),
     (chat(top_k=5), "top_k"),  # a field medloop does not know at all
     (chat(messages=[{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}, {"role": "user",
@@ -124,7 +127,7 @@ def test_every_chat_field_of_the_openai_sdk_is_served_or_refused_by_name(setting
     assert sdk <= set(ChatCompletionRequest.model_fields), sdk - set(ChatCompletionRequest.model_fields)
     served = sdk - set(NOT_SERVED) - set(ANNOTATIONS)
     assert served == {"messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
-                      "seed", "n", "stream_options"}
+                      "seed", "n", "stream_options", "presence_penalty", "frequency_penalty"}  # penalties: on vLLM
     neutral = {name: values[-1] for name, values in NOT_SERVED.items()}
     returned = {"role": "assistant", "content": "earlier", "refusal": None, "tool_calls": None, "audio": None}
     with LiveServer(build_app(settings, engine, None)) as live:

@@ -117,6 +117,18 @@ def test_control_tokens_a_client_types_reach_vllm_as_text_never_as_a_turn_of_the
     assert prompt_tokens("hello " + INJECTION) - prompt_tokens("hello ") >= as_text
 
 
+def test_penalties_reach_vllm_and_change_what_it_samples(real_vllm):
+    """presence, frequency and repetition penalties and min_tokens are vLLM's own sampling parameters: the gateway
+    relays them (the local engine refuses them by name, test_hardening)."""
+    plain = greedy(real_vllm, "tiny", "固定问题一", tokens=32)
+    assert greedy(real_vllm, "tiny", "固定问题一", tokens=32, repetition_penalty=2.0) != plain
+    assert greedy(real_vllm, "tiny", "固定问题一", tokens=32, frequency_penalty=2.0) != plain
+    r = client(real_vllm).chat.completions.create(
+        model="a", messages=[{"role": "user", "content": "你好"}], max_tokens=8, temperature=0, presence_penalty=1.0,
+        extra_body={"min_tokens": 8})
+    assert r.usage.completion_tokens == 8
+
+
 def test_qwen3_thinking_is_relayed_plain_and_streamed_and_can_be_turned_off(real_vllm):
     c = client(real_vllm)
     body = {"model": "tiny", "messages": [{"role": "user", "content": "What is the HbA1c target?"}],

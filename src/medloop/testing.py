@@ -542,6 +542,8 @@ def ask(client, question: str, model: str, **kw):
 class ScriptedEngine:
     """Stands in for a model that thinks: emits fixed text in pieces through the engine interface."""
 
+    sampling: frozenset[str] = frozenset()
+
     def __init__(self, text: str, name: str = "thinker"):
         self.text = text
         self.adapters = ServedAdapters(name)

@@ -70,6 +70,11 @@ class ChatService:
             raise APIError(400, "at least one non-empty user message is required", "messages")
         if not self.engine.adapters.has_model(body.model):
             raise model_not_found(body.model)
+        for name in body.sampling():
+            if name not in self.engine.sampling:
+                off = type(body).model_fields[name].default
+                raise APIError(400, f"'{name}' is not served by the {s.engine} engine: leave it out (or send {off!r});"
+                               " the vllm engine serves it", name)
 
     async def ground(self, body: ChatCompletionRequest) -> Grounded:
         messages = body.engine_messages()

@@ -15,6 +15,10 @@ from typing import Protocol
 
 from medloop.serving.errors import APIError
 
+# Sampling controls beyond the common ones, honoured by some engines (`Engine.sampling`): a request that sets one
+# its engine does not honour is refused by name, never ignored.
+PENALTIES = ("presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens")
+
 
 @dataclass
 class GenerationRequest:
@@ -27,6 +31,7 @@ class GenerationRequest:
     seed: int | None = None
     chat_template_kwargs: dict = field(default_factory=dict)
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (benchmarks)
+    sampling: dict[str, float] = field(default_factory=dict)  # the PENALTIES a client set to other than off
 
 
 @dataclass
@@ -46,6 +51,7 @@ class EngineError(APIError):
 
 class Engine(Protocol):
     adapters: ServedAdapters  # what it serves: the base model and the adapters by served name
+    sampling: frozenset[str]  # which of PENALTIES it honours
 
     async def start(self, adapters: dict[str, str]) -> None: ...
     async def close(self) -> None: ...

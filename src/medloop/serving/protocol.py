@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medloop.retrieval.staleness import StaleClaim
-from medloop.serving.engine import GenerationRequest
+from medloop.serving.engine import PENALTIES, GenerationRequest
 
 INT64 = 2**63  # OpenAI's and vLLM's seed is a signed 64-bit integer
 MAX_STOP_CHARS = 256  # a stop string is searched for after every token: its length is bounded
@@ -95,8 +95,7 @@ NOT_SERVED: dict[str, tuple] = {
     "response_format": (None, {"type": "text"}), "tools": (None, []), "tool_choice": (None, "none"),
     "parallel_tool_calls": (None, True, False), "functions": (None, []), "function_call": (None, "none"),
     "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}),
-    "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "repetition_penalty": (None, 1),
-    "min_tokens": (None, 0), "stop_token_ids": (None, []), "reasoning_effort": (None,), "verbosity": (None,),
+    "stop_token_ids": (None, []), "reasoning_effort": (None,), "verbosity": (None,),
     "modalities": (None, ["text"]), "audio": (None,), "prediction": (None,), "web_search_options": (None,),
     "moderation": (None,), "prompt_cache_options": (None,), "prompt_cache_retention": (None,),
 }
@@ -117,6 +116,11 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=-INT64, lt=INT64)
     n: int = Field(1, ge=1, le=1)
     ignore_eos: bool = False  # vLLM's extension, for fixed-length benchmarks
+    # PENALTIES: served where the engine honours them (`Engine.sampling`), refused by name elsewhere
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)  # vLLM's extension: 1 is off
+    min_tokens: int = Field(0, ge=0)  # vLLM's extension
     stream: bool = False
     stream_options: StreamOptions | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
@@ -131,10 +135,6 @@ class ChatCompletionRequest(BaseModel):
     logprobs: Any = None
     top_logprobs: Any = None
     logit_bias: Any = None
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
-    repetition_penalty: Any = None
-    min_tokens: Any = None
     stop_token_ids: Any = None
     reasoning_effort: Any = None
     verbosity: Any = None
@@ -160,6 +160,11 @@ class ChatCompletionRequest(BaseModel):
                              f"{NOT_SERVED[info.field_name][-1]!r})")
         return value
 
+    def sampling(self) -> dict[str, float]:
+        """The PENALTIES this request sets to other than their off value."""
+        off = {name: type(self).model_fields[name].default for name in PENALTIES}
+        return {name: getattr(self, name) for name in PENALTIES if getattr(self, name) != off[name]}
+
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []
@@ -180,7 +185,7 @@ class ChatCompletionRequest(BaseModel):
             model=self.model, messages=messages if messages is not None else self.engine_messages(),
             max_tokens=self.max_new_tokens, temperature=self.temperature,
             top_p=self.top_p, stop=self.stop_list(), seed=self.seed, chat_template_kwargs=kwargs,
-            ignore_eos=self.ignore_eos,
+            ignore_eos=self.ignore_eos, sampling=self.sampling(),
         )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import openai
 
-from medloop.serving.engine import Delta, EngineError, GenerationRequest, ServedAdapters
+from medloop.serving.engine import PENALTIES, Delta, EngineError, GenerationRequest, ServedAdapters
 from medloop.serving.errors import model_not_found
 
 
@@ -113,6 +113,8 @@ def upstream_error(status: int, text: str, *, as_is: bool = False) -> EngineErro
 
 
 class VLLMEngine:
+    sampling = frozenset(PENALTIES)  # vLLM's own sampling parameters, relayed as they are
+
     def __init__(self, url: str, *, timeout: float = 60.0, served_name: str = "", api_key: str | None = None,
                  process: subprocess.Popen | None = None, startup_wait_s: float | None = None):
         """`api_key`: the upstream's own credential (vLLM's --api-key), never a client's key."""
@@ -214,6 +216,7 @@ class VLLMEngine:
         extra = {"chat_template_kwargs": request.chat_template_kwargs} if request.chat_template_kwargs else {}
         if request.ignore_eos:
             extra["ignore_eos"] = True
+        extra.update(request.sampling)  # vLLM reads OpenAI's penalties and its own from the body alike
         finish, usage = None, None
         with self._upstream_errors():
             chunks = await self.client.chat.completions.create(
