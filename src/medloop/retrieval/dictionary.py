@@ -21,9 +21,8 @@ import platformdirs
 from wordfreq import zipf_frequency
 
 from medloop.knowledge.language import CJK
-from medloop.retrieval.tokenize import CJK_RUN, english_token
-
-Form = tuple[str, ...]
+from medloop.retrieval.lexicon import Form, form_of
+from medloop.retrieval.tokenize import CJK_RUN
 
 MAX_SENSES = 3  # a word's first senses: later ones drift ("运动": to move, to exercise, sports, ..., campaign)
 MAX_SENSE_TOKENS = 3  # "course of treatment" is a name; a longer sense is an explanation
@@ -55,10 +54,6 @@ def words_of(sense: str) -> tuple[str, ...]:
     return tuple(re.findall(r"[a-z0-9]+", LEADING.sub("", ASIDE.sub(" ", sense).strip()).lower()))
 
 
-def english_form(words: tuple[str, ...]) -> Form:
-    return tuple(t for w in words if (t := english_token(w)))
-
-
 class Dictionary:
     """CC-CEDICT as two look-up tables in a SQLite file built once per machine and dictionary release (a few
     seconds) in the user's cache folder: a `medloop search` opens it in a millisecond instead of parsing 122k
@@ -69,7 +64,6 @@ class Dictionary:
     def __init__(self, path: Path):
         self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         self._lock = threading.Lock()  # one connection, queried from the server's threads
-        self.longest_phrase = MAX_SENSE_TOKENS
 
     @classmethod
     def build(cls, path: Path, entries: list[tuple[str, list[str]]]) -> None:
@@ -95,20 +89,13 @@ class Dictionary:
         with self._lock:
             return [row[0] for row in self.db.execute(sql, (key,))]
 
-    def longest_at(self, text: str, start: int) -> str | None:
-        """The longest word of LONG_WORD characters or more that starts at `start` and has a translation."""
-        for end in range(min(len(text), start + MAX_WORD_CHARS), start + LONG_WORD - 1, -1):
-            if self.senses(text[start:end]):
-                return text[start:end]
-        return None
-
     @lru_cache(maxsize=65536)  # noqa: B019 - one dictionary per process, kept for its lifetime
     def senses(self, word: str) -> tuple[Form, ...]:
         """A Chinese word's first senses, as the English tokens a passage holds when it says them."""
         forms: list[Form] = []
         for sense in self._rows("SELECT sense FROM senses WHERE word=? ORDER BY rowid", word):
             words = words_of(sense)
-            form = english_form(words)
+            form = form_of(" ".join(words))
             if form and len(words) <= MAX_SENSE_TOKENS and form not in forms:
                 forms.append(form)
             if len(forms) == MAX_SENSES:
@@ -119,10 +106,8 @@ class Dictionary:
     def words(self, phrase: tuple[str, ...]) -> tuple[str, ...]:
         """The Chinese words one of whose senses is exactly `phrase` (lower-case words; a plural is tried as its
         singular too), the commonest first."""
-        found = set(self._rows("SELECT word FROM chinese WHERE phrase=?", " ".join(phrase)))
-        if phrase and phrase[-1].endswith("s") and len(phrase[-1]) > 3:
-            found |= set(self._rows("SELECT word FROM chinese WHERE phrase=?", " ".join((*phrase[:-1],
-                                                                                          phrase[-1][:-1]))))
+        sql = "SELECT word FROM chinese WHERE phrase=?"
+        found = {w for spelling in spellings(phrase) for w in self._rows(sql, " ".join(spelling))}
         return tuple(sorted(found, key=lambda w: (-zipf_frequency(w, "zh"), w))[:MAX_WORDS])
 
 
@@ -136,14 +121,14 @@ class Bridge:
         self._words: dict[tuple[str, ...], list[str]] = {}
         for chinese, english in pairs:
             words = tuple(re.findall(r"[a-z0-9]+", english.lower()))
-            form = english_form(words)
+            form = form_of(" ".join(words))
             if not form or len(words) > MAX_PHRASE:
                 continue
             names = _names(chinese)
             for name in names:
                 self._senses.setdefault(name, []).append(form)
             self._words.setdefault(words, []).extend(_starts(names))
-        self.longest_phrase = max([dictionary.longest_phrase, *map(len, self._words)])
+        self.longest_phrase = max([MAX_SENSE_TOKENS, *map(len, self._words)])
 
     def senses(self, word: str) -> tuple[Form, ...]:
         return tuple(dict.fromkeys([*self._senses.get(word, ()), *self.dictionary.senses(word)]))
@@ -158,17 +143,27 @@ class Bridge:
         return ()
 
     def words(self, phrase: tuple[str, ...]) -> tuple[str, ...]:
-        mine = self._words.get(phrase) or self._words.get((*phrase[:-1], phrase[-1][:-1])) if phrase else None
-        return tuple(dict.fromkeys([*(mine or ()), *self.dictionary.words(phrase)]))
+        mine = [w for p in spellings(phrase) for w in self._words.get(p, ())]
+        return tuple(dict.fromkeys([*mine, *self.dictionary.words(phrase)]))
 
     def longest_at(self, text: str, start: int) -> str | None:
-        mine = next((text[start:end] for end in range(min(len(text), start + MAX_WORD_CHARS), start + 1, -1)
-                     if text[start:end] in self._senses), None)
-        theirs = self.dictionary.longest_at(text, start)
-        return max((w for w in (mine, theirs) if w), key=len, default=None)
+        """The longest word starting at `start` that has a translation: a term of this corpus's own, or a
+        dictionary word of LONG_WORD characters or more."""
+        for end in range(min(len(text), start + MAX_WORD_CHARS), start + 1, -1):
+            word = text[start:end]
+            if word in self._senses or (len(word) >= LONG_WORD and self.dictionary.senses(word)):
+                return word
+        return None
 
 
 MAX_PHRASE = 5  # English words in a term a guideline gives ("urate-lowering therapy")
+
+
+def spellings(phrase: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """A phrase as asked, and singular when it ends in a plural ("inhalers": "inhaler")."""
+    if phrase and phrase[-1].endswith("s") and len(phrase[-1]) > 3:
+        return [phrase, (*phrase[:-1], phrase[-1][:-1])]
+    return [phrase]
 
 
 def _names(run: str) -> list[str]:

@@ -59,7 +59,6 @@ def retrieval_quality(retriever, rows: list[dict], k: int = 3, *, min_evidence: 
         cited = [h for h in hits[:k] if (h.relevant if min_evidence is None else h.evidence >= threshold)]
         accepted = set(row["guideline_ids"])
         answers = _answers(row)
-
         docs = [h.chunk.doc_id for h in hits[:k]]
         record = {"question": row["question"], "kind": row["kind"], "top": docs[:3],
                   "cited": [h.chunk.doc_id for h in cited],

@@ -96,7 +96,7 @@ def _english(text: str, bridge: Bridge) -> list[Concept]:
         for n in range(min(bridge.longest_phrase, len(words) - i), 1, -1):
             phrase = tuple(words[i:i + n])
             chinese = bridge.words(phrase)
-            form = tuple(t for w in phrase if (t := english_token(w)))
+            form = form_of(" ".join(phrase))
             if chinese and len(form) > 1:
                 concepts.append(_translated(" ".join(phrase), form, chinese, max(rarity(w) for w in phrase)))
                 i += n
