@@ -82,7 +82,8 @@ def test_admin_is_closed_by_default_and_a_client_key_never_opens_it(settings, en
     (chat(max_tokens=100_000), "max_tokens"),
     (chat(temperature=-1), "temperature"),
     (chat(top_p=0), "top_p"),
-    (chat(messages=[{"role": "tool", "content": "x"}]), "messages.0.role"),
+    (chat(messages=[{"role": "tool", "content": "x"}]), "messages.0"),  # a tool message answers a call: which?
+    (chat(messages=[{"role": "critic", "content": "x"}]), "messages.0.role"),
     (chat(messages=[]), "messages"),
     (chat(messages=[{"role": "system", "content": "only a system prompt"}]), "messages"),
     (chat(n=3), "n"),
@@ -93,10 +94,21 @@ def test_admin_is_closed_by_default_and_a_client_key_never_opens_it(settings, en
     (chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]), "messages.0.content"),
     (chat(seed=2**70), "seed"),
     (chat(max_tokens=4096), "messages"),  # prompt + max_tokens beyond the model's context: the engine says so
-    # asked for and not served yet: refused by name, never answered as if it had been honoured
+    # served by the vLLM engine, not by this local one: refused by name, never answered as if it had been honoured
     (chat(response_format={"type": "json_object"}), "response_format"),
     (chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+    (chat(messages=[{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"}]), "tools"),
     (chat(logprobs=True, top_logprobs=2), "logprobs"),
+    (chat(stop_token_ids=[7]), "stop_token_ids"),
+    # OpenAI's own rules, on any engine
+    (chat(top_logprobs=2), "top_logprobs"),
+    (chat(tool_choice="required"), "tool_choice"),
+    (chat(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice={
+        "type": "function", "function": {"name": "g"}}), "tool_choice"),
+    (chat(response_format={"type": "json_schema"}), "response_format"),
+    (chat(logit_bias={"42": 101}), "logit_bias.42"),
     (chat(presence_penalty=0.5), "presence_penalty"),  # the vLLM engine's: this local one refuses it by name
     (chat(min_tokens=4), "min_tokens"),
     (chat(presence_penalty=3), "presence_penalty"),  # outside OpenAI's [-2, 2] on any engine
@@ -105,7 +117,7 @@ def test_admin_is_closed_by_default_and_a_client_key_never_opens_it(settings, en
     (chat(top_k=5), "top_k"),  # a field medloop does not know at all
     (chat(messages=[{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}, {"role": "user",
                                                                                        "content": "x"}]),
-     "messages.0"),
+     "messages.0.tool_calls.0.function"),
 ])
 def test_bad_requests_get_400_in_openai_shape(settings, engine, body, param):
     with LiveServer(build_app(settings, engine, None)) as live:
@@ -121,14 +133,19 @@ def test_every_chat_field_of_the_openai_sdk_is_served_or_refused_by_name(setting
 
     from openai.types.chat.completion_create_params import CompletionCreateParamsBase
 
+    from medloop.serving.engine import OPTIONAL_FIELDS
     from medloop.serving.protocol import ANNOTATIONS, NOT_SERVED, ChatCompletionRequest
 
     sdk = set(typing.get_type_hints(CompletionCreateParamsBase))
     assert sdk <= set(ChatCompletionRequest.model_fields), sdk - set(ChatCompletionRequest.model_fields)
     served = sdk - set(NOT_SERVED) - set(ANNOTATIONS)
-    assert served == {"messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
-                      "seed", "n", "stream_options", "presence_penalty", "frequency_penalty"}  # penalties: on vLLM
+    assert served - set(OPTIONAL_FIELDS) == {"messages", "model", "max_tokens", "max_completion_tokens",
+                                             "temperature", "top_p", "stop", "seed", "n", "stream_options"}
     neutral = {name: values[-1] for name, values in NOT_SERVED.items()}
+    neutral |= {"response_format": {"type": "text"}, "tools": [], "tool_choice": "none", "parallel_tool_calls": True,
+                "logprobs": False, "top_logprobs": 0, "logit_bias": {}, "stop_token_ids": [], "presence_penalty": 0,
+                "frequency_penalty": 0, "repetition_penalty": 1, "min_tokens": 0}  # the local engine serves none
+    assert set(neutral) >= set(OPTIONAL_FIELDS)
     returned = {"role": "assistant", "content": "earlier", "refusal": None, "tool_calls": None, "audio": None}
     with LiveServer(build_app(settings, engine, None)) as live:
         r = httpx.post(live.url + "/v1/chat/completions", json=chat(**neutral, user="clinician-7", messages=[
@@ -167,6 +184,8 @@ def test_fuzz_the_api_from_its_openapi_schema_valid_and_invalid_bodies(settings,
     from pydantic import SecretStr
     from schemathesis import GenerationMode
 
+    from medloop.serving.engine import OPTIONAL_FIELDS
+
     settings.max_tokens_limit = 4  # fuzzed valid requests stay cheap
     settings.admin_key = SecretStr("k-admin")
     app = build_app(settings, engine, None)
@@ -178,6 +197,12 @@ def test_fuzz_the_api_from_its_openapi_schema_valid_and_invalid_bodies(settings,
         if case.operation.path == "/v1/chat/completions" and isinstance(case.body, dict):
             case.body["model"] = "tiny"
             if with_user and isinstance(case.body.get("messages"), list):
+                for name in OPTIONAL_FIELDS:  # what the vLLM engine serves and this local one refuses
+                    case.body.pop(name, None)
+                plain = ("role", "content", "reasoning", "reasoning_content")  # a message with no tool or unknown field
+                case.body["messages"] = [{k: v for k, v in m.items() if k in plain} if isinstance(m, dict) else m
+                                         for m in case.body["messages"] if not isinstance(m, dict) or
+                                         m.get("role") != "tool"]
                 case.body["messages"].append({"role": "user", "content": "血压"})
                 case.body["max_tokens"] = 2
                 case.body.pop("max_completion_tokens", None)
@@ -417,3 +442,28 @@ def test_api_docs_are_off_by_default(settings, engine):
     settings.api_docs = True
     with LiveServer(build_app(settings, engine, None)) as live:
         assert httpx.get(live.url + "/openapi.json").status_code == 200
+
+
+def test_the_chat_field_table_in_the_docs_says_what_each_engine_serves():
+    """docs/serving.md's table of fields x engines against `Engine.serves` and NOT_SERVED: a field an engine starts
+    (or stops) serving fails here until the page says so."""
+    import re
+
+    from medloop.serving.engine import OPTIONAL_FIELDS
+    from medloop.serving.local_engine import LocalEngine
+    from medloop.serving.protocol import NOT_SERVED
+    from medloop.serving.vllm_engine import VLLMEngine
+    from medloop.testing import REPO
+
+    page = (REPO / "docs" / "serving.md").read_text()
+    table = page[page.index("<!-- chat-fields"):].split("\n\n")[0]
+    said = {}
+    for row in table.splitlines()[3:]:
+        first, vllm, local = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        for name in re.findall(r"`(\w+)`", first):
+            said[name] = (vllm, local)
+    for name in OPTIONAL_FIELDS:
+        want = tuple("relayed" if name in engine.serves else "400" for engine in (VLLMEngine, LocalEngine))
+        assert said.get(name) == want, name
+    for name in NOT_SERVED:
+        assert said.get(name) == ("400", "400"), name

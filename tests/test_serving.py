@@ -96,7 +96,12 @@ def test_streaming_matches_plain_and_ends_with_evidence_and_done(server):
     assert text == plain
     finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(finals) == 1 and chunks[-1].usage.completion_tokens > 0
-    assert any((c.model_extra or {}).get("evidence") for c in chunks)
+    assert finals[0].model_extra["evidence"] == ask(client, ZH_Q).model_extra["evidence"]
+    # without the block in the content, the list still arrives (it was lost before: it rode on the block's last line)
+    quiet = list(ask(client, ZH_Q, stream=True, extra_body={"medloop": {"append_evidence": False}}))
+    assert "最新临床依据" not in "".join(c.choices[0].delta.content or "" for c in quiet if c.choices)
+    assert [c.model_extra["evidence"] for c in quiet if c.model_extra.get("evidence")] == [finals[0].model_extra[
+        "evidence"]]
     with httpx.stream("POST", server.url + "/v1/chat/completions", json={
         "model": "qwen3-tiny", "messages": [{"role": "user", "content": ZH_Q}], "max_tokens": 4, "stream": True,
     }) as r:
@@ -378,6 +383,7 @@ def test_launch_passes_lora_flags_and_configured_adapters_are_adopted(home, monk
     assert cmd[:3] == ["vllm", "serve", "Qwen/Qwen3-8B"] and "--enable-lora" in cmd
     assert cmd[cmd.index("--max-loras") + 1] == "4" and cmd[cmd.index("--max-lora-rank") + 1] == "64"
     assert cmd[cmd.index("--reasoning-parser") + 1] == "qwen3"
+    assert "--enable-auto-tool-choice" in cmd and cmd[cmd.index("--tool-call-parser") + 1] == "hermes"
     assert cmd[cmd.index("--lora-modules") + 1] == f"medical={path}"
     assert seen["env"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert set(fake.state.loras) == {"medical"} and seen["terminated"]  # adopted, not loaded again

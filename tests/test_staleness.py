@@ -1,5 +1,7 @@
 """The stale-answer check: an answer that follows a superseded guideline version is told so, as text and data."""
 
+import json
+
 import httpx
 import pytest
 
@@ -9,6 +11,7 @@ from medloop.retrieval.claims import values
 from medloop.retrieval.evidence import stale_note
 from medloop.retrieval.staleness import disagreements, stale_claims
 from medloop.serving import build_app
+from medloop.serving.engine import OPTIONAL_FIELDS
 from medloop.testing import GUIDELINES, LiveServer, ScriptedEngine, ask
 
 
@@ -123,6 +126,31 @@ def test_the_response_carries_stale_claims_plain_and_streamed(gateway):
     assert [c for e in last_evidence for c in e["stale_claims"]] == claims
     metrics = httpx.get(gateway.url + "/metrics").text
     assert "medloop_stale_answers_total 2.0" in metrics
+
+
+def test_a_structured_answer_is_checked_where_the_model_wrote_it(settings, store, embedder):
+    """JSON content and tool-call arguments are read by the stale-answer check; its finding rides in `evidence` and
+    the answer stays parseable (no warning appended), plain and streamed."""
+    sync_index(settings, store, embedder=embedder)
+    retriever = Retriever(settings, store=store, embedder=embedder)
+    question = "一般高血压患者血压应控制在多少以下"
+    as_json = ScriptedEngine('{"target": "一般高血压患者血压应控制在<140/90 mmHg以下"}', serves=OPTIONAL_FIELDS)
+    as_call = ScriptedEngine("", call=("record_target", '{"note": "一般高血压患者血压应控制在<140/90 mmHg以下"}'),
+                             serves=OPTIONAL_FIELDS)
+    for engine, fields in ((as_json, {"response_format": {"type": "json_object"}}),
+                           (as_call, {"tools": [{"type": "function", "function": {"name": "record_target"}}]})):
+        with LiveServer(build_app(settings, engine, retriever)) as live:
+            r = ask(live.client(), question, model="thinker", **fields)
+            chunks = list(ask(live.client(), question, model="thinker", stream=True, **fields))
+        json.loads(r.choices[0].message.content or "{}")
+        arguments = [c.function.arguments for c in r.choices[0].message.tool_calls or []]
+        assert all(json.loads(a) for a in arguments)
+        claims = [c["live_says"] for e in r.model_extra["evidence"] for c in e["stale_claims"]]
+        assert claims == ["<130/80 mmHg"], fields
+        streamed = [c.model_extra["evidence"] for c in chunks if (c.model_extra or {}).get("evidence")]
+        assert streamed == [r.model_extra["evidence"]]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+            (r.choices[0].message.content or "")
 
 
 @pytest.fixture

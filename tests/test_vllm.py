@@ -143,6 +143,134 @@ def test_qwen3_thinking_is_relayed_plain_and_streamed_and_can_be_turned_off(real
     assert off.choices[0].message.content and not off.choices[0].message.model_extra.get("reasoning")
 
 
+# ---- the chat contract: what vLLM serves passes through the gateway, and comes back as vLLM sends it ----
+
+NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
+SCHEMA = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]},
+                                           "dose_mg": {"type": "integer", "minimum": 0, "maximum": 999}},
+          "required": ["answer", "dose_mg"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "dose", "description": "the dose of a drug", "strict": True,
+                                           "parameters": {"type": "object", "additionalProperties": False,
+                                                          "properties": {"drug": {"enum": ["aspirin", "metformin"]}},
+                                                          "required": ["drug"]}}}]
+
+
+def tool_call_body() -> dict:
+    """One call of `dose`, its arguments held to their schema (`strict`). vLLM's tool grammar allows any whitespace
+    between JSON tokens, which a random model would write until max_tokens: a logit bias keeps it from whitespace."""
+    from transformers import AutoTokenizer
+
+    from medloop.testing import TOKENIZER
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    blank = {str(i): -100 for i in range(tokenizer.vocab_size) if not tokenizer.decode([i]).strip()}
+    return {"tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False, "logit_bias": blank,
+            "max_tokens": 96}
+
+
+def both(stack, **body):
+    """The same request to vLLM itself and through the gateway, with the official SDK (plain, greedy)."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "What is the aspirin dose?"}],
+            "temperature": 0, "max_tokens": 24, "extra_body": NO_THINKING, **body}
+    upstream = openai.OpenAI(base_url=stack.upstream + "/v1", api_key="none", max_retries=0, timeout=300)
+    return upstream.chat.completions.create(**body), client(stack).chat.completions.create(**body)
+
+
+def streamed(stack, **body):
+    """The gateway's stream, put together as a client does: content, tool calls by index, token log-probabilities."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "What is the aspirin dose?"}],
+            "temperature": 0, "max_tokens": 24, "extra_body": NO_THINKING, **body}
+    content, calls, scored, finish = "", {}, [], None
+    for chunk in client(stack).chat.completions.create(**body, stream=True):
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for call in choice.delta.tool_calls or []:
+                into = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                into["id"] = call.id or into["id"]
+                if call.function:
+                    into["name"] += call.function.name or ""
+                    into["arguments"] += call.function.arguments or ""
+            if choice.logprobs:
+                scored += choice.logprobs.content or []
+            finish = choice.finish_reason or finish
+    return content, [calls[i] for i in sorted(calls)], scored, finish
+
+
+def test_json_schema_output_through_the_gateway_validates_plain_and_streamed(real_vllm):
+    fmt = {"type": "json_schema", "json_schema": {"name": "dose", "schema": SCHEMA, "strict": True}}
+    direct, gateway = both(real_vllm, response_format=fmt)
+    answer = json.loads(gateway.choices[0].message.content)  # nothing appended: a program parses it
+    assert set(answer) == {"answer", "dose_mg"} and answer["answer"] in ("yes", "no") and 0 <= answer["dose_mg"] <= 999
+    assert gateway.choices[0].message.content == direct.choices[0].message.content
+    content, _, _, finish = streamed(real_vllm, response_format=fmt)
+    assert json.loads(content) == answer and finish == "stop"
+
+
+def test_tool_calls_through_the_gateway_as_vllm_makes_them_and_the_conversation_goes_on(real_vllm):
+    """`tool_choice: required` makes vLLM call the tool (the tiny random model would never choose to): the gateway
+    hands back vLLM's call, plain and streamed; the call and the tool's answer sent back reach vLLM's template
+    intact."""
+    direct, gateway = both(real_vllm, **tool_call_body())
+    call = gateway.choices[0].message.tool_calls[0]
+    want = direct.choices[0].message.tool_calls[0]
+    # the gateway reads vLLM's stream, whose arguments keep the model's spacing; vLLM's plain answer re-serialises them
+    assert (call.function.name, json.loads(call.function.arguments)) == ("dose", json.loads(want.function.arguments))
+    assert json.loads(call.function.arguments)["drug"] in ("aspirin", "metformin")
+    assert gateway.choices[0].finish_reason == direct.choices[0].finish_reason == "tool_calls"
+    assert not gateway.choices[0].message.content  # no evidence block mixed into a tool call
+    _, calls, _, finish = streamed(real_vllm, **tool_call_body())
+    assert [(c["name"], c["arguments"]) for c in calls] == [("dose", call.function.arguments)] and calls[0]["id"]
+    assert finish == "tool_calls"
+    messages = [{"role": "user", "content": "What is the aspirin dose?"},
+                {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                {"role": "tool", "tool_call_id": call.id, "content": '{"dose_mg": 100}'}]
+    direct, gateway = both(real_vllm, messages=messages, tools=TOOLS, max_tokens=4)
+    assert gateway.usage.prompt_tokens == direct.usage.prompt_tokens  # the same prompt: nothing lost on the way
+    assert gateway.choices[0].message.content == direct.choices[0].message.content
+
+
+def test_logprobs_logit_bias_and_stop_token_ids_reach_vllm(real_vllm):
+    direct, gateway = both(real_vllm, logprobs=True, top_logprobs=2, max_tokens=6)
+    scored = gateway.choices[0].logprobs.content
+    assert [(t.token, t.logprob) for t in scored] == [(t.token, t.logprob) for t in direct.choices[0].logprobs.content]
+    assert len(scored) == gateway.usage.completion_tokens and all(len(t.top_logprobs) == 2 for t in scored)
+    assert "".join(t.token for t in scored) == gateway.choices[0].message.content
+    _, _, streamed_scores, _ = streamed(real_vllm, logprobs=True, top_logprobs=2, max_tokens=6)
+    assert [t.token for t in streamed_scores] == [t.token for t in scored]
+    hello = 9707  # "Hello" in Qwen3's vocabulary: a bias of 100 makes it every token, a stop id ends at once
+    _, biased = both(real_vllm, logit_bias={str(hello): 100}, max_tokens=4)
+    assert biased.choices[0].message.content == "Hello" * 4
+    _, stopped = both(real_vllm, logit_bias={str(hello): 100}, max_tokens=4, extra_body={**NO_THINKING,
+                                                                                     "stop_token_ids": [hello]})
+    assert stopped.choices[0].message.content == "" and stopped.choices[0].finish_reason == "stop"
+
+
+def test_a_structured_answer_keeps_its_evidence_in_the_evidence_field(real_vllm, settings, embedder):
+    """With guideline evidence found, a JSON answer and a tool call stay parseable: the citations come in `evidence`
+    only, plain and streamed; an ordinary answer still gets its block."""
+    from medloop.testing import sample_index
+
+    retriever = sample_index(settings, embedder)
+    question = [{"role": "user", "content": "高血压患者的降压目标是多少？"}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "dose", "schema": SCHEMA}}
+    with LiveServer(build_app(settings, VLLMEngine(real_vllm.upstream, served_name="tiny", timeout=300),
+                              retriever)) as gateway:
+        stack = type("Stack", (), {"gateway": gateway.url})
+        c = client(stack)
+        common = {"model": "tiny", "messages": question, "temperature": 0, "max_tokens": 64, "extra_body": NO_THINKING}
+        plain = c.chat.completions.create(**common)
+        assert plain.model_extra["evidence"] and "最新临床依据" in plain.choices[0].message.content
+        as_json = c.chat.completions.create(**common, response_format=fmt)
+        json.loads(as_json.choices[0].message.content)
+        assert as_json.model_extra["evidence"] == plain.model_extra["evidence"]
+        tool = c.chat.completions.create(**{**common, **tool_call_body()})
+        assert not tool.choices[0].message.content and tool.model_extra["evidence"]
+        json.loads(tool.choices[0].message.tool_calls[0].function.arguments)
+        chunks = list(c.chat.completions.create(**common, response_format=fmt, stream=True))
+        json.loads("".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices))
+        assert any(ch.model_extra.get("evidence") for ch in chunks)
+
+
 def test_runtime_lora_loads_through_the_gateway_as_vllm_answers_them(real_vllm):
     url, folder = real_vllm.gateway, str(real_vllm.adapters["b"])
     empty = real_vllm.home / "adapters" / "empty"
@@ -211,7 +339,7 @@ def neighbours(real_vllm):
 
 
 @hsettings(max_examples=25, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-@given(body=engine_bodies("tiny", max_tokens=8))
+@given(body=engine_bodies("tiny", max_tokens=8, contract=True))
 def test_hostile_bodies_through_the_gateway_to_vllm_get_4xx_never_5xx(real_vllm, neighbours, body):
     bodies, expected = neighbours
     *near, (status, result) = send_together(real_vllm.gateway, [*bodies, body])

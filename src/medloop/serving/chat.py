@@ -30,14 +30,19 @@ from medloop.serving.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     Choice,
+    ChoiceLogprobs,
     DeltaMessage,
     ErrorBody,
     ErrorResponse,
     Evidence,
+    FunctionCall,
     ModelCard,
     ModelList,
     ResponseMessage,
     StreamChoice,
+    TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
     Usage,
     completion_id,
 )
@@ -70,11 +75,10 @@ class ChatService:
             raise APIError(400, "at least one non-empty user message is required", "messages")
         if not self.engine.adapters.has_model(body.model):
             raise model_not_found(body.model)
-        for name in body.sampling():
-            if name not in self.engine.sampling:
-                off = type(body).model_fields[name].default
-                raise APIError(400, f"'{name}' is not served by the {s.engine} engine: leave it out (or send {off!r});"
-                               " the vllm engine serves it", name)
+        for name in body.asked():
+            if name not in self.engine.serves:
+                raise APIError(400, f"'{name}' is not served by the {s.engine} engine: leave it out (tool calls and "
+                               "tool messages need 'tools'); the vllm engine serves it", name)
 
     async def ground(self, body: ChatCompletionRequest) -> Grounded:
         messages = body.engine_messages()
@@ -133,6 +137,33 @@ def evidence_items(hits, stale=()) -> list[Evidence]:
     return items
 
 
+class ToolCalls:
+    """The tool calls of an answer, put together from their stream deltas (`Delta.tool_calls`)."""
+
+    def __init__(self):
+        self.calls: dict[int, dict] = {}
+
+    def add(self, deltas: list[dict]) -> None:
+        for d in deltas:
+            call = self.calls.setdefault(d["index"], {"id": "", "name": "", "arguments": ""})
+            call["id"] = d.get("id") or call["id"]
+            function = d.get("function") or {}
+            call["name"] += function.get("name") or ""
+            call["arguments"] += function.get("arguments") or ""
+
+    def arguments(self) -> str:
+        """What the stale-answer check reads of them: the arguments the model wrote."""
+        return "\n".join(c["arguments"] for c in self.calls.values())
+
+    def finished(self) -> list[ToolCall] | None:
+        return [ToolCall(id=c["id"], function=FunctionCall(name=c["name"], arguments=c["arguments"]))
+                for _, c in sorted(self.calls.items())] or None
+
+
+def logprobs_of(items: list[dict]) -> ChoiceLogprobs | None:
+    return ChoiceLogprobs(content=[TokenLogprob(**i) for i in items]) if items else None
+
+
 def usage_of(last: Delta) -> Usage:
     return Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens,
                  total_tokens=last.prompt_tokens + last.completion_tokens)
@@ -152,7 +183,8 @@ async def chat(body: ChatCompletionRequest, request: Request):
         grounded = await service.ground(body)
         service.audit(body, grounded.hits)
         stream = service.engine.stream(body.to_generation_request(grounded.messages))
-        append = body.medloop is None or body.medloop.append_evidence
+        # a structured answer (JSON, tool calls) is parsed by a program: its evidence stays in `evidence`
+        append = (body.medloop is None or body.medloop.append_evidence) and not body.structured
         if body.stream:
             try:
                 first = await anext(stream)  # engine errors before any output become a proper HTTP error
@@ -197,47 +229,52 @@ async def until_disconnected(request: Request, work: Awaitable):
 async def _complete(service: ChatService, body: ChatCompletionRequest, stream: AsyncIterator[Delta],
                     grounded: Grounded, append: bool) -> ChatCompletionResponse:
     parser, reasoning, content, last = ReasoningParser(), "", "", Delta()
+    calls, scored = ToolCalls(), []
     try:
         async for delta in stream:
             r, c = parser.feed(delta.text)
             reasoning, content, last = reasoning + delta.reasoning + r, content + c, delta
+            calls.add(delta.tool_calls)
+            scored += delta.logprobs
     finally:
         await stream.aclose()  # a client gone mid-answer frees its batch row at once
     r, c = parser.flush()
     reasoning, content = reasoning + r, content + c
-    block, evidence = await service.evidence(content, grounded, append)
-    message = ResponseMessage(content=content + block, reasoning_content=reasoning or None, reasoning=reasoning or None)
-    return ChatCompletionResponse(model=body.model, choices=[Choice(message=message,
-                                  finish_reason=last.finish_reason or "stop")], usage=usage_of(last),
-                                  evidence=evidence)
+    block, evidence = await service.evidence(content + calls.arguments(), grounded, append)
+    message = ResponseMessage(content=content + block, reasoning_content=reasoning or None, reasoning=reasoning or None,
+                              tool_calls=calls.finished())
+    choice = Choice(message=message, finish_reason=last.finish_reason or "stop", logprobs=logprobs_of(scored))
+    return ChatCompletionResponse(model=body.model, choices=[choice], usage=usage_of(last), evidence=evidence)
 
 
 async def _sse(service: ChatService, body: ChatCompletionRequest, first: Delta, stream: AsyncIterator[Delta],
                grounded: Grounded, append: bool, started: float) -> AsyncIterator[str]:
     """The answer as OpenAI stream chunks; the evidence block arrives as the last content chunks, the
-    structured list with the final one. An error after the stream started is an error chunk, then [DONE]
+    structured list with the finishing one. An error after the stream started is an error chunk, then [DONE]
     (as vLLM does): clients and `bench/load.py` count it as a failed request."""
     cid = completion_id()
 
-    def chunk(delta: DeltaMessage, finish: str | None = None, **extra) -> str:
-        payload = ChatCompletionChunk(id=cid, model=body.model, choices=[StreamChoice(delta=delta,
-                                      finish_reason=finish)], **extra)
+    def chunk(delta: DeltaMessage, finish: str | None = None, logprobs: list[dict] = (), **extra) -> str:
+        payload = ChatCompletionChunk(id=cid, model=body.model, choices=[StreamChoice(
+            delta=delta, finish_reason=finish, logprobs=logprobs_of(list(logprobs)))], **extra)
         return f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
 
-    parser, last, answer = ReasoningParser(), first, []
+    parser, last, answer, calls = ReasoningParser(), first, [], ToolCalls()
 
-    def pieces(reasoning: str, content: str) -> list[str]:
-        out = []
+    def pieces(reasoning: str, content: str, tool_calls: list[dict] = (), logprobs: list[dict] = ()) -> list[str]:
+        """One chunk per kind of output; the tokens' log-probabilities ride on the first."""
         answer.append(content)
-        if reasoning:
-            out.append(chunk(DeltaMessage(reasoning_content=reasoning, reasoning=reasoning)))
-        if content:
-            out.append(chunk(DeltaMessage(content=content)))
-        return out
+        calls.add(list(tool_calls))
+        deltas = ([DeltaMessage(reasoning_content=reasoning, reasoning=reasoning)] if reasoning else []) + \
+            ([DeltaMessage(content=content)] if content else []) + \
+            ([DeltaMessage(tool_calls=[ToolCallDelta(**c) for c in tool_calls])] if tool_calls else [])
+        if logprobs and not deltas:
+            deltas = [DeltaMessage()]
+        return [chunk(d, logprobs=logprobs if i == 0 else ()) for i, d in enumerate(deltas)]
 
     def parse(delta: Delta) -> list[str]:
         r, c = parser.feed(delta.text)
-        return pieces(delta.reasoning + r, c)
+        return pieces(delta.reasoning + r, c, delta.tool_calls, delta.logprobs)
 
     status = CLIENT_GONE  # unless the stream reaches its end
     yield chunk(DeltaMessage(role="assistant", content=""))
@@ -251,13 +288,13 @@ async def _sse(service: ChatService, body: ChatCompletionRequest, first: Delta, 
                     yield piece
         for piece in pieces(*parser.flush()):
             yield piece
-        block, evidence = await service.evidence("".join(answer), grounded, append)
+        block, evidence = await service.evidence("".join(answer) + calls.arguments(), grounded, append)
         lines = block.split("\n") if block else []
         for i, line in enumerate(lines):
-            text = line + ("\n" if i < len(lines) - 1 else "")
-            yield chunk(DeltaMessage(content=text), evidence=evidence if i == len(lines) - 1 else None)
+            yield chunk(DeltaMessage(content=line + ("\n" if i < len(lines) - 1 else "")))
         usage = usage_of(last)
-        yield chunk(DeltaMessage(), finish=last.finish_reason or "stop")
+        # the structured list on the finishing chunk: there whether or not a block went into the content
+        yield chunk(DeltaMessage(), finish=last.finish_reason or "stop", evidence=evidence or None)
         if body.stream_options and body.stream_options.include_usage:
             payload = ChatCompletionChunk(id=cid, model=body.model, choices=[], usage=usage)
             yield f"data: {payload.model_dump_json(exclude_none=True)}\n\n"

@@ -11,13 +11,15 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from medloop.serving.errors import APIError
 
-# Sampling controls beyond the common ones, honoured by some engines (`Engine.sampling`): a request that sets one
-# its engine does not honour is refused by name, never ignored.
-PENALTIES = ("presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens")
+# Chat fields beyond the common ones, served by some engines (`Engine.serves`): a request that sets one its engine
+# does not serve is refused by name, never ignored. Each reaches the engine in OpenAI's (and vLLM's) wire form.
+OPTIONAL_FIELDS = ("presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens", "logit_bias",
+                   "stop_token_ids", "logprobs", "top_logprobs", "response_format", "tools", "tool_choice",
+                   "parallel_tool_calls")
 
 
 @dataclass
@@ -31,7 +33,7 @@ class GenerationRequest:
     seed: int | None = None
     chat_template_kwargs: dict = field(default_factory=dict)
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (benchmarks)
-    sampling: dict[str, float] = field(default_factory=dict)  # the PENALTIES a client set to other than off
+    options: dict[str, Any] = field(default_factory=dict)  # the OPTIONAL_FIELDS a client set, as sent
 
 
 @dataclass
@@ -43,6 +45,9 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # engines whose upstream parses tool calls and scores tokens (vLLM) fill these, in OpenAI's stream shapes
+    tool_calls: list[dict] = field(default_factory=list)  # `choices[].delta.tool_calls` items
+    logprobs: list[dict] = field(default_factory=list)  # `choices[].logprobs.content` items
 
 
 class EngineError(APIError):
@@ -51,7 +56,7 @@ class EngineError(APIError):
 
 class Engine(Protocol):
     adapters: ServedAdapters  # what it serves: the base model and the adapters by served name
-    sampling: frozenset[str]  # which of PENALTIES it honours
+    serves: frozenset[str]  # which of OPTIONAL_FIELDS it honours
 
     async def start(self, adapters: dict[str, str]) -> None: ...
     async def close(self) -> None: ...

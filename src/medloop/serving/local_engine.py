@@ -231,7 +231,7 @@ def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class LocalEngine:
-    sampling: frozenset[str] = frozenset()  # temperature, top_p, seed, stop: no penalties yet
+    serves: frozenset[str] = frozenset()  # temperature, top_p, seed, stop: none of OPTIONAL_FIELDS yet
 
     def __init__(self, base_model: str, *, served_name: str = "", adapters: dict[str, str] | None = None,
                  max_batch_size: int = 16, device: str | None = None, max_lora_rank: int = 64):

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medloop.retrieval.staleness import StaleClaim
-from medloop.serving.engine import PENALTIES, GenerationRequest
+from medloop.serving.engine import OPTIONAL_FIELDS, GenerationRequest
 
 INT64 = 2**63  # OpenAI's and vLLM's seed is a signed 64-bit integer
 MAX_STOP_CHARS = 256  # a stop string is searched for after every token: its length is bounded
@@ -26,6 +26,27 @@ def _encodable(text: str) -> str:
 
 Text = Annotated[str, AfterValidator(_encodable)]
 StopString = Annotated[Text, Field(max_length=MAX_STOP_CHARS)]
+FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")]  # OpenAI's rule for function names
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+
+
+class Response(BaseModel):
+    """What medloop sends: built by medloop, so an unknown field is a bug (it would be dropped silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FunctionCall(Response):
+    name: FunctionName
+    arguments: Text  # JSON, as the model wrote it
+
+
+class ToolCall(Response):
+    """A tool call an answer makes, and the same call sent back in a later assistant message."""
+
+    id: Text = Field(max_length=200)
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class ChatMessage(BaseModel):
@@ -33,8 +54,10 @@ class ChatMessage(BaseModel):
     # they pass. One that carries something medloop would not use is a 400 (`_nothing_ignored`).
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "user", "assistant", "developer"]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Text | list[dict[str, Any]] | None = ""
+    tool_calls: list[ToolCall] | None = Field(None, max_length=128)  # an assistant's earlier calls, sent back
+    tool_call_id: Text | None = Field(None, max_length=200)  # a tool message answers this call
     # an earlier answer's thinking, sent back: Qwen3's template leaves it out of the prompt, as vLLM's does
     reasoning_content: Text | None = None
     reasoning: Text | None = None
@@ -44,7 +67,14 @@ class ChatMessage(BaseModel):
         for name, value in (self.model_extra or {}).items():
             if value not in (None, [], {}, ""):
                 raise ValueError(f"message field '{name}' is not served by medloop yet: leave it out")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message carries tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message, and only a tool message, carries the tool_call_id it answers")
         return self
+
+    def uses_tools(self) -> bool:
+        return self.role == "tool" or bool(self.tool_calls)
 
     @field_validator("content")
     @classmethod
@@ -79,6 +109,59 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: FunctionName
+    description: Text | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """`{"type": "text"}` (off), `{"type": "json_object"}`, or `{"type": "json_schema", "json_schema": {...}}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self):
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("'json_schema' is given with type 'json_schema', and only then")
+        return self
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: FunctionName
+    description: Text | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: FunctionName
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatTemplateKwargs(BaseModel):
     """The chat-template switches a client may set. Anything else (e.g. `tokenize`, `add_generation_prompt`)
     would change how the server renders prompts for the whole batch, so it is a 400."""
@@ -92,10 +175,7 @@ class ChatTemplateKwargs(BaseModel):
 # (what a client sends to mean "off"). Any other value is a 400 that names the field: a client that asked for JSON,
 # tools or log-probabilities and silently got prose would be worse off than one that was told.
 NOT_SERVED: dict[str, tuple] = {
-    "response_format": (None, {"type": "text"}), "tools": (None, []), "tool_choice": (None, "none"),
-    "parallel_tool_calls": (None, True, False), "functions": (None, []), "function_call": (None, "none"),
-    "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}),
-    "stop_token_ids": (None, []), "reasoning_effort": (None,), "verbosity": (None,),
+    "functions": (None, []), "function_call": (None, "none"), "reasoning_effort": (None,), "verbosity": (None,),
     "modalities": (None, ["text"]), "audio": (None,), "prediction": (None,), "web_search_options": (None,),
     "moderation": (None,), "prompt_cache_options": (None,), "prompt_cache_retention": (None,),
 }
@@ -116,26 +196,27 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=-INT64, lt=INT64)
     n: int = Field(1, ge=1, le=1)
     ignore_eos: bool = False  # vLLM's extension, for fixed-length benchmarks
-    # PENALTIES: served where the engine honours them (`Engine.sampling`), refused by name elsewhere
+    # OPTIONAL_FIELDS: served where the engine honours them (`Engine.serves`), refused by name elsewhere; each
+    # default is the value that asks for nothing
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)  # vLLM's extension: 1 is off
     min_tokens: int = Field(0, ge=0)  # vLLM's extension
+    logit_bias: dict[TokenId, Annotated[float, Field(ge=-100, le=100)]] | None = Field(None, max_length=2048)
+    stop_token_ids: list[TokenId] | None = Field(None, max_length=64)  # vLLM's extension
+    logprobs: bool = False
+    top_logprobs: int = Field(0, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
     medloop: MedloopOptions | None = None
-    # not served yet (NOT_SERVED) and annotations (ANNOTATIONS): declared so that each is checked by name
-    response_format: Any = None
-    tools: Any = None
-    tool_choice: Any = None
-    parallel_tool_calls: Any = None
+    # not served (NOT_SERVED) and annotations (ANNOTATIONS): declared so that each is checked by name
     functions: Any = None
     function_call: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
-    logit_bias: Any = None
-    stop_token_ids: Any = None
     reasoning_effort: Any = None
     verbosity: Any = None
     modalities: Any = None
@@ -160,10 +241,49 @@ class ChatCompletionRequest(BaseModel):
                              f"{NOT_SERVED[info.field_name][-1]!r})")
         return value
 
-    def sampling(self) -> dict[str, float]:
-        """The PENALTIES this request sets to other than their off value."""
-        off = {name: type(self).model_fields[name].default for name in PENALTIES}
-        return {name: getattr(self, name) for name in PENALTIES if getattr(self, name) != off[name]}
+    # OpenAI's own rules, checked here so that every engine refuses alike (each field reads one declared before it)
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, value, info):
+        if value and not info.data.get("logprobs"):
+            raise ValueError("'top_logprobs' needs 'logprobs': true")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, value, info):
+        names = {t.function.name for t in info.data.get("tools") or []}
+        if value not in (None, "none") and not names:
+            raise ValueError("'tool_choice' needs 'tools'")
+        if isinstance(value, NamedToolChoice) and value.function.name not in names:
+            raise ValueError(f"'tool_choice' names '{value.function.name}', which is not in 'tools'")
+        return value
+
+    def options(self) -> dict[str, Any]:
+        """The OPTIONAL_FIELDS this request sets to other than their off value, in OpenAI's wire form."""
+        fields = type(self).model_fields
+        sent = self.model_dump(mode="json", by_alias=True, exclude_none=True, include=set(OPTIONAL_FIELDS))
+        out = {name: value for name, value in sent.items() if value != fields[name].default and value not in ([], {})}
+        if out.get("response_format") == {"type": "text"}:
+            del out["response_format"]
+        if "tools" not in out:  # without tools a tool choice means nothing (and "none" is its off value)
+            out.pop("tool_choice", None)
+            out.pop("parallel_tool_calls", None)
+        return out
+
+    def asked(self) -> list[str]:
+        """The OPTIONAL_FIELDS this request needs its engine to serve; a tool message or an earlier tool call needs
+        `tools`."""
+        asked = list(self.options())
+        if "tools" not in asked and any(m.uses_tools() for m in self.messages):
+            asked.append("tools")
+        return asked
+
+    @property
+    def structured(self) -> bool:
+        """An answer a program parses (JSON, tool calls): evidence goes in its own field, never into `content`."""
+        return bool(self.response_format and self.response_format.type != "text") or \
+            bool(self.tools and self.tool_choice != "none")
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -176,7 +296,15 @@ class ChatCompletionRequest(BaseModel):
         return self.max_completion_tokens or self.max_tokens or 256
 
     def engine_messages(self) -> list[dict]:
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+        out = []
+        for m in self.messages:
+            message = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            if m.tool_calls:
+                message["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+            if m.tool_call_id is not None:
+                message["tool_call_id"] = m.tool_call_id
+            out.append(message)
+        return out
 
     def to_generation_request(self, messages: list[dict] | None = None) -> GenerationRequest:
         """The engine's view of this request; `messages` replaces the client's (e.g. grounded with evidence)."""
@@ -185,14 +313,8 @@ class ChatCompletionRequest(BaseModel):
             model=self.model, messages=messages if messages is not None else self.engine_messages(),
             max_tokens=self.max_new_tokens, temperature=self.temperature,
             top_p=self.top_p, stop=self.stop_list(), seed=self.seed, chat_template_kwargs=kwargs,
-            ignore_eos=self.ignore_eos, sampling=self.sampling(),
+            ignore_eos=self.ignore_eos, options=self.options(),
         )
-
-
-class Response(BaseModel):
-    """What medloop sends: built by medloop, so an unknown field is a bug (it would be dropped silently)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class Usage(Response):
@@ -222,12 +344,28 @@ class ResponseMessage(Response):
     # vLLM's field for Qwen3 thinking is `reasoning` (older releases: `reasoning_content`): send both.
     reasoning_content: str | None = None
     reasoning: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class TopLogprob(Response):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = []
+
+
+class ChoiceLogprobs(Response):
+    content: list[TokenLogprob] | None = None
 
 
 class Choice(Response):
     index: int = 0
     message: ResponseMessage
     finish_reason: str | None = "stop"
+    logprobs: ChoiceLogprobs | None = None
 
 
 def completion_id() -> str:
@@ -244,17 +382,31 @@ class ChatCompletionResponse(Response):
     evidence: list[Evidence] = []
 
 
+class FunctionCallDelta(Response):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(Response):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta | None = None
+
+
 class DeltaMessage(Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class StreamChoice(Response):
     index: int = 0
     delta: DeltaMessage
     finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(Response):

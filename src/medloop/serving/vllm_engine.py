@@ -24,19 +24,21 @@ from pathlib import Path
 
 import openai
 
-from medloop.serving.engine import PENALTIES, Delta, EngineError, GenerationRequest, ServedAdapters
+from medloop.serving.engine import OPTIONAL_FIELDS, Delta, EngineError, GenerationRequest, ServedAdapters
 from medloop.serving.errors import model_not_found
 
 
 def launch_command(model: str, *, port: int, adapters: dict[str, str], max_loras: int = 4, max_lora_rank: int = 64,
                    served_name: str | None = None, extra: list[str] | None = None, python: str = "") -> list[str]:
-    """The vLLM server command line medloop needs: LoRA on, room for hot-swapped versions, Qwen3 reasoning.
+    """The vLLM server command line medloop needs: LoRA on, room for hot-swapped versions, Qwen3 reasoning and tool
+    calls.
     `python`: the interpreter of a virtualenv with vLLM (the CPU build's `vllm` console script cannot find its
     own package metadata, so the server is started through its module); empty: the `vllm` command."""
     entry = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model] if python \
         else ["vllm", "serve", model]
     cmd = entry + ["--host", "127.0.0.1", "--port", str(port), "--enable-lora", "--max-loras", str(max_loras),
-                   "--max-lora-rank", str(max_lora_rank), "--reasoning-parser", "qwen3"]
+                   "--max-lora-rank", str(max_lora_rank), "--reasoning-parser", "qwen3",
+                   "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]  # Qwen3 writes hermes tool calls
     if served_name:
         cmd += ["--served-model-name", served_name]
     if adapters:
@@ -81,22 +83,21 @@ def control_tokens(model_root: str) -> re.Pattern:
     return re.compile("|".join(alternatives))
 
 
-def defuse(messages: list[dict], control: re.Pattern) -> list[dict]:
-    """The messages with every control token in their text broken by a word joiner (text stays text)."""
-    def text(s: str) -> str:
-        return control.sub(lambda m: m.group()[0] + WORD_JOINER + m.group()[1:], s)
+def defuse(value, control: re.Pattern):
+    """`value` (messages, tool definitions: whatever of a client's the chat template renders) with every control
+    token in its strings broken by a word joiner: text stays text."""
+    if isinstance(value, str):
+        return control.sub(lambda m: m.group()[0] + WORD_JOINER + m.group()[1:], value)
+    if isinstance(value, list):
+        return [defuse(v, control) for v in value]
+    if isinstance(value, dict):
+        return {k: defuse(v, control) for k, v in value.items()}
+    return value
 
-    out = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            message = {**message, "content": text(content)}
-        elif isinstance(content, list):
-            message = {**message, "content": [{**part, "text": text(part["text"])}
-                                              if isinstance(part, dict) and isinstance(part.get("text"), str)
-                                              else part for part in content]}
-        out.append(message)
-    return out
+
+# what medloop relays of a token's log-probability (OpenAI's fields; a field an upstream adds is not relayed)
+TOKEN_LOGPROB = {"token": True, "logprob": True, "bytes": True,
+                 "top_logprobs": {"__all__": {"token", "logprob", "bytes"}}}
 
 
 def upstream_error(status: int, text: str, *, as_is: bool = False) -> EngineError:
@@ -113,7 +114,7 @@ def upstream_error(status: int, text: str, *, as_is: bool = False) -> EngineErro
 
 
 class VLLMEngine:
-    sampling = frozenset(PENALTIES)  # vLLM's own sampling parameters, relayed as they are
+    serves = frozenset(OPTIONAL_FIELDS)  # vLLM's own fields, relayed as they are
 
     def __init__(self, url: str, *, timeout: float = 60.0, served_name: str = "", api_key: str | None = None,
                  process: subprocess.Popen | None = None, startup_wait_s: float | None = None):
@@ -216,7 +217,9 @@ class VLLMEngine:
         extra = {"chat_template_kwargs": request.chat_template_kwargs} if request.chat_template_kwargs else {}
         if request.ignore_eos:
             extra["ignore_eos"] = True
-        extra.update(request.sampling)  # vLLM reads OpenAI's penalties and its own from the body alike
+        extra.update(request.options)  # vLLM reads OpenAI's fields and its own from the body alike
+        if "tools" in extra:  # the chat template renders them into the prompt, as it does the messages
+            extra["tools"] = defuse(extra["tools"], self.control)
         finish, usage = None, None
         with self._upstream_errors():
             chunks = await self.client.chat.completions.create(
@@ -231,8 +234,12 @@ class VLLMEngine:
                         # vLLM's Qwen3 reasoning parser: `reasoning` (older releases: `reasoning_content`)
                         fields = choice.delta.model_extra or {}
                         reasoning = fields.get("reasoning") or fields.get("reasoning_content") or ""
-                        if choice.delta.content or reasoning:
-                            yield Delta(text=choice.delta.content or "", reasoning=reasoning)
+                        calls = [c.model_dump(exclude_none=True) for c in choice.delta.tool_calls or []]
+                        scored = [t.model_dump(include=TOKEN_LOGPROB) for t in
+                                  (choice.logprobs.content or [] if choice.logprobs else [])]
+                        if choice.delta.content or reasoning or calls or scored:
+                            yield Delta(text=choice.delta.content or "", reasoning=reasoning, tool_calls=calls,
+                                        logprobs=scored)
                         finish = choice.finish_reason or finish
         if finish is None:
             raise EngineError(502, "upstream stream ended without a finish reason")
