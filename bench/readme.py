@@ -173,7 +173,8 @@ def fuzz() -> str:
     run = load("fuzz_engine")
     f, s = run["figures"], run["settings"]
     statuses = ", ".join(f"{k}: {v}" for k, v in f["statuses"].items())
-    return (f"{f['tried']} generated bodies on {s['base_model']}, each beside a greedy and a seeded neighbour "
+    fields = f" (with the chat-contract fields it serves: {', '.join(s['fields'])})" if s.get("fields") else ""
+    return (f"{f['tried']} generated bodies on {s['base_model']}{fields}, each beside a greedy and a seeded neighbour "
             f"(statuses {statuses}): 5xx **{f['server_errors_5xx']}**, neighbours whose answer changed "
             f"**{f['neighbours_harmed']}**, streams that ended unfinished {f['unfinished_streams']}.")
 

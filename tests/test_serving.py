@@ -206,6 +206,15 @@ def test_metrics_and_health(server):
     assert httpx.get(server.url + "/health").json()["index_version"] >= 1
 
 
+def test_a_launched_vllm_that_exited_makes_the_gateway_unhealthy():
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert "exited (code 0)" in VLLMEngine("http://127.0.0.1:9", process=gone).health()
+    assert VLLMEngine("http://127.0.0.1:9").health() is None  # a remote vLLM answers for itself, per request
+
+
 def test_new_guideline_is_cited_without_restart(tiny_qwen3, engine, embedder, settings):
     store = KnowledgeStore(settings.knowledge_db)
     ingest_paths(store, [GUIDELINES / "cn-hypertension-2024.md"])
@@ -417,10 +426,52 @@ def test_vllm_engine_upstream_faults(home):
     assert e.value.status == 503
 
 
+HELLO, IM_END = 9707, 151645  # "Hello" and the end of a turn in Qwen3's vocabulary
+
+
+def test_the_local_engine_serves_logprobs_bias_stop_ids_and_penalties(server):
+    """What its sampler does of the chat contract (`decoding.Sampler`): each field changes the answer as it says,
+    plain and streamed. That it does so as vLLM does: tests/test_vllm.py."""
+    c = server.client()
+
+    def answer(tokens=8, extra=None, **fields):
+        body = {"medloop": {"rag": False}, **(extra or {})}
+        return ask(c, "固定问题一", max_tokens=tokens, extra_body=body, **fields)
+
+    r = answer(tokens=6, logprobs=True, top_logprobs=3)
+    scored = r.choices[0].logprobs.content
+    assert len(scored) == r.usage.completion_tokens and all(len(t.top_logprobs) == 3 for t in scored)
+    assert all(t.token == t.top_logprobs[0].token and t.logprob == t.top_logprobs[0].logprob for t in scored)  # greedy
+    assert all(t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob for t in scored)
+    chunks = list(ask(c, "固定问题一", max_tokens=6, logprobs=True, top_logprobs=3, stream=True,
+                      extra_body={"medloop": {"rag": False}}))
+    assert [t.token for ch in chunks if ch.choices and ch.choices[0].logprobs
+            for t in ch.choices[0].logprobs.content] == [t.token for t in scored]
+    assert answer(tokens=4).choices[0].logprobs is None  # not asked, not sent
+
+    assert answer(tokens=4, logit_bias={str(HELLO): 100}).choices[0].message.content == "Hello" * 4
+    stopped = answer(tokens=4, logit_bias={str(HELLO): 100}, extra={"stop_token_ids": [HELLO]})
+    assert (stopped.choices[0].message.content, stopped.choices[0].finish_reason) == ("", "stop")
+    assert stopped.usage.completion_tokens == 1
+    ends = answer(logit_bias={str(IM_END): 100})
+    assert ends.usage.completion_tokens == 1 and ends.choices[0].finish_reason == "stop"
+    held = answer(logit_bias={str(IM_END): 100}, extra={"min_tokens": 3})
+    assert held.usage.completion_tokens == 4 and held.choices[0].finish_reason == "stop"
+
+    plain = answer(tokens=32).choices[0].message.content
+    assert answer(tokens=32, extra={"repetition_penalty": 2.0}).choices[0].message.content != plain
+    assert answer(tokens=32, frequency_penalty=2.0).choices[0].message.content != plain
+    assert answer(tokens=32, presence_penalty=-2.0).choices[0].message.content != plain
+    bad = httpx.post(server.url + "/v1/chat/completions", json={
+        "model": "qwen3-tiny", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"999999999": 5}})
+    assert bad.status_code == 400, bad.text  # a token past the vocabulary: this request's fault
+
+
 def test_incremental_decoding_reassembles_multibyte_text_exactly():
     from transformers import AutoTokenizer
 
-    from medloop.serving.local_engine import Detokenizer, Sampler, _Job, _Row
+    from medloop.serving.decoding import Detokenizer, Sampler
+    from medloop.serving.local_engine import _Job, _Row
     from medloop.testing import TOKENIZER
 
     class Out:

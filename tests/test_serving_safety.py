@@ -248,7 +248,7 @@ def fixed(live):
 @pytest.mark.slow
 @hsettings(max_examples=200, derandomize=True, deadline=None, database=None,
            suppress_health_check=list(HealthCheck))
-@given(body=engine_bodies("tiny"))
+@given(body=engine_bodies("tiny", fields=LocalEngine.serves))
 def test_schema_valid_values_reach_the_engine_and_never_harm_a_neighbour(live, fixed, body):
     bodies, expected = fixed
     *neighbours, (status, result) = send_together(live.url, [*bodies, body])

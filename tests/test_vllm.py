@@ -245,6 +245,25 @@ def test_logprobs_logit_bias_and_stop_token_ids_reach_vllm(real_vllm):
     assert stopped.choices[0].message.content == "" and stopped.choices[0].finish_reason == "stop"
 
 
+def test_several_choices_and_penalties_answer_as_vllm_alone_does(real_vllm):
+    """`n` and the penalties against vLLM itself, the same request: the same choices, plain and streamed."""
+    direct, gateway = both(real_vllm, n=2, temperature=1.0, seed=11, max_tokens=12)
+    assert [(c.index, c.message.content, c.finish_reason) for c in gateway.choices] == \
+        [(c.index, c.message.content, c.finish_reason) for c in direct.choices]
+    assert len(gateway.choices) == 2 and gateway.usage.completion_tokens == direct.usage.completion_tokens
+    pieces = {}
+    for chunk in client(real_vllm).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "What is the aspirin dose?"}], n=2, temperature=1.0,
+            seed=11, max_tokens=12, extra_body=NO_THINKING, stream=True):
+        for choice in chunk.choices:
+            pieces[choice.index] = pieces.get(choice.index, "") + (choice.delta.content or "")
+    assert [pieces[i] for i in sorted(pieces)] == [c.message.content for c in direct.choices]
+    direct, gateway = both(real_vllm, presence_penalty=1.0, frequency_penalty=0.5, max_tokens=24,
+                           extra_body={**NO_THINKING, "repetition_penalty": 1.5, "min_tokens": 24})
+    assert gateway.choices[0].message.content == direct.choices[0].message.content
+    assert gateway.usage.completion_tokens == direct.usage.completion_tokens == 24
+
+
 def test_a_structured_answer_keeps_its_evidence_in_the_evidence_field(real_vllm, settings, embedder):
     """With guideline evidence found, a JSON answer and a tool call stay parseable: the citations come in `evidence`
     only, plain and streamed; an ordinary answer still gets its block."""
@@ -339,7 +358,7 @@ def neighbours(real_vllm):
 
 
 @hsettings(max_examples=25, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-@given(body=engine_bodies("tiny", max_tokens=8, contract=True))
+@given(body=engine_bodies("tiny", max_tokens=8, fields=VLLMEngine.serves))
 def test_hostile_bodies_through_the_gateway_to_vllm_get_4xx_never_5xx(real_vllm, neighbours, body):
     bodies, expected = neighbours
     *near, (status, result) = send_together(real_vllm.gateway, [*bodies, body])
@@ -446,6 +465,39 @@ def test_the_local_engine_and_vllm_answer_alike(real_vllm):
                    for p in prompts)
         print(f"{model}: {same} of 20 greedy answers (16 tokens) identical")
         assert same >= 18
+
+
+def test_the_local_sampler_processes_logits_as_vllm_does(real_vllm):
+    """The chat-contract fields both engines serve give the same greedy answers on the same weights, and the same
+    log-probabilities: the local engine's sampler is vLLM's semantics, not a look-alike."""
+    engine = LocalEngine(str(real_vllm.base), served_name="tiny")
+    prompts = [f"问题{i}：高血压患者的降压目标是多少？" if i % 2 else f"Question {i}: what is the HbA1c target?"
+               for i in range(6)]
+    cases = [{"repetition_penalty": 1.8}, {"frequency_penalty": 1.5, "presence_penalty": 0.8},
+             {"presence_penalty": -2.0}, {"logit_bias": {"9707": 8.0, "11": -5.0}}]
+
+    async def local(prompt, options):
+        request = GenerationRequest("tiny", [{"role": "user", "content": prompt}], max_tokens=16, temperature=0,
+                                    chat_template_kwargs={"enable_thinking": False}, options=options)
+        deltas = [d async for d in engine.stream(request)]
+        return "".join(d.text for d in deltas), [t for d in deltas for t in d.logprobs]
+
+    upstream = openai.OpenAI(base_url=real_vllm.upstream + "/v1", api_key="none", max_retries=0, timeout=300)
+    for options in cases:
+        same = 0
+        for prompt in prompts:
+            theirs = upstream.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": prompt}], max_tokens=16, temperature=0,
+                extra_body={**options, **NO_THINKING}).choices[0].message.content
+            same += asyncio.run(local(prompt, options))[0] == theirs
+        print(f"{options}: {same} of {len(prompts)} greedy answers (16 tokens) identical")
+        assert same >= len(prompts) - 1, options
+    text, scored = asyncio.run(local(prompts[0], {"logprobs": True, "top_logprobs": 2}))
+    theirs = upstream.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompts[0]}],
+                                              max_tokens=16, temperature=0, logprobs=True, top_logprobs=2,
+                                              extra_body=NO_THINKING).choices[0].logprobs.content
+    assert [t["token"] for t in scored] == [t.token for t in theirs]
+    assert max(abs(t["logprob"] - u.logprob) for t, u in zip(scored, theirs, strict=True)) < 1e-3
 
 
 def test_zz_the_gateway_stops_the_vllm_it_launched(real_vllm):

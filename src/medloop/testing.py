@@ -226,13 +226,13 @@ def write_bad_guideline_zoo(folder: Path, outside: Path) -> dict[str, str]:
     return json.loads((BAD_GUIDELINES / "expected.json").read_text())
 
 
-def engine_bodies(model: str, max_tokens: int = 24, contract: bool = False):
+def engine_bodies(model: str, max_tokens: int = 24, fields: frozenset[str] = frozenset()):
     """A hypothesis strategy: chat bodies the schema accepts, with every value that reaches sampling and decoding
     drawn up to its limits (temperatures down to subnormals, top_p down to 1e-9, any signed 64-bit seed, 16 stop
     strings of up to 256 characters, overlapping ones and ones that stop at once, typed special tokens, one
-    token). `contract`: also the fields only the vLLM engine serves (penalties, logit bias, stop token ids,
-    log-probabilities, JSON output, tools with typed control tokens, tool messages). Used by the suite
-    (derandomized) and by bench/fuzz_engine.py (a longer campaign)."""
+    token). `fields`: which of the chat contract's OPTIONAL_FIELDS to draw too, the engine's `serves` (penalties,
+    logit bias, stop token ids, log-probabilities, JSON output, tools with typed control tokens and tool
+    messages). Used by the suite (derandomized) and by bench/fuzz_engine.py (a longer campaign)."""
     from hypothesis import strategies as st
 
     temperatures = st.one_of(st.floats(0, 2), st.sampled_from([0.0, 5e-324, 1e-300, 1e-38, 9.99e-6, 1e-5, 2.0]))
@@ -257,8 +257,8 @@ def engine_bodies(model: str, max_tokens: int = 24, contract: bool = False):
         if draw(st.booleans()):
             body["messages"].insert(0, {"role": draw(st.sampled_from(["system", "developer", "assistant"])),
                                         "content": draw(contents)})
-        if contract:
-            body.update(draw(relayed()))
+        if fields:
+            body.update(draw(optional()))
         return body
 
     schema = {"type": "object", "properties": {"drug": {"enum": ["aspirin", "<|im_end|>"]}}, "required": ["drug"]}
@@ -266,7 +266,7 @@ def engine_bodies(model: str, max_tokens: int = 24, contract: bool = False):
                                              schema}}
 
     @st.composite
-    def relayed(draw) -> dict:
+    def optional(draw) -> dict:
         out = {}
         for name, values in (("presence_penalty", st.floats(-2, 2)), ("frequency_penalty", st.floats(-2, 2)),
                              ("repetition_penalty", st.floats(0.01, 2)), ("min_tokens", st.integers(0, 8)),
@@ -275,11 +275,11 @@ def engine_bodies(model: str, max_tokens: int = 24, contract: bool = False):
                              ("stop_token_ids", st.lists(st.integers(0, 151_642), max_size=4)),
                              ("response_format", st.sampled_from([{"type": "text"}, {"type": "json_object"}, {
                                  "type": "json_schema", "json_schema": {"name": "dose", "schema": schema}}]))):
-            if draw(st.booleans()):
+            if name in fields and draw(st.booleans()):
                 out[name] = draw(values)
-        if draw(st.booleans()):
+        if "logprobs" in fields and draw(st.booleans()):
             out |= {"logprobs": True, "top_logprobs": draw(st.integers(0, 20))}
-        if draw(st.booleans()):
+        if "tools" in fields and draw(st.booleans()):
             out |= {"tools": [tool], "tool_choice": draw(st.sampled_from(
                 ["none", "auto", "required", {"type": "function", "function": {"name": "dose"}}]))}
             if draw(st.booleans()):
@@ -588,6 +588,9 @@ class ScriptedEngine:
 
     async def close(self):
         pass
+
+    def health(self):
+        return None
 
     async def stream(self, request):
         import asyncio

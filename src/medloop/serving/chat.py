@@ -8,6 +8,7 @@ reach another client's batch), `ground`, `evidence`, `audit`. The routes only sp
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -24,7 +25,7 @@ from medloop.retrieval.evidence import evidence_block, evidence_language, quote
 from medloop.retrieval.staleness import stale_claims
 from medloop.serving.auth import ApiKey
 from medloop.serving.engine import Delta, Engine
-from medloop.serving.errors import APIError, model_not_found
+from medloop.serving.errors import APIError
 from medloop.serving.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -73,8 +74,7 @@ class ChatService:
             raise APIError(400, f"max_tokens must be at most {s.max_tokens_limit}", "max_tokens")
         if not any(m.role == "user" and m.text().strip() for m in body.messages):
             raise APIError(400, "at least one non-empty user message is required", "messages")
-        if not self.engine.adapters.has_model(body.model):
-            raise model_not_found(body.model)
+        self.engine.adapters.resolve(body.model)
         for name in body.asked():
             if name not in self.engine.serves:
                 raise APIError(400, f"'{name}' is not served by the {s.engine} engine: leave it out (tool calls and "
@@ -91,16 +91,22 @@ class ChatService:
         self.metrics.retrieval.observe(time.perf_counter() - t0)
         return Grounded(*grounded)
 
-    async def evidence(self, answer: str, grounded: Grounded, append: bool) -> tuple[str, list[Evidence]]:
-        """The evidence block and items, once the answer is known: the stale-answer check reads the answer."""
+    async def evidence(self, answers: list[str], grounded: Grounded, append: bool) -> tuple[list[str], list[Evidence]]:
+        """Once the answers (one per choice) are known: the evidence block of each, and the items, with the stale
+        claims the stale-answer check finds in any of them."""
         hits = grounded.hits
         if not hits:
-            return "", []
-        stale = await asyncio.to_thread(stale_claims, answer, [h.chunk.doc_id for h in hits], self.retriever.store,
-                                        self.retriever.lexicon)
-        if stale:
-            self.metrics.stale_answers.inc()
-        return (evidence_block(hits, grounded.language, stale) if append else ""), evidence_items(hits, stale)
+            return [""] * len(answers), []
+        found = [await asyncio.to_thread(stale_claims, answer, [h.chunk.doc_id for h in hits], self.retriever.store,
+                                         self.retriever.lexicon) for answer in answers]
+        for stale in found:
+            if stale:
+                self.metrics.stale_answers.inc()
+        blocks = [evidence_block(hits, grounded.language, stale) if append else "" for stale in found]
+        every = []  # each claim once, however many choices make it
+        for claim in (claim for stale in found for claim in stale):
+            every += [claim] if claim not in every else []
+        return blocks, evidence_items(hits, every)
 
     def audit(self, body: ChatCompletionRequest, hits) -> None:
         """One line per answer: ids only, never text."""
@@ -158,6 +164,35 @@ class ToolCalls:
     def finished(self) -> list[ToolCall] | None:
         return [ToolCall(id=c["id"], function=FunctionCall(name=c["name"], arguments=c["arguments"]))
                 for _, c in sorted(self.calls.items())] or None
+
+
+class Answer:
+    """One choice as its pieces arrive: thinking split from content (`ReasoningParser`), tool calls, the tokens'
+    log-probabilities, its finish reason."""
+
+    def __init__(self):
+        self.parser, self.calls = ReasoningParser(), ToolCalls()
+        self.reasoning, self.content, self.scored, self.finish = "", "", [], None
+
+    def feed(self, delta: Delta) -> tuple[str, str]:
+        """The reasoning and content this piece adds."""
+        r, c = self.parser.feed(delta.text)
+        return self._add(delta.reasoning + r, c, delta)
+
+    def flush(self) -> tuple[str, str]:
+        return self._add(*self.parser.flush())
+
+    def _add(self, reasoning: str, content: str, delta: Delta | None = None) -> tuple[str, str]:
+        self.reasoning, self.content = self.reasoning + reasoning, self.content + content
+        if delta is not None:
+            self.calls.add(delta.tool_calls)
+            self.scored += delta.logprobs
+            self.finish = delta.finish_reason or self.finish
+        return reasoning, content
+
+    def checked(self) -> str:
+        """What the stale-answer check reads: the content (a JSON answer's too) and the tool calls' arguments."""
+        return self.content + self.calls.arguments()
 
 
 def logprobs_of(items: list[dict]) -> ChoiceLogprobs | None:
@@ -228,73 +263,77 @@ async def until_disconnected(request: Request, work: Awaitable):
 
 async def _complete(service: ChatService, body: ChatCompletionRequest, stream: AsyncIterator[Delta],
                     grounded: Grounded, append: bool) -> ChatCompletionResponse:
-    parser, reasoning, content, last = ReasoningParser(), "", "", Delta()
-    calls, scored = ToolCalls(), []
+    answers, usage = collections.defaultdict(Answer), Usage()
     try:
         async for delta in stream:
-            r, c = parser.feed(delta.text)
-            reasoning, content, last = reasoning + delta.reasoning + r, content + c, delta
-            calls.add(delta.tool_calls)
-            scored += delta.logprobs
+            answers[delta.index].feed(delta)
+            usage = usage_of(delta) if delta.prompt_tokens else usage
     finally:
         await stream.aclose()  # a client gone mid-answer frees its batch row at once
-    r, c = parser.flush()
-    reasoning, content = reasoning + r, content + c
-    block, evidence = await service.evidence(content + calls.arguments(), grounded, append)
-    message = ResponseMessage(content=content + block, reasoning_content=reasoning or None, reasoning=reasoning or None,
-                              tool_calls=calls.finished())
-    choice = Choice(message=message, finish_reason=last.finish_reason or "stop", logprobs=logprobs_of(scored))
-    return ChatCompletionResponse(model=body.model, choices=[choice], usage=usage_of(last), evidence=evidence)
+    indexes = sorted(answers) or [0]
+    for i in indexes:
+        answers[i].flush()
+    blocks, evidence = await service.evidence([answers[i].checked() for i in indexes], grounded, append)
+    choices = []
+    for i, block in zip(indexes, blocks, strict=True):
+        a = answers[i]
+        message = ResponseMessage(content=a.content + block, reasoning_content=a.reasoning or None,
+                                  reasoning=a.reasoning or None, tool_calls=a.calls.finished())
+        choices.append(Choice(index=i, message=message, finish_reason=a.finish or "stop",
+                              logprobs=logprobs_of(a.scored)))
+    return ChatCompletionResponse(model=body.model, choices=choices, usage=usage, evidence=evidence)
 
 
 async def _sse(service: ChatService, body: ChatCompletionRequest, first: Delta, stream: AsyncIterator[Delta],
                grounded: Grounded, append: bool, started: float) -> AsyncIterator[str]:
-    """The answer as OpenAI stream chunks; the evidence block arrives as the last content chunks, the
-    structured list with the finishing one. An error after the stream started is an error chunk, then [DONE]
-    (as vLLM does): clients and `bench/load.py` count it as a failed request."""
+    """The answer as OpenAI stream chunks, each naming its choice; the evidence block arrives as a choice's last
+    content chunks, the structured list with the last finishing chunk. An error after the stream started is an
+    error chunk, then [DONE] (as vLLM does): clients and `bench/load.py` count it as a failed request."""
     cid = completion_id()
 
-    def chunk(delta: DeltaMessage, finish: str | None = None, logprobs: list[dict] = (), **extra) -> str:
+    def chunk(index: int, delta: DeltaMessage, finish: str | None = None, logprobs: list[dict] = (), **extra) -> str:
         payload = ChatCompletionChunk(id=cid, model=body.model, choices=[StreamChoice(
-            delta=delta, finish_reason=finish, logprobs=logprobs_of(list(logprobs)))], **extra)
+            index=index, delta=delta, finish_reason=finish, logprobs=logprobs_of(list(logprobs)))], **extra)
         return f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
 
-    parser, last, answer, calls = ReasoningParser(), first, [], ToolCalls()
+    answers: dict[int, Answer] = {}
 
-    def pieces(reasoning: str, content: str, tool_calls: list[dict] = (), logprobs: list[dict] = ()) -> list[str]:
-        """One chunk per kind of output; the tokens' log-probabilities ride on the first."""
-        answer.append(content)
-        calls.add(list(tool_calls))
-        deltas = ([DeltaMessage(reasoning_content=reasoning, reasoning=reasoning)] if reasoning else []) + \
+    def pieces(index: int, delta: Delta | None = None) -> list[str]:
+        """One chunk per kind of output; the tokens' log-probabilities ride on the first. A choice's first piece
+        opens it with its role."""
+        opening = index not in answers
+        answer = answers.setdefault(index, Answer())
+        reasoning, content = answer.feed(delta) if delta else answer.flush()
+        calls, scored = (delta.tool_calls, delta.logprobs) if delta else ([], [])
+        deltas = ([DeltaMessage(role="assistant", content="")] if opening else []) + \
+            ([DeltaMessage(reasoning_content=reasoning, reasoning=reasoning)] if reasoning else []) + \
             ([DeltaMessage(content=content)] if content else []) + \
-            ([DeltaMessage(tool_calls=[ToolCallDelta(**c) for c in tool_calls])] if tool_calls else [])
-        if logprobs and not deltas:
-            deltas = [DeltaMessage()]
-        return [chunk(d, logprobs=logprobs if i == 0 else ()) for i, d in enumerate(deltas)]
+            ([DeltaMessage(tool_calls=[ToolCallDelta(**c) for c in calls])] if calls else [])
+        if scored and len(deltas) == opening:
+            deltas.append(DeltaMessage())
+        return [chunk(index, d, logprobs=scored if i == opening else ()) for i, d in enumerate(deltas)]
 
-    def parse(delta: Delta) -> list[str]:
-        r, c = parser.feed(delta.text)
-        return pieces(delta.reasoning + r, c, delta.tool_calls, delta.logprobs)
-
-    status = CLIENT_GONE  # unless the stream reaches its end
-    yield chunk(DeltaMessage(role="assistant", content=""))
+    status, usage = CLIENT_GONE, Usage()  # unless the stream reaches its end
     try:
-        for piece in parse(first):
+        for piece in pieces(first.index, first):
             yield piece
-        if not first.finish_reason:
-            async for delta in stream:
-                last = delta
-                for piece in parse(delta):
-                    yield piece
-        for piece in pieces(*parser.flush()):
-            yield piece
-        block, evidence = await service.evidence("".join(answer) + calls.arguments(), grounded, append)
-        lines = block.split("\n") if block else []
-        for i, line in enumerate(lines):
-            yield chunk(DeltaMessage(content=line + ("\n" if i < len(lines) - 1 else "")))
-        usage = usage_of(last)
-        # the structured list on the finishing chunk: there whether or not a block went into the content
-        yield chunk(DeltaMessage(), finish=last.finish_reason or "stop", evidence=evidence or None)
+        usage = usage_of(first) if first.prompt_tokens else usage
+        async for delta in stream:
+            usage = usage_of(delta) if delta.prompt_tokens else usage
+            for piece in pieces(delta.index, delta):
+                yield piece
+        indexes = sorted(answers)
+        for i in indexes:
+            for piece in pieces(i):
+                yield piece
+        blocks, evidence = await service.evidence([answers[i].checked() for i in indexes], grounded, append)
+        for i, block in zip(indexes, blocks, strict=True):
+            lines = block.split("\n") if block else []
+            for j, line in enumerate(lines):
+                yield chunk(i, DeltaMessage(content=line + ("\n" if j < len(lines) - 1 else "")))
+            # the structured list on the last finishing chunk: there whether or not a block went into the content
+            yield chunk(i, DeltaMessage(), finish=answers[i].finish or "stop",
+                        evidence=(evidence or None) if i == indexes[-1] else None)
         if body.stream_options and body.stream_options.include_usage:
             payload = ChatCompletionChunk(id=cid, model=body.model, choices=[], usage=usage)
             yield f"data: {payload.model_dump_json(exclude_none=True)}\n\n"

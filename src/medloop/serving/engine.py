@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from medloop.serving.errors import APIError
+from medloop.serving.errors import APIError, model_not_found
 
 # Chat fields beyond the common ones, served by some engines (`Engine.serves`): a request that sets one its engine
 # does not serve is refused by name, never ignored. Each reaches the engine in OpenAI's (and vLLM's) wire form.
 OPTIONAL_FIELDS = ("presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens", "logit_bias",
                    "stop_token_ids", "logprobs", "top_logprobs", "response_format", "tools", "tool_choice",
-                   "parallel_tool_calls")
+                   "parallel_tool_calls", "n")
 
 
 @dataclass
@@ -38,9 +38,11 @@ class GenerationRequest:
 
 @dataclass
 class Delta:
-    """A piece of output. The last one of a stream has finish_reason and token counts set."""
+    """A piece of output of one choice (`index`: several with `n`). A choice's last piece has its finish_reason;
+    the stream's last piece carries the token counts of the whole request."""
 
     text: str = ""
+    index: int = 0
     reasoning: str = ""  # only engines whose upstream already splits reasoning fill this
     finish_reason: str | None = None
     prompt_tokens: int = 0
@@ -60,6 +62,7 @@ class Engine(Protocol):
 
     async def start(self, adapters: dict[str, str]) -> None: ...
     async def close(self) -> None: ...
+    def health(self) -> str | None: ...  # None while it can serve; else why not (`/health` answers 503 with it)
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
     async def load_adapter(self, name: str, path: str, version: str | None = None) -> None: ...
     async def unload_adapter(self, name: str) -> None: ...
@@ -97,6 +100,13 @@ class ServedAdapters:
         if name not in self.table:
             raise EngineError(404, f"adapter '{name}' is not loaded", param="name")
         return self.table.pop(name)[0]
+
+    def resolve(self, name: str) -> str | None:
+        """The internal name serving `name` (None: the base model). The one check of a requested model: a name
+        nobody serves is the 404 clients expect."""
+        if not self.has_model(name):
+            raise model_not_found(name)
+        return self.internal(name)
 
     def internal(self, name: str) -> str | None:
         """The internal name serving `name`, or None for the base model (or an unknown name)."""

@@ -18,11 +18,10 @@ import contextlib
 import logging
 import queue
 import re
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,13 +31,13 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from medloop import models
 from medloop.models import DEFAULT_CHAT_MODEL
 from medloop.serving.adapters import check_adapter
-from medloop.serving.engine import Delta, EngineError, GenerationRequest, ServedAdapters
-from medloop.serving.errors import model_not_found
+from medloop.serving.decoding import Detokenizer, Sampler
+from medloop.serving.engine import OPTIONAL_FIELDS, Delta, EngineError, GenerationRequest, ServedAdapters
+from medloop.serving.errors import APIError
 from medloop.serving.reasoning import partial_suffix
 
 log = logging.getLogger("medloop.serving")
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
-GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS: a lower temperature is greedy decoding (1e-300 is a valid body)
 
 
 def default_served_name(base_model: str) -> str:
@@ -66,70 +65,6 @@ class _Control:
     future: asyncio.Future
 
 
-class Sampler:
-    """One request's next-token choice, as vLLM makes it: greedy below a temperature of 1e-5; otherwise a draw
-    from the tempered distribution restricted to the top-p nucleus, which always keeps the likeliest token.
-
-    The draw is Gumbel-max, argmax(logits / T + Gumbel noise) over the nucleus, with the request's own generator
-    (seeded by its `seed`): it samples exactly from the tempered distribution and, unlike an inverse-CDF draw
-    over a cumulative sum, does not move when batching perturbs the logits in their last bits, so the same
-    request gives the same answer whoever shares its batch. The nucleus is looked for among the `NUCLEUS_K`
-    likeliest tokens first (a real model's nucleus is small) and by a full sort only where it is larger."""
-
-    NUCLEUS_K = 1024
-
-    def __init__(self, request: GenerationRequest, device: str):
-        self.greedy = request.temperature < GREEDY_BELOW
-        self.temperature, self.top_p = request.temperature, request.top_p
-        seed = request.seed if request.seed is not None else secrets.randbits(63)
-        self.generator = None if self.greedy else torch.Generator(device=device).manual_seed(seed % 2**64)
-
-    def __call__(self, logits: torch.Tensor) -> int:
-        if self.greedy:
-            return int(logits.argmax())
-        logits = logits / self.temperature
-        # Noise for every token of the vocabulary, in vocabulary order: which token gets which noise never
-        # depends on how near-equal logits happen to sort, and each step uses the generator the same way.
-        uniform = torch.rand(logits.shape, generator=self.generator, device=logits.device).clamp_(min=1e-20)
-        perturbed = logits - (-uniform.log()).log()
-        if self.top_p >= 1.0:
-            return int(perturbed.argmax())
-        log_norm = logits.logsumexp(-1)
-        k = min(self.NUCLEUS_K, logits.shape[-1])
-        top, ids = logits.topk(k)
-        if k < logits.shape[-1] and float((top - log_norm).exp().sum()) < self.top_p:  # a larger nucleus
-            top, ids = logits.sort(descending=True)
-        probs = (top - log_norm).exp()
-        inside = max(1, int((probs.cumsum(-1) - probs <= self.top_p).sum()))  # smallest set reaching top_p
-        nucleus = ids[:inside]
-        return int(nucleus[perturbed[nucleus].argmax()])
-
-
-class Detokenizer:
-    """One answer's text, decoded incrementally as vLLM does it: a short window of tokens, not the whole answer
-    again, waiting while the window ends in half a multi-byte character."""
-
-    def __init__(self, tokenizer):
-        self.decode = tokenizer.decode
-        self.tokens: list[int] = []
-        self.text = ""
-        self.prefix = self.read = 0
-
-    def add(self, token: int | None = None, final: bool = False) -> str:
-        """The text so far. `final` (the answer was cut at max_tokens): a character whose bytes were cut off is
-        dropped, never sent as U+FFFD."""
-        if token is not None:
-            self.tokens.append(token)
-        before = self.decode(self.tokens[self.prefix:self.read], skip_special_tokens=True)
-        after = self.decode(self.tokens[self.prefix:], skip_special_tokens=True)
-        if final:
-            after = after.rstrip("\ufffd")
-        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
-            self.text += after[len(before):]
-            self.prefix, self.read = self.read, len(self.tokens)
-        return self.text
-
-
 @dataclass
 class _Row:
     """A request being decoded: its sampler, its output so far, and where it stands in the batch."""
@@ -143,15 +78,19 @@ class _Row:
     sent: int = 0  # characters already emitted
     checked: int = 0  # characters already searched for stop strings
     done: bool = False
+    scored: list[dict] = field(default_factory=list)  # log-probabilities of tokens whose text is not sent yet
 
     @property
     def request(self) -> GenerationRequest:
         return self.job.request
 
-    def accept(self, token: int, eos: set[int]) -> None:
-        """Route one new token: end on eos, a stop string or max_tokens; hold back a possible stop's start."""
+    def accept(self, token: int, eos: set[int], scored: dict | None = None) -> None:
+        """Route one new token: end on eos, a stop token or string, or max_tokens; hold back a possible stop's
+        start."""
         self.last = token
-        if token in eos and not self.request.ignore_eos:
+        if scored:
+            self.scored.append(scored)
+        if (token in eos and not self.request.ignore_eos) or token in self.sampler.stop_ids:
             return self._finish("stop", counted=1)
         text = self.text.add(token)
         stops = self.request.stop
@@ -172,13 +111,13 @@ class _Row:
 
     def _emit(self, text: str) -> None:
         if len(text) > self.sent:
-            self.job.emit(Delta(text=text[self.sent:]))
-            self.sent = len(text)
+            self.job.emit(Delta(text=text[self.sent:], logprobs=self.scored))
+            self.sent, self.scored = len(text), []
 
     def _finish(self, reason: str, counted: int) -> None:
         self.done = True
         self.job.emit(Delta(finish_reason=reason, prompt_tokens=len(self.job.prompt_ids),
-                            completion_tokens=len(self.text.tokens) + counted))
+                            completion_tokens=len(self.text.tokens) + counted, logprobs=self.scored))
 
     def fail(self, error: EngineError) -> None:
         self.done = True
@@ -231,7 +170,9 @@ def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class LocalEngine:
-    serves: frozenset[str] = frozenset()  # temperature, top_p, seed, stop: none of OPTIONAL_FIELDS yet
+    # of OPTIONAL_FIELDS, what its sampler does (`decoding.Sampler`); JSON output and tools need a grammar and a
+    # tool parser it does not have, and it answers one choice per request
+    serves = frozenset(OPTIONAL_FIELDS) - {"response_format", "tools", "tool_choice", "parallel_tool_calls", "n"}
 
     def __init__(self, base_model: str, *, served_name: str = "", adapters: dict[str, str] | None = None,
                  max_batch_size: int = 16, device: str | None = None, max_lora_rank: int = 64):
@@ -387,8 +328,7 @@ class LocalEngine:
 
     # ---- generation ----
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        if not self.adapters.has_model(request.model):
-            raise model_not_found(request.model)
+        self.adapters.resolve(request.model)
         if self.broken:
             raise EngineError(503, f"engine unavailable: {self.broken}")
         prompt = await asyncio.to_thread(self._checked_prompt, request)
@@ -458,16 +398,17 @@ class LocalEngine:
             job = self._pending.pop(0)
             if job.cancelled:
                 continue
-            if not self.adapters.has_model(job.request.model):  # unloaded while queued
-                job.emit(model_not_found(job.request.model))
+            try:
+                adapter = self.adapters.resolve(job.request.model) or BASE  # unloaded while queued: a 404
+            except APIError as e:
+                job.emit(e)
                 continue
             try:
-                sampler = Sampler(job.request, self.device)
+                sampler = Sampler(job.request, self.device, job.prompt_ids, self.eos_ids)
             except Exception as e:  # noqa: BLE001 - these parameters, not the server
                 job.emit(EngineError(400, f"sampling parameters not usable: {type(e).__name__}: {e}"))
                 continue
-            rows.append(_Row(job, self.adapters.internal(job.request.model) or BASE, sampler,
-                             Detokenizer(self.tokenizer), len(job.prompt_ids)))
+            rows.append(_Row(job, adapter, sampler, Detokenizer(self.tokenizer), len(job.prompt_ids)))
         if rows:
             self.stats["batches"] += 1
             self.stats["rows"] += len(rows)
@@ -528,10 +469,11 @@ class LocalEngine:
                 continue
             try:
                 token = row.sampler(scores)
-            except Exception as e:  # noqa: BLE001 - these parameters, not the server
+                scored = row.sampler.logprobs(scores, token, self.tokenizer.decode)
+            except Exception as e:  # noqa: BLE001 - these parameters (a token id past the vocabulary), not the server
                 row.fail(EngineError(400, f"sampling failed for these parameters: {type(e).__name__}: {e}"))
                 continue
-            row.accept(token, self.eos_ids)
+            row.accept(token, self.eos_ids, scored)
 
     def _forward(self, ids, mask, positions, cache, adapters: list[str]):
         """The model's next-token scores for each row (float32), and the cache."""

@@ -13,7 +13,7 @@ router = APIRouter()
 async def health(request: Request):
     state = request.app.state
     index = state.retriever.index() if state.retriever is not None else None
-    broken = state.engine.health() if hasattr(state.engine, "health") else None
+    broken = state.engine.health()
     body = {"status": "unavailable" if broken else "ok", "model": state.engine.adapters.base_name,
             "index_version": index.version if index else None}
     if broken:

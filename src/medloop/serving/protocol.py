@@ -13,6 +13,7 @@ from medloop.serving.engine import OPTIONAL_FIELDS, GenerationRequest
 
 INT64 = 2**63  # OpenAI's and vLLM's seed is a signed 64-bit integer
 MAX_STOP_CHARS = 256  # a stop string is searched for after every token: its length is bounded
+MAX_CHOICES = 8  # `n`: each choice costs a whole answer
 
 
 def _encodable(text: str) -> str:
@@ -194,7 +195,6 @@ class ChatCompletionRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: StopString | list[StopString] | None = Field(None, max_length=16)
     seed: int | None = Field(None, ge=-INT64, lt=INT64)
-    n: int = Field(1, ge=1, le=1)
     ignore_eos: bool = False  # vLLM's extension, for fixed-length benchmarks
     # OPTIONAL_FIELDS: served where the engine honours them (`Engine.serves`), refused by name elsewhere; each
     # default is the value that asks for nothing
@@ -210,6 +210,7 @@ class ChatCompletionRequest(BaseModel):
     tools: list[Tool] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None

@@ -25,7 +25,6 @@ from pathlib import Path
 import openai
 
 from medloop.serving.engine import OPTIONAL_FIELDS, Delta, EngineError, GenerationRequest, ServedAdapters
-from medloop.serving.errors import model_not_found
 
 
 def launch_command(model: str, *, port: int, adapters: dict[str, str], max_loras: int = 4, max_lora_rank: int = 64,
@@ -201,9 +200,7 @@ class VLLMEngine:
                 await self._post("/unload_lora_adapter", {"lora_name": upstream})
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        if not self.adapters.has_model(request.model):
-            raise model_not_found(request.model)
-        upstream = self.adapters.internal(request.model) or self.adapters.base_root
+        upstream = self.adapters.resolve(request.model) or self.adapters.base_root
         self.in_flight[upstream] += 1
         try:
             async for delta in self._relay(upstream, request):
@@ -220,7 +217,7 @@ class VLLMEngine:
         extra.update(request.options)  # vLLM reads OpenAI's fields and its own from the body alike
         if "tools" in extra:  # the chat template renders them into the prompt, as it does the messages
             extra["tools"] = defuse(extra["tools"], self.control)
-        finish, usage = None, None
+        finish, usage = {}, None  # choice index -> its finish reason
         with self._upstream_errors():
             chunks = await self.client.chat.completions.create(
                 model=upstream, messages=defuse(request.messages, self.control), max_tokens=request.max_tokens,
@@ -238,13 +235,24 @@ class VLLMEngine:
                         scored = [t.model_dump(include=TOKEN_LOGPROB) for t in
                                   (choice.logprobs.content or [] if choice.logprobs else [])]
                         if choice.delta.content or reasoning or calls or scored:
-                            yield Delta(text=choice.delta.content or "", reasoning=reasoning, tool_calls=calls,
-                                        logprobs=scored)
-                        finish = choice.finish_reason or finish
-        if finish is None:
-            raise EngineError(502, "upstream stream ended without a finish reason")
-        yield Delta(finish_reason=finish, prompt_tokens=usage.prompt_tokens if usage else 0,
-                    completion_tokens=usage.completion_tokens if usage else 0)
+                            yield Delta(text=choice.delta.content or "", index=choice.index, reasoning=reasoning,
+                                        tool_calls=calls, logprobs=scored)
+                        if choice.finish_reason:
+                            finish[choice.index] = choice.finish_reason
+        n = request.options.get("n", 1)
+        if sorted(finish) != list(range(n)):
+            raise EngineError(502, f"upstream stream ended without a finish reason for each of its {n} choices")
+        for index, reason in sorted(finish.items()):
+            last = index == n - 1
+            yield Delta(index=index, finish_reason=reason, prompt_tokens=usage.prompt_tokens if usage and last else 0,
+                        completion_tokens=usage.completion_tokens if usage and last else 0)
+
+    def health(self) -> str | None:
+        """A vLLM this gateway launched and that exited cannot serve; a remote one answers for itself (an upstream
+        that does not answer is a 503 per request)."""
+        if self.process and self.process.poll() is not None:
+            return f"the vLLM server this gateway launched exited (code {self.process.returncode})"
+        return None
 
     async def close(self) -> None:
         await self.client.close()

@@ -1,0 +1,134 @@
+"""One row's decoding in the local engine: the next-token choice (`Sampler`, with vLLM's logits processing and
+log-probabilities) and the text so far (`Detokenizer`). Each row owns one of each, so nothing a request asks for
+reaches its neighbours in the batch."""
+
+from __future__ import annotations
+
+import secrets
+
+import torch
+
+from medloop.serving.engine import GenerationRequest
+
+GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS: a lower temperature is greedy decoding (1e-300 is a valid body)
+
+
+class Sampler:
+    """One request's next-token choice, as vLLM makes it: the logits processed in vLLM's order (`logit_bias`,
+    `min_tokens` holding back the end tokens, `repetition_penalty` over the prompt and the answer, `frequency_penalty`
+    and `presence_penalty` over the answer), then greedy below a temperature of 1e-5, otherwise a draw from the
+    tempered distribution restricted to the top-p nucleus, which always keeps the likeliest token. Log-probabilities
+    are the model's own (vLLM's default `raw_logprobs`): before any processing.
+
+    The draw is Gumbel-max, argmax(logits / T + Gumbel noise) over the nucleus, with the request's own generator
+    (seeded by its `seed`): it samples exactly from the tempered distribution and, unlike an inverse-CDF draw
+    over a cumulative sum, does not move when batching perturbs the logits in their last bits, so the same
+    request gives the same answer whoever shares its batch. The nucleus is looked for among the `NUCLEUS_K`
+    likeliest tokens first (a real model's nucleus is small) and by a full sort only where it is larger."""
+
+    NUCLEUS_K = 1024
+
+    def __init__(self, request: GenerationRequest, device: str, prompt_ids: list[int] = (),
+                 eos_ids: set[int] = frozenset()):
+        self.greedy = request.temperature < GREEDY_BELOW
+        self.temperature, self.top_p = request.temperature, request.top_p
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        self.generator = None if self.greedy else torch.Generator(device=device).manual_seed(seed % 2**64)
+        options = request.options
+        self.bias = {int(t): float(b) for t, b in (options.get("logit_bias") or {}).items()}
+        self.stop_ids = set(options.get("stop_token_ids") or ())
+        self.min_tokens = options.get("min_tokens", 0)
+        self.ends = sorted(set(eos_ids) | self.stop_ids)  # held back until min_tokens
+        self.presence = options.get("presence_penalty", 0.0)
+        self.frequency = options.get("frequency_penalty", 0.0)
+        self.repetition = options.get("repetition_penalty", 1.0)
+        self.top_logprobs = options.get("top_logprobs", 0) if options.get("logprobs") else None
+        self.prompt_ids = list(prompt_ids)
+        self.answer: list[int] = []
+        self.counts: torch.Tensor | None = None  # how often each token occurs in the answer (penalties)
+        self.seen: torch.Tensor | None = None  # tokens of the prompt or the answer (repetition penalty)
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        token = self._choose(self.process(logits))
+        self.answer.append(token)
+        if self.counts is not None:
+            self.counts[token] += 1
+            self.seen[token] = True
+        return token
+
+    def process(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits after the request's bias, minimum length and penalties (none asked: unchanged)."""
+        if self.bias:
+            ids = torch.tensor(list(self.bias), device=logits.device)
+            logits = logits.index_add(0, ids, torch.tensor(list(self.bias.values()), device=logits.device))
+        if len(self.answer) < self.min_tokens and self.ends:
+            logits = logits.index_fill(0, torch.tensor(self.ends, device=logits.device), float("-inf"))
+        if self.presence or self.frequency or self.repetition != 1.0:
+            if self.counts is None:
+                self.counts = torch.zeros(logits.shape[-1], device=logits.device)
+                self.seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+                self.seen[torch.tensor(self.prompt_ids, dtype=torch.long, device=logits.device)] = True
+            if self.repetition != 1.0:
+                logits = torch.where(self.seen, torch.where(logits > 0, logits / self.repetition,
+                                                            logits * self.repetition), logits)
+            logits = logits - self.frequency * self.counts - self.presence * (self.counts > 0)
+        return logits
+
+    def _choose(self, logits: torch.Tensor) -> int:
+        if self.greedy:
+            return int(logits.argmax())
+        logits = logits / self.temperature
+        # Noise for every token of the vocabulary, in vocabulary order: which token gets which noise never
+        # depends on how near-equal logits happen to sort, and each step uses the generator the same way.
+        uniform = torch.rand(logits.shape, generator=self.generator, device=logits.device).clamp_(min=1e-20)
+        perturbed = logits - (-uniform.log()).log()
+        if self.top_p >= 1.0:
+            return int(perturbed.argmax())
+        log_norm = logits.logsumexp(-1)
+        k = min(self.NUCLEUS_K, logits.shape[-1])
+        top, ids = logits.topk(k)
+        if k < logits.shape[-1] and float((top - log_norm).exp().sum()) < self.top_p:  # a larger nucleus
+            top, ids = logits.sort(descending=True)
+        probs = (top - log_norm).exp()
+        inside = max(1, int((probs.cumsum(-1) - probs <= self.top_p).sum()))  # smallest set reaching top_p
+        nucleus = ids[:inside]
+        return int(nucleus[perturbed[nucleus].argmax()])
+
+    def logprobs(self, logits: torch.Tensor, token: int, decode) -> dict | None:
+        """The chosen token's log-probability and the `top_logprobs` likeliest, in OpenAI's shape (None unless the
+        request asked)."""
+        if self.top_logprobs is None:
+            return None
+        logprobs = logits.log_softmax(-1)
+
+        def entry(t: int) -> dict:
+            text = decode([t])
+            return {"token": text, "logprob": float(logprobs[t]), "bytes": list(text.encode("utf-8"))}
+
+        top = logprobs.topk(self.top_logprobs).indices.tolist() if self.top_logprobs else []
+        return {**entry(token), "top_logprobs": [entry(t) for t in top]}
+
+
+class Detokenizer:
+    """One answer's text, decoded incrementally as vLLM does it: a short window of tokens, not the whole answer
+    again, waiting while the window ends in half a multi-byte character."""
+
+    def __init__(self, tokenizer):
+        self.decode = tokenizer.decode
+        self.tokens: list[int] = []
+        self.text = ""
+        self.prefix = self.read = 0
+
+    def add(self, token: int | None = None, final: bool = False) -> str:
+        """The text so far. `final` (the answer was cut at max_tokens): a character whose bytes were cut off is
+        dropped, never sent as U+FFFD."""
+        if token is not None:
+            self.tokens.append(token)
+        before = self.decode(self.tokens[self.prefix:self.read], skip_special_tokens=True)
+        after = self.decode(self.tokens[self.prefix:], skip_special_tokens=True)
+        if final:
+            after = after.rstrip("\ufffd")
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.text += after[len(before):]
+            self.prefix, self.read = self.read, len(self.tokens)
+        return self.text
