@@ -470,8 +470,7 @@ def test_the_local_engine_serves_logprobs_bias_stop_ids_and_penalties(server):
 def test_incremental_decoding_reassembles_multibyte_text_exactly():
     from transformers import AutoTokenizer
 
-    from medloop.serving.decoding import Detokenizer, Sampler
-    from medloop.serving.local_engine import _Job, _Row
+    from medloop.serving.decoding import Detokenizer, Job, Row, Sampler
     from medloop.testing import TOKENIZER
 
     class Out:
@@ -490,7 +489,7 @@ def test_incremental_decoding_reassembles_multibyte_text_exactly():
     ids = tok(text, add_special_tokens=False)["input_ids"]
     out = Out()
     request = GenerationRequest("m", [], max_tokens=len(ids) + 5, temperature=0)
-    row = _Row(_Job(request, [1, 2, 3], Loop(), out), "__base__", Sampler(request, "cpu"), Detokenizer(tok), 3)
+    row = Row(Job(request, [1, 2, 3], Loop(), out), "__base__", Sampler(request, "cpu"), Detokenizer(tok), 3)
     for i in ids + [151645]:
         row.accept(i, {151645})
     pieces = [d.text for d in out.deltas if d.text]

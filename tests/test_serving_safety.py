@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from medloop.serving import build_app, local_engine
+from medloop.serving import build_app, decoding
 from medloop.serving.local_engine import LocalEngine
 from medloop.testing import LiveServer, engine_bodies, send_together, stream_succeeded
 
@@ -185,7 +185,7 @@ def test_a_nucleus_smaller_than_the_top_token_keeps_the_top_token(engine):
 
     logits = torch.tensor([0.0, 5.0, 1.0, 4.9])
     for seed in range(20):
-        sampler = local_engine.Sampler(GenerationRequest("m", [], temperature=1.0, top_p=1e-9, seed=seed), "cpu")
+        sampler = decoding.Sampler(GenerationRequest("m", [], temperature=1.0, top_p=1e-9, seed=seed), "cpu")
         assert sampler(logits) == 1
 
 
@@ -225,14 +225,14 @@ def test_a_step_that_raises_fails_only_the_row_that_caused_it(engine, live, monk
 def test_parameters_the_sampler_cannot_honour_fail_that_request_alone_with_a_400(engine, live, monkeypatch):
     neighbours = [good(f"问题{i}", temperature=0.7, seed=i) for i in range(4)]
     expected = [alone(live.url, b) for b in neighbours]
-    original = local_engine.Sampler.__call__
+    original = decoding.Sampler.__call__
 
     def sample(self, logits):
         if self.temperature == 0.123:
             raise ValueError("no such distribution")
         return original(self, logits)
 
-    monkeypatch.setattr(local_engine.Sampler, "__call__", sample)
+    monkeypatch.setattr(decoding.Sampler, "__call__", sample)
     bad, *rest = asyncio.run(post_all(live.url, [good("x", temperature=0.123), *neighbours]))
     assert bad.status_code == 400 and "sampling failed" in bad.json()["error"]["message"]
     assert [answer(r) for r in rest] == expected

@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from medloop.serving.adapters import checked_path
 from medloop.serving.auth import AdminKey
 from medloop.serving.errors import APIError
-from medloop.serving.protocol import AdapterRequest, LoadLoraRequest, UnloadLoraRequest
+from medloop.serving.protocol import Text
 
 router = APIRouter(dependencies=[AdminKey])
+
+
+class AdapterRequest(BaseModel):
+    """POST /admin/adapters: load (or replace) or unload an adapter under a served name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["load", "unload"]
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+    path: str | None = None
+    version: str | None = None
+
+
+class LoadLoraRequest(BaseModel):
+    """vLLM's runtime LoRA endpoints, so that a medloop server can stand in for a vLLM upstream."""
+
+    lora_name: Text = Field(max_length=200)
+    lora_path: Text
+    load_inplace: bool = False
+
+
+class UnloadLoraRequest(BaseModel):
+    lora_name: Text = Field(max_length=200)
 
 
 def allowed_adapter_path(request: Request, path: str) -> str:

@@ -1,14 +1,20 @@
-"""One row's decoding in the local engine: the next-token choice (`Sampler`, with vLLM's logits processing and
-log-probabilities) and the text so far (`Detokenizer`). Each row owns one of each, so nothing a request asks for
-reaches its neighbours in the batch."""
+"""Decoding in the local engine, one row at a time: a request being answered (`Job`, `Row`), its next-token choice
+(`Sampler`, with vLLM's logits processing and log-probabilities), its text so far (`Detokenizer`), and the running
+rows with their KV cache (`Batch`). Each row owns its sampler and text, so nothing a request asks for reaches its
+neighbours in the batch."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache
 
-from medloop.serving.engine import GenerationRequest
+from medloop.serving.engine import Delta, EngineError, GenerationRequest
+from medloop.serving.reasoning import partial_suffix
 
 GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS: a lower temperature is greedy decoding (1e-300 is a valid body)
 
@@ -132,3 +138,119 @@ class Detokenizer:
             self.text += after[len(before):]
             self.prefix, self.read = self.read, len(self.tokens)
         return self.text
+
+
+@dataclass
+class Job:
+    request: GenerationRequest
+    prompt_ids: list[int]  # rendered and checked before the job joins a batch
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue
+    cancelled: bool = False
+
+    def emit(self, item: Delta | Exception) -> None:
+        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+
+@dataclass
+class Row:
+    """A request being decoded: its sampler, its output so far, and where it stands in the batch."""
+
+    job: Job
+    adapter: str
+    sampler: Sampler
+    text: Detokenizer
+    position: int  # the position id of the next token fed
+    last: int = -1  # the token fed at the next step
+    sent: int = 0  # characters already emitted
+    checked: int = 0  # characters already searched for stop strings
+    done: bool = False
+    scored: list[dict] = field(default_factory=list)  # log-probabilities of tokens whose text is not sent yet
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.job.request
+
+    def accept(self, token: int, eos: set[int], scored: dict | None = None) -> None:
+        """Route one new token: end on eos, a stop token or string, or max_tokens; hold back a possible stop's
+        start."""
+        self.last = token
+        if scored:
+            self.scored.append(scored)
+        if (token in eos and not self.request.ignore_eos) or token in self.sampler.stop_ids:
+            return self._finish("stop", counted=1)
+        text = self.text.add(token)
+        stops = self.request.stop
+        if stops:
+            # Only text that arrived since the last search can complete a stop string: the search never
+            # rereads the whole answer (16 long stops on a long answer would cost seconds per token).
+            start = max(0, self.checked - max(map(len, stops)) + 1)
+            found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+            self.checked = len(text)
+            if found:
+                self._emit(text[:min(found)])
+                return self._finish("stop", counted=0)
+        if len(self.text.tokens) >= self.request.max_tokens:
+            self._emit(self.text.add(final=True))
+            return self._finish("length", counted=0)
+        hold = max((partial_suffix(text, s) for s in stops), default=0)
+        self._emit(text[:len(text) - hold])
+
+    def _emit(self, text: str) -> None:
+        if len(text) > self.sent:
+            self.job.emit(Delta(text=text[self.sent:], logprobs=self.scored))
+            self.sent, self.scored = len(text), []
+
+    def _finish(self, reason: str, counted: int) -> None:
+        self.done = True
+        self.job.emit(Delta(finish_reason=reason, prompt_tokens=len(self.job.prompt_ids),
+                            completion_tokens=len(self.text.tokens) + counted, logprobs=self.scored))
+
+    def fail(self, error: EngineError) -> None:
+        self.done = True
+        self.job.emit(error)
+
+
+class Batch:
+    """The running rows and their KV cache, left-padded to one width (`mask` marks real positions)."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, rows: list[Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Merge newly prefilled rows in: both caches are left-padded to the wider of the two."""
+        if not self.rows:
+            self.rows, self.cache, self.mask = list(rows), cache, mask
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
+            mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)])
+        self.mask = torch.cat([F.pad(m, (width - m.shape[1], 0)) for m in (self.mask, mask)])
+        self.rows += rows
+
+    def drop_done(self) -> None:
+        """Rows that finished or whose client left leave; padding no remaining row needs goes with them."""
+        keep = [i for i, r in enumerate(self.rows) if not (r.done or r.job.cancelled)]
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.rows, self.cache, self.mask = [], None, None
+            return
+        index = torch.tensor(keep, device=self.mask.device)
+        self.rows = [self.rows[i] for i in keep]
+        self.mask = self.mask[index]
+        used = self.mask.any(0)
+        first = int(used.int().argmax())  # the first position any remaining row needs
+        self.mask = self.mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, first:], layer.values[index, :, first:]
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(t, (0, 0, width - t.shape[-2], 0))

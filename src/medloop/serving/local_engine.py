@@ -21,20 +21,19 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicLayer
 
 from medloop import models
 from medloop.models import DEFAULT_CHAT_MODEL
 from medloop.serving.adapters import check_adapter
-from medloop.serving.decoding import Detokenizer, Sampler
+from medloop.serving.decoding import Batch, Detokenizer, Job, Row, Sampler
 from medloop.serving.engine import OPTIONAL_FIELDS, Delta, EngineError, GenerationRequest, ServedAdapters
 from medloop.serving.errors import APIError
-from medloop.serving.reasoning import partial_suffix
 
 log = logging.getLogger("medloop.serving")
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
@@ -47,126 +46,10 @@ def default_served_name(base_model: str) -> str:
 
 
 @dataclass
-class _Job:
-    request: GenerationRequest
-    prompt_ids: list[int]  # rendered and checked before the job joins a batch
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue
-    cancelled: bool = False
-
-    def emit(self, item: Delta | Exception) -> None:
-        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
-
-
-@dataclass
 class _Control:
     fn: object
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
-
-
-@dataclass
-class _Row:
-    """A request being decoded: its sampler, its output so far, and where it stands in the batch."""
-
-    job: _Job
-    adapter: str
-    sampler: Sampler
-    text: Detokenizer
-    position: int  # the position id of the next token fed
-    last: int = -1  # the token fed at the next step
-    sent: int = 0  # characters already emitted
-    checked: int = 0  # characters already searched for stop strings
-    done: bool = False
-    scored: list[dict] = field(default_factory=list)  # log-probabilities of tokens whose text is not sent yet
-
-    @property
-    def request(self) -> GenerationRequest:
-        return self.job.request
-
-    def accept(self, token: int, eos: set[int], scored: dict | None = None) -> None:
-        """Route one new token: end on eos, a stop token or string, or max_tokens; hold back a possible stop's
-        start."""
-        self.last = token
-        if scored:
-            self.scored.append(scored)
-        if (token in eos and not self.request.ignore_eos) or token in self.sampler.stop_ids:
-            return self._finish("stop", counted=1)
-        text = self.text.add(token)
-        stops = self.request.stop
-        if stops:
-            # Only text that arrived since the last search can complete a stop string: the search never
-            # rereads the whole answer (16 long stops on a long answer would cost seconds per token).
-            start = max(0, self.checked - max(map(len, stops)) + 1)
-            found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
-            self.checked = len(text)
-            if found:
-                self._emit(text[:min(found)])
-                return self._finish("stop", counted=0)
-        if len(self.text.tokens) >= self.request.max_tokens:
-            self._emit(self.text.add(final=True))
-            return self._finish("length", counted=0)
-        hold = max((partial_suffix(text, s) for s in stops), default=0)
-        self._emit(text[:len(text) - hold])
-
-    def _emit(self, text: str) -> None:
-        if len(text) > self.sent:
-            self.job.emit(Delta(text=text[self.sent:], logprobs=self.scored))
-            self.sent, self.scored = len(text), []
-
-    def _finish(self, reason: str, counted: int) -> None:
-        self.done = True
-        self.job.emit(Delta(finish_reason=reason, prompt_tokens=len(self.job.prompt_ids),
-                            completion_tokens=len(self.text.tokens) + counted, logprobs=self.scored))
-
-    def fail(self, error: EngineError) -> None:
-        self.done = True
-        self.job.emit(error)
-
-
-class _Batch:
-    """The running rows and their KV cache, left-padded to one width (`mask` marks real positions)."""
-
-    def __init__(self) -> None:
-        self.rows: list[_Row] = []
-        self.cache: DynamicCache | None = None
-        self.mask: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def add(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
-        """Merge newly prefilled rows in: both caches are left-padded to the wider of the two."""
-        if not self.rows:
-            self.rows, self.cache, self.mask = list(rows), cache, mask
-            return
-        width = max(self.mask.shape[1], mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
-            mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)])
-        self.mask = torch.cat([F.pad(m, (width - m.shape[1], 0)) for m in (self.mask, mask)])
-        self.rows += rows
-
-    def drop_done(self) -> None:
-        """Rows that finished or whose client left leave; padding no remaining row needs goes with them."""
-        keep = [i for i, r in enumerate(self.rows) if not (r.done or r.job.cancelled)]
-        if len(keep) == len(self.rows):
-            return
-        if not keep:
-            self.rows, self.cache, self.mask = [], None, None
-            return
-        index = torch.tensor(keep, device=self.mask.device)
-        self.rows = [self.rows[i] for i in keep]
-        self.mask = self.mask[index]
-        used = self.mask.any(0)
-        first = int(used.int().argmax())  # the first position any remaining row needs
-        self.mask = self.mask[:, first:]
-        for layer in self.cache.layers:
-            layer.keys, layer.values = layer.keys[index, :, first:], layer.values[index, :, first:]
-
-
-def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
-    return F.pad(t, (0, 0, width - t.shape[-2], 0))
 
 
 class LocalEngine:
@@ -193,8 +76,8 @@ class LocalEngine:
         self._special = [t for t in self.tokenizer.all_special_tokens if t]
         self._encode_lock = threading.Lock()  # a fast tokenizer must not encode on two threads at once
         self._queue: queue.Queue = queue.Queue()
-        self._pending: list[_Job] = []
-        self._batch = _Batch()
+        self._pending: list[Job] = []
+        self._batch = Batch()
         self._closing = False
         self._thread: threading.Thread | None = None
         # how requests share the work (tests, benches): prefill groups, rows, decode steps, rows retried alone
@@ -332,7 +215,7 @@ class LocalEngine:
         if self.broken:
             raise EngineError(503, f"engine unavailable: {self.broken}")
         prompt = await asyncio.to_thread(self._checked_prompt, request)
-        job = _Job(request, prompt, asyncio.get_running_loop(), asyncio.Queue())
+        job = Job(request, prompt, asyncio.get_running_loop(), asyncio.Queue())
         self._submit(job)
         try:
             while True:
@@ -408,13 +291,13 @@ class LocalEngine:
             except Exception as e:  # noqa: BLE001 - these parameters, not the server
                 job.emit(EngineError(400, f"sampling parameters not usable: {type(e).__name__}: {e}"))
                 continue
-            rows.append(_Row(job, adapter, sampler, Detokenizer(self.tokenizer), len(job.prompt_ids)))
+            rows.append(Row(job, adapter, sampler, Detokenizer(self.tokenizer), len(job.prompt_ids)))
         if rows:
             self.stats["batches"] += 1
             self.stats["rows"] += len(rows)
             self._prefill(rows, [r.job.prompt_ids for r in rows])
 
-    def _prefill(self, rows: list[_Row], sequences: list[list[int]]) -> None:
+    def _prefill(self, rows: list[Row], sequences: list[list[int]]) -> None:
         """Run the rows' sequences, choose each row's next token, and add the rows to the running batch. When the
         forward raises, each row is tried alone: only a row that fails alone fails."""
         ids, mask = models.left_pad(sequences, self.tokenizer.pad_token_id, self.device)
@@ -445,7 +328,7 @@ class LocalEngine:
             logits, _ = self._forward(ids, mask, positions, batch.cache, [r.adapter for r in batch.rows])
         except Exception:  # noqa: BLE001 - the cache may be half-updated: rebuild each row alone
             rows = batch.rows
-            self._batch = _Batch()
+            self._batch = Batch()
             self.stats["isolated"] += len(rows)
             for row in rows:
                 if not row.job.cancelled:
@@ -457,7 +340,7 @@ class LocalEngine:
         self._choose(batch.rows, logits)
         batch.drop_done()
 
-    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
+    def _choose(self, rows: list[Row], logits: torch.Tensor) -> None:
         """Each row's next token by its own sampler. A row whose scores are not numbers, or whose parameters
         its sampler cannot honour, fails alone."""
         bad = logits.isnan().any(-1) | logits.isposinf().any(-1) | logits.isneginf().all(-1)
@@ -499,7 +382,7 @@ class LocalEngine:
             row.fail(error)
         for job in self._pending:
             job.emit(error)
-        self._batch, self._pending = _Batch(), []
+        self._batch, self._pending = Batch(), []
 
     async def close(self) -> None:
         """Stop the worker at its next step; requests still running get a 503."""

@@ -444,26 +444,3 @@ class ErrorBody(Response):
 
 class ErrorResponse(Response):
     error: ErrorBody
-
-
-class AdapterRequest(BaseModel):
-    """POST /admin/adapters: load (or replace) or unload an adapter under a served name."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    action: Literal["load", "unload"]
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
-    path: str | None = None
-    version: str | None = None
-
-
-class LoadLoraRequest(BaseModel):
-    """vLLM's runtime LoRA endpoints, so that a medloop server can stand in for a vLLM upstream."""
-
-    lora_name: Text = Field(max_length=200)
-    lora_path: Text
-    load_inplace: bool = False
-
-
-class UnloadLoraRequest(BaseModel):
-    lora_name: Text = Field(max_length=200)
