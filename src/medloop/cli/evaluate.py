@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import typer
 from rich.table import Table
 
-from medloop.cli import _progress, console, eval_app, load_settings, out
+from medloop.cli.common import _progress, console, eval_app, load_settings, out
 from medloop.cli.knowledge import require_guidelines
 from medloop.cli.serve import _parse_adapters, build_server
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from medloop.cli import _progress, app, console, index_app, load_settings, out
+from medloop.cli.common import _progress, app, console, index_app, load_settings, out
 from medloop.config import Settings
 from medloop.errors import UserError
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from medloop.cli import adapters_app, console, load_settings, out, scheduler_app
+from medloop.cli.common import adapters_app, console, load_settings, out, scheduler_app
 
 
 @scheduler_app.command("start")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from medloop.cli import app, console, load_settings, out
+from medloop.cli.common import app, console, load_settings, out
 from medloop.cli.knowledge import run_ingest
 from medloop.config import Settings
 from medloop.errors import UserError

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from pydantic import BaseModel
 
-from medloop.cli import console, load_settings, out, train_app
+from medloop.cli.common import console, load_settings, out, train_app
 from medloop.training.config import TrainConfig
 
 
