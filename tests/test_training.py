@@ -282,3 +282,17 @@ def test_torchrun_trains_one_adapter_on_two_processes(tiny_qwen3, tmp_path):
     losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert losses[-1] < losses[0]
     assert (out / "adapter_model.safetensors").exists()
+
+
+def test_eval_loss_is_the_same_batched_or_one_at_a_time(tiny_qwen3):
+    """Rows of different lengths share a batch left-padded (models.left_pad), each counting positions from its
+    first token: padding changes no row's loss."""
+    from medloop.models import load
+    from medloop.training.evaluate import eval_loss
+
+    model, tokenizer = load(str(tiny_qwen3))
+    samples = [s for name in LAYOUTS for s in load_samples([SFT / name])[0]]
+    batched = eval_loss(model, tokenizer, samples, batch_size=8)
+    alone = eval_loss(model, tokenizer, samples, batch_size=1)
+    assert batched["tokens"] == alone["tokens"] > 0
+    assert abs(batched["loss"] - alone["loss"]) < 1e-4, (batched, alone)

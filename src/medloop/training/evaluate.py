@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from medloop.models import load
+from medloop.models import left_pad, load
 from medloop.training.data import IGNORE, load_samples, render
 
 
@@ -22,12 +22,10 @@ def eval_loss(model, tokenizer, conversations: list[list[dict]], *, max_length: 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
-        width = max(len(r["input_ids"]) for r in batch)
-        ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch], device=device)
-        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch],
-                            device=device)
-        labels = torch.tensor([r["labels"] + [IGNORE] * (width - len(r["labels"])) for r in batch], device=device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        ids, mask = left_pad([r["input_ids"] for r in batch], pad, device)
+        labels, _ = left_pad([r["labels"] for r in batch], IGNORE, device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1].float()
         target = labels[:, 1:]
         losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                                    ignore_index=IGNORE, reduction="sum")
