@@ -32,12 +32,12 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from medloop.config import Settings  # noqa: E402
-from medloop.continual.loop import ingest_and_index  # noqa: E402
 from medloop.resources import SAMPLE_GUIDELINES as SAMPLES  # noqa: E402
 from medloop.retrieval import (
     Retriever,  # noqa: E402
     grounding,  # noqa: E402
 )
+from medloop.retrieval.ingest import ingest_and_index  # noqa: E402
 from medloop.serving import build_app  # noqa: E402
 from medloop.serving.engine import GenerationRequest  # noqa: E402
 from medloop.serving.local_engine import LocalEngine  # noqa: E402

@@ -61,13 +61,14 @@ def test_medloop_ingest_takes_every_good_file_and_names_every_bad_one(env, tmp_p
 def test_the_inbox_moves_a_bad_file_aside_and_keeps_going(env, tmp_path, embedder, monkeypatch):
     """...and loads its encoder once: a later poll costs its files, not a model load."""
     from medloop.config import Settings
-    from medloop.continual import ingest_inbox, loop
+    from medloop.continual import inbox as inbox_job
+    from medloop.continual import ingest_inbox
     from medloop.retrieval import Retriever
 
     monkeypatch.setenv("MEDLOOP_INBOX_SETTLE_S", "0")
     loads = []
-    monkeypatch.setattr(loop, "encoder", lambda *a: loads.append(a) or embedder)
-    loop._kept_encoder.cache_clear()
+    monkeypatch.setattr(inbox_job, "encoder", lambda *a: loads.append(a) or embedder)
+    inbox_job._kept_encoder.cache_clear()
     s = Settings()
     inbox = s.inbox_dir / "guidelines"
     inbox.mkdir(parents=True)
@@ -81,7 +82,7 @@ def test_the_inbox_moves_a_bad_file_aside_and_keeps_going(env, tmp_path, embedde
     (inbox / "d-later.md").write_text(GOOD["00-good-first.md"].replace("good-first", "later").replace(
         "Zebrafish", "Platypus"))
     assert ingest_inbox(s)["outcome"] == "ok" and len(loads) == 1
-    loop._kept_encoder.cache_clear()
+    inbox_job._kept_encoder.cache_clear()
     retriever = Retriever(s, embedder=embedder)
     assert "later" in {h.chunk.doc_id for h in retriever.search("platypus tank temperature", 3)}
 

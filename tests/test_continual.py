@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from medloop.continual import AdapterRegistry, ingest_inbox, retrain
 from medloop.continual.dataset import normalised
-from medloop.continual.loop import training_lock
+from medloop.continual.monthly import training_lock
 from medloop.continual.scheduler import ensure_jobs, make_scheduler, run_job, status
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
@@ -265,7 +265,7 @@ def test_a_guideline_dropped_into_the_inbox_is_cited_within_a_minute(loop_settin
 
 
 def test_inbox_routes_files_by_what_they_are(loop_settings):
-    from medloop.continual.loop import route_inbox
+    from medloop.continual.inbox import route_inbox
 
     s = loop_settings
     shutil.copy(SFT / "alpaca_zh_en.jsonl", s.inbox_dir)
@@ -284,7 +284,7 @@ def test_a_failed_hot_load_is_promoted_not_live_visible_and_retried(loop_setting
 
     from medloop.cli import app
     from medloop.cli.serve import build_server
-    from medloop.continual.loop import hot_load
+    from medloop.continual.hotswap import hot_load
     from medloop.testing import registry_with_candidates
 
     s = loop_settings

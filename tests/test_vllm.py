@@ -415,7 +415,7 @@ def test_a_promotion_by_the_loop_hot_loads_into_vllm(real_vllm, monkeypatch):
         time.sleep(1.0)  # the long request is decoding on v1
         return hot_load(settings, record)
 
-    monkeypatch.setattr("medloop.continual.loop.hot_load", hot_load_while_a_request_runs)
+    monkeypatch.setattr("medloop.continual.monthly.hot_load", hot_load_while_a_request_runs)
     result = retrain(s, log=lambda *a: None)
     assert result["outcome"] == "promoted" and result["serving"] == "hot-loaded", json.dumps(result, default=str)
     thread.join()

@@ -50,7 +50,7 @@ def _runs_db(settings: Settings) -> Iterator[sqlite3.Connection]:
 
 def run_job(name: str) -> dict:
     """Run one job now and record its outcome. Module-level, so the job store can reference it by name."""
-    from medloop.continual.loop import ingest_inbox, retrain
+    from medloop.continual import ingest_inbox, retrain
 
     if name not in JOBS:
         raise ValueError(f"unknown job '{name}': choose {' or '.join(JOBS)}")

@@ -15,6 +15,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from medloop.config import Settings
 from medloop.serving import admin, chat, ops
+from medloop.serving.chat_service import ChatService
 from medloop.serving.engine import Engine
 from medloop.serving.errors import APIError, error_response
 from medloop.serving.guard import Guard
@@ -93,7 +94,7 @@ def build_app(settings: Settings, engine: Engine, retriever=None, *, adapters: d
     app.state.configured_adapters = dict(adapters or {})
     app.state.api_keys, app.state.admin_key = api_keys, admin_key
     app.state.metrics = Metrics()
-    app.state.chat = chat.ChatService(settings, engine, retriever, app.state.metrics)
+    app.state.chat = ChatService(settings, engine, retriever, app.state.metrics)
     app.state.registry_status = None  # set by the deployment: () -> (live version, server confirmed it)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, lambda r, e: error_response(APIError(e.status_code,

@@ -100,7 +100,7 @@ def run_month(settings, retriever, name: str, rows: list[dict]) -> dict:
     import json
     import time
 
-    from medloop.continual.loop import retrain
+    from medloop.continual.monthly import retrain
 
     (settings.inbox_dir / "sft" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     started = time.perf_counter()
