@@ -54,6 +54,14 @@ def tiny_qwen3_model(tmp_path_factory) -> Path:
     return tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
 
 
+@pytest.fixture(scope="module")
+def engine(tiny_qwen3):
+    """The local engine on the tiny Qwen3, served as "tiny" (a module that needs adapters served makes its own)."""
+    from medloop.serving.local_engine import LocalEngine
+
+    return LocalEngine(str(tiny_qwen3), served_name="tiny", max_batch_size=16)
+
+
 # The real vLLM (CPU build) for the tests that ask for `real_vllm`. Installing it and booting it take minutes on two
 # cores, so they start as soon as such tests are collected, in a thread, while the other tests run; the vLLM
 # tests run last, when nothing else competes with vLLM for the cores (it slows to a crawl under contention).

@@ -123,7 +123,7 @@ def test_the_loop_end_to_end(loop_settings, tiny_qwen3, embedder):
         # 4. nothing new: nothing to do
         assert retrain(s, retriever=retriever)["outcome"] == "nothing-new"
 
-    from medloop.continual.registry import plot_loop
+    from medloop.continual.plots import plot_loop
 
     picture = plot_loop(registry, s.home / "loop.png")
     assert picture.stat().st_size > 5000

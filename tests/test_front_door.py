@@ -119,7 +119,7 @@ VERBS = {
     "scheduler status": (["scheduler", "status"], "medloop.continual.scheduler.status", lambda a, k: True),
     "adapters list": (["adapters", "list"], "medloop.continual.AdapterRegistry", lambda a, k: True),
     "adapters show": (["adapters", "show", "v3"], "medloop.continual.AdapterRegistry", lambda a, k: True),
-    "adapters plot": (["adapters", "plot", "x.png"], "medloop.continual.registry.plot_loop",
+    "adapters plot": (["adapters", "plot", "x.png"], "medloop.continual.plots.plot_loop",
                       lambda a, k: _args(a, k)[1] == Path("x.png")),
     "adapters promote": (["adapters", "promote", "v3"], "medloop.continual.AdapterRegistry", lambda a, k: True),
     "adapters rollback": (["adapters", "rollback"], "medloop.continual.AdapterRegistry", lambda a, k: True),

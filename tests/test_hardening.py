@@ -21,11 +21,6 @@ from medloop.serving.vllm_engine import VLLMEngine
 from medloop.testing import GUIDELINES, LiveServer, registry_with_candidates, sample_index, stream_succeeded
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_qwen3):
-    return LocalEngine(str(tiny_qwen3), served_name="tiny", max_batch_size=16)
-
-
 def chat(**kw):
     body = {"model": "tiny", "messages": [{"role": "user", "content": "患者血压160/100，怎么办？"}], "max_tokens": 4}
     return {**body, **kw}
@@ -445,7 +440,6 @@ def test_the_chat_field_table_in_the_docs_says_what_each_engine_serves():
     import re
 
     from medloop.serving.engine import OPTIONAL_FIELDS
-    from medloop.serving.local_engine import LocalEngine
     from medloop.serving.protocol import NOT_SERVED
     from medloop.serving.vllm_engine import VLLMEngine
     from medloop.testing import REPO

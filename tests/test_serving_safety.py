@@ -23,11 +23,6 @@ from medloop.testing import LiveServer, engine_bodies, send_together, stream_suc
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_qwen3):
-    return LocalEngine(str(tiny_qwen3), served_name="tiny", max_batch_size=16)
-
-
-@pytest.fixture(scope="module")
 def live(engine, tmp_path_factory):
     from medloop.config import Settings
 

@@ -108,7 +108,8 @@ def _promote_or_rollback(action: str, version: str | None = None) -> None:
 @adapters_app.command("plot")
 def adapters_plot(out_file: Annotated[Path, typer.Argument(help="PNG to write")] = Path("loop.png")) -> None:
     """A picture of the loop: each version's gate figures (held-out and regression loss, decision)."""
-    from medloop.continual.registry import AdapterRegistry, plot_loop
+    from medloop.continual.plots import plot_loop
+    from medloop.continual.registry import AdapterRegistry
 
     try:
         out.print(f"loop metrics: {plot_loop(AdapterRegistry(load_settings().adapters_dir), out_file)}")
