@@ -78,6 +78,7 @@ class ServedAdapters:
     def __init__(self, base_name: str = "", base_root: str = "") -> None:
         self.base_name, self.base_root = base_name, base_root or base_name
         self.table: dict[str, tuple[str, str | None]] = {}
+        self.retired: set[str] = set()  # internal names replaced or unloaded, waiting for their last request
         self.serial = 0
 
     def next_name(self, name: str) -> str:
@@ -90,16 +91,25 @@ class ServedAdapters:
             if m := _SERIAL.search(n):
                 self.serial = max(self.serial, int(m.group(1)))
 
-    def set(self, name: str, internal: str, version: str | None) -> str | None:
-        """Point `name` at `internal`; returns the internal name it pointed at before, if any."""
+    def set(self, name: str, internal: str, version: str | None) -> None:
+        """Point `name` at `internal`; what it pointed at before retires (`retire_idle`)."""
         old = self.table.get(name)
         self.table[name] = (internal, version)
-        return old[0] if old else None
+        if old and old[0] != internal:
+            self.retired.add(old[0])
 
-    def pop(self, name: str) -> str:
+    def pop(self, name: str) -> None:
+        """Stop serving `name`; its weights retire (`retire_idle`)."""
         if name not in self.table:
             raise EngineError(404, f"adapter '{name}' is not loaded", param="name")
-        return self.table.pop(name)[0]
+        self.retired.add(self.table.pop(name)[0])
+
+    def retire_idle(self, in_use: set[str]) -> list[str]:
+        """The retired internal names no request uses any more (`in_use`: the engine's own count), forgotten here:
+        the engine frees their weights. A request in flight finishes on the weights it started with."""
+        idle = sorted(self.retired - in_use)
+        self.retired -= set(idle)
+        return idle
 
     def resolve(self, name: str) -> str | None:
         """The internal name serving `name` (None: the base model). The one check of a requested model: a name

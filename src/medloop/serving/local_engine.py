@@ -71,7 +71,6 @@ class LocalEngine:
         self.max_lora_rank = max_lora_rank
         self.adapters = ServedAdapters(served_name or default_served_name(base_model))
         self.folders: dict[str, str] = {}  # internal adapter name -> its folder (to rebuild after a fault)
-        self.retired: set[str] = set()  # replaced adapters waiting for their last row
         self.broken: str | None = None  # why the engine cannot serve (health), None when it can
         self._special = [t for t in self.tokenizer.all_special_tokens if t]
         self._encode_lock = threading.Lock()  # a fast tokenizer must not encode on two threads at once
@@ -110,9 +109,7 @@ class LocalEngine:
             self._undo_load(internal, wrapped)
             raise EngineError(400, f"the adapter could not be loaded: {type(e).__name__}", param="path") from e
         self.folders[internal] = path
-        old = self.adapters.set(name, internal, version)
-        if old:
-            self.retired.add(old)
+        self.adapters.set(name, internal, version)
         self._free_retired()
 
     def _undo_load(self, internal: str, wrapped: bool) -> None:
@@ -143,13 +140,11 @@ class LocalEngine:
             self.broken = f"the model could not be restored after a failed adapter load: {type(e).__name__}: {e}"
 
     def _unload(self, name: str) -> None:
-        self.retired.add(self.adapters.pop(name))
+        self.adapters.pop(name)
         self._free_retired()
 
     def _free_retired(self) -> None:
-        in_use = {r.adapter for r in self._batch.rows}
-        for internal in [a for a in self.retired if a not in in_use]:
-            self.retired.discard(internal)
+        for internal in self.adapters.retire_idle({r.adapter for r in self._batch.rows}):
             self.folders.pop(internal, None)
             self.model.delete_adapter(internal)
 

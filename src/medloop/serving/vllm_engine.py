@@ -127,7 +127,6 @@ class VLLMEngine:
         self.adapters = ServedAdapters(served_name)  # the base model's upstream name is learnt in start()
         self.in_flight: Counter = Counter()  # upstream name -> requests running on it
         self.control = re.compile(CONTROL_SHAPES)  # the model's own control tokens once start() knows its folder
-        self.retired: set[str] = set()  # replaced versions waiting for their last request
 
     @contextlib.contextmanager
     def _upstream_errors(self, as_is: bool = False):
@@ -184,18 +183,15 @@ class VLLMEngine:
     async def load_adapter(self, name: str, path: str, version: str | None = None) -> None:
         upstream = self.adapters.next_name(name)
         await self._post("/load_lora_adapter", {"lora_name": upstream, "lora_path": str(path)})
-        old = self.adapters.set(name, upstream, version)
-        if old:
-            self.retired.add(old)
-            await self._unload_retired()
+        self.adapters.set(name, upstream, version)
+        await self._unload_retired()
 
     async def unload_adapter(self, name: str) -> None:
-        self.retired.add(self.adapters.pop(name))
+        self.adapters.pop(name)
         await self._unload_retired()
 
     async def _unload_retired(self) -> None:
-        for upstream in [u for u in self.retired if self.in_flight[u] == 0]:
-            self.retired.discard(upstream)
+        for upstream in self.adapters.retire_idle({u for u, n in self.in_flight.items() if n}):
             with contextlib.suppress(EngineError):  # upstream restarted or already forgot it: nothing to free
                 await self._post("/unload_lora_adapter", {"lora_name": upstream})
 
@@ -207,7 +203,7 @@ class VLLMEngine:
                 yield delta
         finally:
             self.in_flight[upstream] -= 1
-            if upstream in self.retired:
+            if upstream in self.adapters.retired:
                 await self._unload_retired()
 
     async def _relay(self, upstream: str, request: GenerationRequest) -> AsyncIterator[Delta]:
