@@ -41,22 +41,25 @@ class Sampler:
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         self.generator = None if self.greedy else torch.Generator(device=device).manual_seed(seed % 2**64)
         options = request.options
-        self.bias = {int(t): float(b) for t, b in (options.get("logit_bias") or {}).items()}
+        bias = options.get("logit_bias") or {}
+        # built once: the bias and the held-back end tokens apply at every step of the answer
+        self.bias_ids = torch.tensor([int(t) for t in bias], dtype=torch.long, device=device)
+        self.bias_values = torch.tensor([float(b) for b in bias.values()], device=device)
         self.stop_ids = set(options.get("stop_token_ids") or ())
         self.min_tokens = options.get("min_tokens", 0)
-        self.ends = sorted(set(eos_ids) | self.stop_ids)  # held back until min_tokens
+        self.ends = torch.tensor(sorted(set(eos_ids) | self.stop_ids), dtype=torch.long, device=device)
         self.presence = options.get("presence_penalty", 0.0)
         self.frequency = options.get("frequency_penalty", 0.0)
         self.repetition = options.get("repetition_penalty", 1.0)
         self.top_logprobs = options.get("top_logprobs", 0) if options.get("logprobs") else None
         self.prompt_ids = list(prompt_ids)
-        self.answer: list[int] = []
+        self.chosen = 0  # tokens chosen so far (min_tokens)
         self.counts: torch.Tensor | None = None  # how often each token occurs in the answer (penalties)
         self.seen: torch.Tensor | None = None  # tokens of the prompt or the answer (repetition penalty)
 
     def __call__(self, logits: torch.Tensor) -> int:
         token = self._choose(self.process(logits))
-        self.answer.append(token)
+        self.chosen += 1
         if self.counts is not None:
             self.counts[token] += 1
             self.seen[token] = True
@@ -64,11 +67,10 @@ class Sampler:
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits after the request's bias, minimum length and penalties (none asked: unchanged)."""
-        if self.bias:
-            ids = torch.tensor(list(self.bias), device=logits.device)
-            logits = logits.index_add(0, ids, torch.tensor(list(self.bias.values()), device=logits.device))
-        if len(self.answer) < self.min_tokens and self.ends:
-            logits = logits.index_fill(0, torch.tensor(self.ends, device=logits.device), float("-inf"))
+        if len(self.bias_ids):
+            logits = logits.index_add(0, self.bias_ids, self.bias_values)
+        if self.chosen < self.min_tokens and len(self.ends):
+            logits = logits.index_fill(0, self.ends, float("-inf"))
         if self.presence or self.frequency or self.repetition != 1.0:
             if self.counts is None:
                 self.counts = torch.zeros(logits.shape[-1], device=logits.device)
