@@ -23,7 +23,7 @@ MAX_FALSE_CITE_RATE = 0.02  # of the off-topic questions of both sets together: 
 
 
 def retriever(embedder: str, guidelines: Path) -> Retriever:
-    settings = Settings(home=Path(tempfile.mkdtemp(prefix="medloop-calibrate-")), embedder=embedder)
+    settings = Settings(home=Path(tempfile.mkdtemp(prefix="medloop-calibrate-")), retrieval={"embedder": embedder})
     store = KnowledgeStore(settings.knowledge_db)
     ingested(ingest_paths(store, [guidelines]))
     sync_index(settings, store)

@@ -50,48 +50,64 @@ def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 900
     sys.exit(f"the server did not come up: {log.read_text()[-2000:]}")
 
 
-async def load(url: str, model: str, clients: int, per_client: int, tokens: int) -> dict:
+async def load(url: str, model: str, clients: int, per_client: int, tokens: int, keep_alive: bool = True) -> dict:
+    """`keep_alive`: False opens a connection per request (llama-server drops reused ones now and then)."""
+    failed = []
+
     async def one(client: httpx.AsyncClient, i: int) -> tuple[float, float, int]:
         body = {"model": model, "stream": True, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
                 "stream_options": {"include_usage": True},
                 "messages": [{"role": "user", "content": f"Patient {i}: what blood pressure target is right?"}]}
-        t0, first, completion = time.perf_counter(), None, 0
-        async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
-            async for line in r.aiter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                payload = json.loads(line[6:])
-                if first is None and any((c["delta"].get("content") or c["delta"].get("reasoning"))
-                                         for c in payload.get("choices") or []):
-                    first = time.perf_counter() - t0
-                completion = (payload.get("usage") or {}).get("completion_tokens", completion)
+        t0, first, completion, done, errored = time.perf_counter(), None, 0, False, False
+        try:
+            async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    done = done or line == "data: [DONE]"
+                    if not line.startswith("data: {"):
+                        continue
+                    payload = json.loads(line[6:])
+                    errored = errored or "error" in payload
+                    if first is None and any((c["delta"].get("content") or c["delta"].get("reasoning"))
+                                             for c in payload.get("choices") or []):
+                        first = time.perf_counter() - t0
+                    completion = (payload.get("usage") or {}).get("completion_tokens", completion)
+        except httpx.HTTPError as e:
+            failed.append(repr(e))
+            return 0.0, time.perf_counter() - t0, 0
+        if not done or errored or r.status_code != 200:
+            failed.append(f"status {r.status_code}")
         return first or 0.0, time.perf_counter() - t0, completion
 
     async def worker(client, w):
         return [await one(client, w * per_client + k) for k in range(per_client)]
 
-    async with httpx.AsyncClient(timeout=3600, limits=httpx.Limits(max_connections=clients + 4)) as client:
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=None if keep_alive else 0)
+    async with httpx.AsyncClient(timeout=3600, limits=limits) as client:
         await one(client, -1)  # warm up
         t0 = time.perf_counter()
         runs = [r for rs in await asyncio.gather(*(worker(client, w) for w in range(clients))) for r in rs]
         wall = time.perf_counter() - t0
     return {"clients": clients, "requests": len(runs), "tokens_per_s": round(sum(c for _, _, c in runs) / wall, 1),
             "ttft_p50_s": round(statistics.median(f for f, _, _ in runs), 3),
-            "completion_tokens": sum(c for _, _, c in runs), "wall_s": round(wall, 1)}
+            "completion_tokens": sum(c for _, _, c in runs), "wall_s": round(wall, 1), "failed": len(failed)}
 
 
-def serve_local(model: Path, adapter: Path, work: Path) -> tuple[subprocess.Popen, str, Path]:
-    log = work / "local.log"
-    env = {**os.environ, "MEDLOOP_HOME": str(work / "home"), "MEDLOOP_SERVED_MODEL_NAME": "base",
-           "MEDLOOP_ADAPTERS": json.dumps({"lora": str(adapter)}), "MEDLOOP_MAX_BATCH_SIZE": "32"}
-    proc = subprocess.Popen([sys.executable, "-m", "medloop.cli", "serve", "--base-model", str(model), "--no-rag",
-                             "--port", "0"], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
+def medloop_serve(args: list[str], env: dict, log: Path, timeout: float = 600) -> tuple[subprocess.Popen, str, Path]:
+    """`medloop serve ARGS --port 0` as a process of its own, and its URL once it prints it."""
+    proc = subprocess.Popen([sys.executable, "-m", "medloop.cli", "serve", *args, "--port", "0"],
+                            env={**os.environ, **env}, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
     while not (m := re.search(r"(http://127\.0\.0\.1:\d+)/v1", log.read_text())):
         if proc.poll() is not None or time.monotonic() > deadline:
             sys.exit(f"medloop serve did not start: {log.read_text()[-2000:]}")
         time.sleep(0.5)
     return proc, m.group(1), log
+
+
+def serve_local(model: Path, adapter: Path, work: Path) -> tuple[subprocess.Popen, str, Path]:
+    env = {"MEDLOOP_HOME": str(work / "home"), "MEDLOOP_SERVING__SERVED_MODEL_NAME": "base",
+           "MEDLOOP_SERVING__ADAPTERS": json.dumps({"lora": str(adapter)}), "MEDLOOP_SERVING__MAX_BATCH_SIZE": "32"}
+    return medloop_serve(["--base-model", str(model), "--no-rag"], env, work / "local.log", timeout=300)
 
 
 def serve_vllm(model: Path, adapter: Path, dtype: str, work: Path, port: int) -> tuple[subprocess.Popen, str, Path]:

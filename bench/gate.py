@@ -56,12 +56,12 @@ def main() -> None:
     settings = Settings(home=home)
     store = KnowledgeStore(settings.knowledge_db)
     ingested(ingest_paths(store, [GUIDELINES]))
-    embedder = load_embedder(settings.embedder)
+    embedder = load_embedder(settings.retrieval.embedder)
     sync_index(settings, store, embedder=embedder)
     retriever = Retriever(settings, store=store, embedder=embedder)
     model, tokenizer = load(args.base_model)
     items = load_mcq(gate.GUIDELINE_MCQ)
-    prompts = [item_prompt(tokenizer, item, retriever, settings.evidence_k, options=False) for item in items]
+    prompts = [item_prompt(tokenizer, item, retriever, settings.serving.evidence_k, options=False) for item in items]
     gate.fact_hits(model, tokenizer, items[:2], prompts[:2], 4, batch_size=2)  # warm up
     figures, answers, hits = {}, {}, {}
     for name, batch in (("one_at_a_time", 1), ("batched", args.batch_size)):

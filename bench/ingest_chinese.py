@@ -61,18 +61,18 @@ def query_latency(settings, store, embedder, rounds: int = 25) -> dict:
 def ingest(megabytes: float, embedder: str) -> dict:
     from medloop.config import Settings
     from medloop.knowledge import KnowledgeStore, ingest_paths
-    from medloop.knowledge.parsing import Limits
     from medloop.retrieval import load_embedder, sync_index
 
     home = Path(tempfile.mkdtemp(prefix="medloop-zh-"))
     os.environ["MEDLOOP_HOME"] = str(home)
-    settings = Settings(embedder=embedder, max_file_mb=megabytes + 1)  # one file, larger than a user's default
+    # one file, larger than a user's default
+    settings = Settings(retrieval={"embedder": embedder}, files={"max_file_mb": megabytes + 1})
     path = home / "guide.md"
     path.write_text(chinese_text(megabytes), encoding="utf-8")
-    model = load_embedder(settings.embedder)
+    model = load_embedder(settings.retrieval.embedder)
     start = time.perf_counter()
     with KnowledgeStore(settings.knowledge_db) as store:
-        ingested(ingest_paths(store, [path], limits=Limits.from_settings(settings)))
+        ingested(ingest_paths(store, [path], limits=settings.files))
         parsed = time.perf_counter() - start
         result = sync_index(settings, store, embedder=model)
         seconds = time.perf_counter() - start

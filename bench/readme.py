@@ -38,7 +38,7 @@ def retrieval_quality() -> str:
     kinds = sorted(runs["fresh"]["figures"]["cited_recall_by_kind"])
     lines += ["", "Cited recall on the fresh set by kind of question: " + ", ".join(
         f"{k} {runs['fresh']['figures']['cited_recall_by_kind'][k]:.2f}" for k in kinds) + ".",
-              "", f"`embedder` {runs['dev']['settings']['embedder']}, `min_evidence` "
+              "", f"`retrieval.embedder` {runs['dev']['settings']['embedder']}, `retrieval.min_evidence` "
                   f"{runs['dev']['settings']['min_evidence']}."]
     return "\n".join(lines)
 
@@ -76,7 +76,7 @@ def retrieval_unseen() -> str:
         f"{name.split('-')[0]}-{name.split('-')[1]} `{run['settings']['frozen_at'][:12]}`"
         for name, run in runs.items() if name.endswith(("a-frozen", "b-current"))) + ". \"Before\" is main before "
         "the change (the English embedder, the lexicon alone, `min_relevance` 0.53 or `min_cosine` 0.75). "
-        "`min_evidence` as calibrated "
+        "`retrieval.min_evidence` as calibrated "
         "(bench/calibrate.py on the sample dev set and unseen-a): " + ", ".join(
         f"{embedder} {c['min_evidence']} (any value in [{c['gap'][0]}, {c['gap'][1]}))"
         for embedder, c in calibration.items()) + "."]
@@ -169,6 +169,24 @@ def engines() -> str:
     return "\n".join(lines)
 
 
+def llamacpp() -> str:
+    run = load("llamacpp")
+    f, s = run["figures"], run["settings"]
+    lines = [f"{s['model']}, base model, greedy, {s['tokens']} tokens a request (`ignore_eos`), streamed, "
+             f"{s['requests_per_client']} requests per client, each side alone on 2 CPU cores (the client on the same "
+             f"cores), llama-server with `-np {s['parallel']} -c {s['context']}`:", "",
+             "| clients | llama.cpp alone tok/s (TTFT p50) | medloop on llama.cpp | medloop / llama.cpp | "
+             "with evidence | medloop local engine | medloop on llama.cpp / local |", "|---|---|---|---|---|---|---|"]
+    for alone, ours, cited, local in zip(f["llamacpp"], f["medloop-llamacpp"], f["medloop-llamacpp-evidence"],
+                                         f["medloop-local"], strict=True):
+        n = str(alone["clients"])
+        lines.append(f"| {n} | {alone['tokens_per_s']} ({alone['ttft_p50_s']} s) | {ours['tokens_per_s']} "
+                     f"({ours['ttft_p50_s']} s) | **{f['medloop_vs_llamacpp'][n]}x** | {cited['tokens_per_s']} "
+                     f"({cited['ttft_p50_s']} s) | {local['tokens_per_s']} ({local['ttft_p50_s']} s) | "
+                     f"**{f['medloop_llamacpp_vs_local'][n]}x** |")
+    return "\n".join(lines)
+
+
 def fuzz() -> str:
     run = load("fuzz_engine")
     f, s = run["figures"], run["settings"]
@@ -180,14 +198,27 @@ def fuzz() -> str:
 
 
 def settings_table() -> str:
+    """Every setting, section by section, from the model itself: `medloop.toml` `[section]` / `field = ...`, or the
+    environment's `MEDLOOP_<SECTION>__<FIELD>`."""
+    from pydantic import BaseModel
+
     from medloop.config import Settings
 
-    lines = ["| setting (`MEDLOOP_<NAME>`) | default | meaning |", "|---|---|---|"]
     root = str(Path(__file__).resolve().parents[1])
-    for name, field in Settings.model_fields.items():
+
+    def row(name: str, field) -> str:
         default = field.get_default(call_default_factory=True)
         shown = str(default).replace(root + "/src/medloop/", "") if default not in (None, "", [], {}) else "-"
-        lines.append(f"| `{name}` | `{shown}` | {(field.description or '').replace('|', '/')} |")
+        return f"| `{name}` | `{shown}` | {(field.description or '').replace('|', '/')} |"
+
+    lines = ["| setting | default | meaning |", "|---|---|---|"]
+    for section, info in Settings.model_fields.items():
+        model = info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            lines.append(f"| **`[{section}]`** | | {(model.__doc__ or '').strip().splitlines()[0]} |")
+            lines += [row(f"{section}.{name}", field) for name, field in model.model_fields.items()]
+        else:
+            lines.append(row(section, info))
     return "\n".join(lines)
 
 
@@ -299,6 +330,7 @@ SECTIONS = {"loop-report": loop_report, "gate-speed": gate_speed,
             "ingest-chinese": ingest_chinese,
             "retrieval-scale": retrieval_scale, "training": training, "serving": serving, "stale": stale,
             "mcq": mcq, "load": load_test, "settings": settings_table, "latency": latency, "engines": engines,
+            "llamacpp": llamacpp,
             "fuzz": fuzz,
             **{name: functools.partial(months, name) for name in MONTH_SUITES}}
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -110,7 +110,7 @@ def build(settings: Settings, size: int, en: list[str], zh: list[str], vectors: 
     stored_s = time.perf_counter() - t0
     ids = store.chunk_ids()
     bases = np.array(bases)
-    signature = index_mod._signature(IndexParams.from_settings(settings))
+    signature = index_mod._signature(IndexParams.of(settings))
     staging = index_mod._Staging(settings.index_dir / ".staging", signature)
     english = np.flatnonzero(bases >= 0)
     for start in range(0, len(english), 100_000):
@@ -175,7 +175,7 @@ def recall(settings: Settings, retriever: Retriever, qs: list[str], nprobes: lis
     truth_dense, truth_hybrid = run(exact)
     found = {}
     for nprobe in nprobes:
-        settings.ivf_nprobe = nprobe
+        settings.index.ivf_nprobe = nprobe
         for s in index.segments:
             s.tune(settings)
         dense, hybrid = run(approximate)
@@ -223,7 +223,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rng = random.Random(0)
-    embedder = load_embedder(Settings().embedder)
+    embedder = load_embedder(Settings().retrieval.embedder)
     en, zh = base_texts(args.unique, rng)
     t0 = time.perf_counter()
     vectors = embedder.encode(en, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
@@ -243,12 +243,12 @@ def main() -> None:
                "english": latency(retriever, en_qs, args.rounds), "chinese": latency(retriever, zh_qs, args.rounds)}
         row["recall"] = recall(settings, retriever, recall_qs, args.nprobe) if row["dense_index"] != "IndexFlatIP" \
             else "exact (flat)"
-        settings.ivf_nprobe = Settings().ivf_nprobe
+        settings.index.ivf_nprobe = Settings().index.ivf_nprobe
         row["add_one_document"] = add_one_document(settings, embedder, rng, en)
         figures[str(size)] = row
         print(json.dumps({size: row}, indent=1))
     save("retrieval", {"sizes": args.sizes, "unique": args.unique, "rounds": args.rounds,
-                       "index_type": Settings().index_type, "ivf_nprobe": Settings().ivf_nprobe}, figures)
+                       "index_type": Settings().index.type, "ivf_nprobe": Settings().index.ivf_nprobe}, figures)
 
 
 if __name__ == "__main__":

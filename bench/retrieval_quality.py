@@ -22,7 +22,7 @@ from results import ingested, save  # noqa: E402
 
 def main() -> None:
     settings = Settings(home=Path(tempfile.mkdtemp(prefix="medloop-retrieval-")))
-    embedder = load_embedder(settings.embedder)
+    embedder = load_embedder(settings.retrieval.embedder)
     store = KnowledgeStore(settings.knowledge_db)
     ingested(ingest_paths(store, [GUIDELINES]))
     sync_index(settings, store, embedder=embedder)
@@ -32,8 +32,8 @@ def main() -> None:
         result = quality.retrieval_quality(retriever, quality.load_labelled(path), 3)
         print(f"{name:8s} cited recall {result['cited_recall']:.3f}, false-cite rate {result['false_cite_rate']:.3f}, "
               f"hit@3 {result['hit_at_3']:.3f} ({result['on_topic']} on-topic, {result['off_topic']} off-topic)")
-        save(f"retrieval_quality-{name}", {"set": path.name, "k": 3, "embedder": settings.embedder,
-                                           "min_evidence": settings.min_evidence}, result)
+        save(f"retrieval_quality-{name}", {"set": path.name, "k": 3, "embedder": settings.retrieval.embedder,
+                                           "min_evidence": settings.retrieval.min_evidence}, result)
 
 
 if __name__ == "__main__":

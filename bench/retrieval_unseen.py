@@ -5,7 +5,7 @@ as they are. Saves bench/results/retrieval_<name>-<label>.json with the commit t
 can be traced to a set written before it.
 
     .venv/bin/python bench/retrieval_unseen.py unseen-a --label current
-    MEDLOOP_EMBEDDER=all-MiniLM-L6-v2 .venv/bin/python bench/retrieval_unseen.py unseen-a --label minilm
+    MEDLOOP_RETRIEVAL__EMBEDDER=all-MiniLM-L6-v2 .venv/bin/python bench/retrieval_unseen.py unseen-a --label minilm
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def main() -> None:
         print(f"stale check: detection {s['detection']} of {s['stale_answers']}, false flags {s['false_flag_rate']}"
               f" of {s['current_answers']}")
     save(f"retrieval_{args.set}-{args.label}",
-         {"set": args.set, "frozen_at": frozen_at(folder), "embedder": settings.embedder,
-          "min_evidence": settings.min_evidence}, result)
+         {"set": args.set, "frozen_at": frozen_at(folder), "embedder": settings.retrieval.embedder,
+          "min_evidence": settings.retrieval.min_evidence}, result)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ QUESTIONS = {"zh": "一般高血压患者血压应控制在多少以下",
 
 
 def medloop(home: Path, embedder: str, *args: str) -> float:
-    env = {**os.environ, "MEDLOOP_HOME": str(home), "MEDLOOP_EMBEDDER": embedder, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "MEDLOOP_HOME": str(home), "MEDLOOP_RETRIEVAL__EMBEDDER": embedder, "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "medloop.cli", *args], env=env, check=True, capture_output=True)
     return time.perf_counter() - start

@@ -98,7 +98,7 @@ def main() -> None:
     direct = [asyncio.run(engine_run(engine, engine.adapters.base_name, q, args.max_tokens)) for q in questions]
     # The same grounded prompt the gateway builds, straight to the engine: separates the gateway's own
     # cost (retrieval, HTTP, formatting) from the longer prompt that grounding means.
-    grounded = [grounding.ground(retriever, [{"role": "user", "content": q}], settings.evidence_k)[0]
+    grounded = [grounding.ground(retriever, [{"role": "user", "content": q}], settings.serving.evidence_k)[0]
                 for q in questions]
     direct_grounded = [asyncio.run(engine_run(engine, engine.adapters.base_name, m, args.max_tokens)) for m in grounded]
     via, cited = [], 0

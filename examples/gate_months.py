@@ -75,7 +75,7 @@ def main() -> None:
             print(f"seed {seed} {month}: {runs[month]['outcome']} by {runs[month]['decided_by']} "
                   f"({runs[month]['seconds']} s){right}", flush=True)
             save(name, {"suite": args.suite, "model": args.model, "seeds": args.seeds,
-                        "train": settings.train_overrides, "replay_fraction": settings.replay_fraction,
+                        "train": settings.training.overrides, "replay_fraction": settings.loop.replay_fraction,
                         "expected": expected}, results)
 
 

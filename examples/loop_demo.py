@@ -39,8 +39,8 @@ def report(month: str, result: dict) -> None:
 home = Path(tempfile.mkdtemp(prefix="medloop-loop-"))
 model = str(tiny_qwen3(home / "model"))
 month = {"max_steps": 16, "learning_rate": 1e-2, "batch_size": 4, "grad_accum": 1, "max_length": 256}
-settings = Settings(home=home / "data", base_model=model, train_preset="low-mem", train_overrides=month,
-                    server_url="http://127.0.0.1:9")
+settings = Settings(home=home / "data", serving={"base_model": model}, loop={"server_url": "http://127.0.0.1:9"},
+                    training={"preset": "low-mem", "overrides": month})
 (settings.inbox_dir / "guidelines").mkdir(parents=True)
 (settings.inbox_dir / "sft").mkdir(parents=True)
 for f in GUIDELINES.glob("*.md"):
@@ -51,9 +51,9 @@ rows = paraphrased_month()
 shutil.copy(SFT / "sharegpt_zh_en.jsonl", settings.inbox_dir / "sft")
 report("month 1", retrain(settings, log=lambda *a: None))
 shutil.copy(SFT / "messages_think_zh_en.jsonl", settings.inbox_dir / "sft")
-settings.train_overrides = {**month, "learning_rate": 30.0}  # a bad month: the gate must say no
+settings.training.overrides = {**month, "learning_rate": 30.0}  # a bad month: the gate must say no
 report("month 2 (learning rate 30)", retrain(settings, log=lambda *a: None))
 out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "loop.png"
 print("\npicture:", plot_loop(AdapterRegistry(settings.adapters_dir), out))
 save("loop_demo", {"model": "tiny random Qwen3 (hidden 64, 2 layers), Qwen3 tokenizer", "train": month,
-                   "preset": settings.train_preset}, MONTHS)
+                   "preset": settings.training.preset}, MONTHS)

@@ -1,6 +1,7 @@
 """Record how a real vLLM answers the requests whose refusals medloop imitates (runtime LoRA API, chat refusals), into
-tests/fixtures/vllm_answers.json. The fake upstream of the tests (tests/fake_vllm.py) and medloop's own vLLM-style
-endpoints are checked against this file, and the suite checks that the real server still answers as recorded.
+tests/fixtures/vllm_answers.json. The fake upstream of the tests (tests/serving/fake_vllm.py) and medloop's own
+vLLM-style endpoints are checked against this file, and the suite checks that the real server still answers as
+recorded.
 
     .vllm-venv/bin/python -m vllm.entrypoints.openai.api_server --model M --served-model-name tiny --enable-lora \\
         --max-lora-rank 64 --lora-modules a=ADAPTER ...   (VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)

@@ -35,8 +35,9 @@ def english_settings(settings):
     """Settings on the English-only embedder (the multilingual flag and threshold follow, as for a user's)."""
     from medloop.config import ENGLISH_EMBEDDER, Settings
 
-    return Settings(**{**settings.model_dump(), "embedder": ENGLISH_EMBEDDER, "embedder_multilingual": None,
-                       "min_evidence": None})
+    dumped = settings.model_dump()
+    return Settings(**{**dumped, "retrieval": {**dumped["retrieval"], "embedder": ENGLISH_EMBEDDER,
+                                               "embedder_multilingual": None, "min_evidence": None}})
 
 
 @pytest.fixture
@@ -65,20 +66,26 @@ def engine(tiny_qwen3):
 # The real vLLM (CPU build) for the tests that ask for `real_vllm`. Installing it and booting it take minutes on two
 # cores, so they start as soon as such tests are collected, in a thread, while the other tests run; the vLLM
 # tests run last, when nothing else competes with vLLM for the cores (it slows to a crawl under contention).
+# llama.cpp's llama-server likewise: built (the first time) while the other tests run; its tests come after vLLM's.
 _REAL_VLLM: dict = {}
+_LLAMA_CPP: dict = {}
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run
 def pytest_collection_modifyitems(session, config, items):
     import tempfile
 
-    from medloop.testing import RealVLLM
+    from medloop.testing import LlamaCppBuild, RealVLLM
 
-    real = [item for item in items if "real_vllm" in getattr(item, "fixturenames", ())]
-    if not real:
-        return
-    items[:] = [item for item in items if item not in real] + real
-    _REAL_VLLM["stack"] = RealVLLM(Path(tempfile.mkdtemp(prefix="medloop-vllm-"))).start()
+    def using(fixture: str) -> list:
+        return [item for item in items if fixture in getattr(item, "fixturenames", ())]
+
+    vllm, llama = using("real_vllm"), using("llama_cpp")
+    items[:] = [item for item in items if item not in vllm and item not in llama] + vllm + llama
+    if llama:
+        _LLAMA_CPP["build"] = LlamaCppBuild().start()
+    if vllm:
+        _REAL_VLLM["stack"] = RealVLLM(Path(tempfile.mkdtemp(prefix="medloop-vllm-"))).start()
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -87,14 +94,30 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(scope="session")
-def real_vllm():
-    stack = _REAL_VLLM["stack"]
-    try:
-        stack.wait()
-    except RuntimeError as e:
-        message = f"the real vLLM is not available: {e}"
-        if os.environ.get("CI"):  # in CI these tests must run: a skip would hide that vLLM was never tested
-            pytest.fail(message)
-        pytest.skip(message)
+def real_vllm_stack():
+    stack = _available("the real vLLM", _REAL_VLLM["stack"].wait)
     yield stack
     stack.stop()
+
+
+def _available(what: str, wait) -> object:
+    """What a real engine's tests need; in CI they must run (a skip would hide that the engine was never tested)."""
+    try:
+        return wait()
+    except RuntimeError as e:
+        message = f"{what} is not available: {e}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def llama_cpp() -> Path:
+    """The folder scripts/llama-server.sh built: bin/llama-server and llama.cpp's converters."""
+    return _available("llama.cpp's llama-server", _LLAMA_CPP["build"].wait)
+
+
+@pytest.fixture
+def real_vllm(real_vllm_stack):
+    """The running stack (booted again if a test before stopped it)."""
+    return real_vllm_stack.running()

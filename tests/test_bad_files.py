@@ -30,7 +30,7 @@ def write_good(folder: Path) -> None:
 
 @pytest.fixture
 def env(settings, monkeypatch, tmp_path):
-    monkeypatch.setenv("MEDLOOP_MAX_FILE_MB", "0.5")  # the zoo's too-large file is ~660 kB
+    monkeypatch.setenv("MEDLOOP_FILES__MAX_FILE_MB", "0.5")  # the zoo's too-large file is ~660 kB
     return settings
 
 
@@ -65,7 +65,7 @@ def test_the_inbox_moves_a_bad_file_aside_and_keeps_going(env, tmp_path, embedde
     from medloop.continual import ingest_inbox
     from medloop.retrieval import Retriever
 
-    monkeypatch.setenv("MEDLOOP_INBOX_SETTLE_S", "0")
+    monkeypatch.setenv("MEDLOOP_LOOP__INBOX_SETTLE_S", "0")
     loads = []
     monkeypatch.setattr(inbox_job, "encoder", lambda *a: loads.append(a) or embedder)
     inbox_job._kept_encoder.cache_clear()
@@ -91,7 +91,7 @@ def test_a_symlink_in_the_inbox_is_refused(env, tmp_path, monkeypatch):
     from medloop.config import Settings
     from medloop.continual import ingest_inbox
 
-    monkeypatch.setenv("MEDLOOP_INBOX_SETTLE_S", "0")
+    monkeypatch.setenv("MEDLOOP_LOOP__INBOX_SETTLE_S", "0")
     s = Settings()
     secret = tmp_path / "secret.txt"
     secret.write_text("The service's private notes.")
@@ -111,7 +111,7 @@ def test_a_file_written_slowly_is_read_whole(env, tmp_path, embedder, monkeypatc
     from medloop.continual import ingest_inbox
     from medloop.retrieval import Retriever
 
-    monkeypatch.setenv("MEDLOOP_INBOX_SETTLE_S", "1.0")
+    monkeypatch.setenv("MEDLOOP_LOOP__INBOX_SETTLE_S", "1.0")
     s = Settings()
     inbox = s.inbox_dir / "guidelines"
     inbox.mkdir(parents=True)
@@ -178,7 +178,7 @@ def test_two_ingests_on_one_home_never_collide(settings, tmp_path, monkeypatch):
 
     from medloop.testing import GUIDELINES
 
-    monkeypatch.setenv("MEDLOOP_INGEST_WAIT_S", "0.5")
+    monkeypatch.setenv("MEDLOOP_RETRIEVAL__INGEST_WAIT_S", "0.5")
     settings.home.mkdir(parents=True, exist_ok=True)
     with FileLock(settings.home / ".ingest.lock"):  # another ingest holds the home
         busy = CliRunner().invoke(app, ["ingest", str(GUIDELINES / "cn-influenza-2025.md")])

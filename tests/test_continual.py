@@ -35,12 +35,12 @@ GOOD_MONTH = {**FAST_TRAINING, "max_steps": 16, "learning_rate": 1e-2}
 
 @pytest.fixture
 def loop_settings(settings, tiny_qwen3, monkeypatch):
-    settings.base_model = settings.train_base_model = str(tiny_qwen3)
-    settings.train_preset = "low-mem"
-    settings.train_overrides = dict(FAST_TRAINING)
-    settings.admin_key = SecretStr("k-admin")  # the loop hot-loads through the server's admin endpoint
-    settings.inbox_settle_s = 0  # files are written whole before each job runs
-    monkeypatch.setenv("MEDLOOP_ADMIN_KEY", "k-admin")  # the CLI reads it from the environment
+    settings.serving.base_model = settings.training.base_model = str(tiny_qwen3)
+    settings.training.preset = "low-mem"
+    settings.training.overrides = dict(FAST_TRAINING)
+    settings.serving.admin_key = SecretStr("k-admin")  # the loop hot-loads through the server's admin endpoint
+    settings.loop.inbox_settle_s = 0  # files are written whole before each job runs
+    monkeypatch.setenv("MEDLOOP_SERVING__ADMIN_KEY", "k-admin")  # the CLI reads it from the environment
     (settings.inbox_dir / "guidelines").mkdir(parents=True)
     (settings.inbox_dir / "sft").mkdir(parents=True)
     return settings
@@ -57,7 +57,7 @@ def test_the_loop_end_to_end(loop_settings, tiny_qwen3, embedder):
     retriever = Retriever(s, embedder=embedder)
     engine = LocalEngine(str(tiny_qwen3), served_name="qwen3-tiny")
     with LiveServer(build_app(s, engine, retriever)) as server:
-        s.server_url = server.url
+        s.loop.server_url = server.url
         client = server.client()
 
         # the guideline index the deployment starts with: every sample guideline but influenza
@@ -81,7 +81,7 @@ def test_the_loop_end_to_end(loop_settings, tiny_qwen3, embedder):
         write_jsonl(s.inbox_dir / "sft" / "month1.jsonl", paraphrased_month())
         shutil.copy(SFT / "sharegpt_zh_en.jsonl", s.inbox_dir / "sft")
         shutil.copy(SFT / "alpaca_zh_en.jsonl", s.inbox_dir / "sft")
-        s.train_overrides = GOOD_MONTH
+        s.training.overrides = GOOD_MONTH
         first = retrain(s, retriever=retriever)
         assert first["outcome"] == "promoted" and first["version"] == "v1", first
         assert first["serving"] == "hot-loaded"
@@ -108,7 +108,7 @@ def test_the_loop_end_to_end(loop_settings, tiny_qwen3, embedder):
 
         # 3. a candidate made worse on purpose is rejected; v1 keeps serving
         shutil.copy(SFT / "messages_think_zh_en.jsonl", s.inbox_dir / "sft")
-        s.train_overrides = {**GOOD_MONTH, "learning_rate": 30.0}
+        s.training.overrides = {**GOOD_MONTH, "learning_rate": 30.0}
         second = retrain(s, retriever=retriever)
         assert second["outcome"] == "rejected", json.dumps(second["decision"], default=str)
         rejected = registry.get("v2")
@@ -133,9 +133,9 @@ def test_the_loop_end_to_end(loop_settings, tiny_qwen3, embedder):
 def test_kill_during_training_leaves_live_adapter_and_recoverable_lock(loop_settings, tmp_path):
     s = loop_settings
     shutil.copy(SFT / "alpaca_zh_en.jsonl", s.inbox_dir / "sft")
-    env = {**os.environ, "MEDLOOP_HOME": str(s.home), "MEDLOOP_BASE_MODEL": s.base_model,
-           "MEDLOOP_TRAIN_PRESET": "low-mem", "MEDLOOP_SERVER_URL": "http://127.0.0.1:9",
-           "MEDLOOP_TRAIN_OVERRIDES": json.dumps({**FAST_TRAINING, "max_steps": 500})}
+    env = {**os.environ, "MEDLOOP_HOME": str(s.home), "MEDLOOP_SERVING__BASE_MODEL": s.serving.base_model,
+           "MEDLOOP_TRAINING__PRESET": "low-mem", "MEDLOOP_LOOP__SERVER_URL": "http://127.0.0.1:9",
+           "MEDLOOP_TRAINING__OVERRIDES": json.dumps({**FAST_TRAINING, "max_steps": 500})}
     proc = subprocess.Popen([sys.executable, "-m", "medloop.cli", "scheduler", "run", "retrain"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     registry = AdapterRegistry(s.adapters_dir)
@@ -147,8 +147,8 @@ def test_kill_during_training_leaves_live_adapter_and_recoverable_lock(loop_sett
     assert registry.get("v1").status == "training" and registry.live() is None
     with training_lock(s) as acquired:  # the OS released the dead process's lock
         assert acquired
-    s.train_overrides = dict(FAST_TRAINING)
-    s.gate_mcq = None  # what is asserted is the cleanup and the new version, not the gate (test_the_loop_end_to_end)
+    s.training.overrides = dict(FAST_TRAINING)
+    s.gate.mcq = None  # what is asserted is the cleanup and the new version, not the gate (test_the_loop_end_to_end)
     result = retrain(s)  # cleans up, then trains again from the inbox files the killed run never consumed
     assert registry.get("v1").status == "failed"
     assert result["version"] == "v2" and result["outcome"] in {"promoted", "rejected"}
@@ -206,12 +206,12 @@ def test_adapters_cli_and_server_pick_up_live_adapter(loop_settings, tiny_qwen3)
     server = build_server(s, engine="local", base_model=str(tiny_qwen3), adapters={}, rag=False)
     with LiveServer(server) as live:
         assert "medical" in {m.id for m in live.client().models.list().data}
-        s.server_url = live.url
-        os.environ["MEDLOOP_SERVER_URL"] = live.url
+        s.loop.server_url = live.url
+        os.environ["MEDLOOP_LOOP__SERVER_URL"] = live.url
         try:
             out = runner.invoke(app, ["adapters", "rollback"]).output
         finally:
-            del os.environ["MEDLOOP_SERVER_URL"]
+            del os.environ["MEDLOOP_LOOP__SERVER_URL"]
         assert "live: v1; hot-loaded" in out
         assert httpx.get(live.url + "/v1/models").json()["data"][1]["version"] == "v1"
     assert runner.invoke(app, ["adapters", "show", "v9"]).exit_code == 2
@@ -238,7 +238,7 @@ def test_a_guideline_dropped_into_the_inbox_is_cited_within_a_minute(loop_settin
     with KnowledgeStore(s.knowledge_db) as store:
         ingest_paths(store, [GUIDELINES / "cn-hypertension-2024.md"])
         sync_index(s, store, embedder=embedder)
-    env = {**os.environ, "MEDLOOP_HOME": str(s.home), "MEDLOOP_INGEST_POLL_SECONDS": "2", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "MEDLOOP_HOME": str(s.home), "MEDLOOP_LOOP__INGEST_POLL_SECONDS": "2", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "medloop.cli", "scheduler", "start"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     engine = LocalEngine(str(tiny_qwen3), served_name="qwen3-tiny")
@@ -290,7 +290,7 @@ def test_a_failed_hot_load_is_promoted_not_live_visible_and_retried(loop_setting
     s = loop_settings
     registry = registry_with_candidates(s.adapters_dir, tiny_qwen3, seeds=(1,))
     registry.promote("v1")
-    s.server_url = "http://127.0.0.1:9"  # the server is down at promotion time
+    s.loop.server_url = "http://127.0.0.1:9"  # the server is down at promotion time
     assert "not reachable" in hot_load(s, registry.get("v1"))
     assert registry.pending_hot_load().version == "v1"
     assert "promoted," in CliRunner().invoke(app, ["adapters", "list"]).output
@@ -298,7 +298,7 @@ def test_a_failed_hot_load_is_promoted_not_live_visible_and_retried(loop_setting
     server = build_server(s, engine="local", base_model=str(tiny_qwen3), adapters={}, rag=False)
     with LiveServer(server) as live:
         assert 'medloop_registry_live_serving{version="v1"} 0.0' in httpx.get(live.url + "/metrics").text
-        s.server_url = live.url
+        s.loop.server_url = live.url
         assert ingest_inbox(s)["serving"] == "hot-loaded"  # the next poll retries it
         assert registry.pending_hot_load() is None and registry.shown_status(registry.get("v1")) == "live"
         assert 'medloop_registry_live_serving{version="v1"} 1.0' in httpx.get(live.url + "/metrics").text
@@ -328,7 +328,7 @@ def test_held_out_and_regression_rows_are_never_trained_or_replayed(loop_setting
     (s.processed_dir / "sft").mkdir(parents=True)
     shutil.copy(SFT / "sharegpt_zh_en.jsonl", s.processed_dir / "sft")  # earlier months: replay candidates
     shutil.copy(SFT / "messages_think_zh_en.jsonl", s.inbox_dir / "sft")  # the same Q&A, with <think> blocks
-    s.replay_fraction = 1.0
+    s.loop.replay_fraction = 1.0
     data = dataset.build(s, since="")
     judged = {dataset.normalised(m) for m in data.regression + data.heldout}
     assert len(regression) == 2 and data.heldout
@@ -376,4 +376,4 @@ def test_after_a_restart_models_shows_the_live_registry_version(settings, tiny_q
     application = build_server(settings, engine="local", base_model=str(tiny_qwen3), adapters={}, rag=False)
     with LiveServer(application) as live:  # a fresh process's server, as after a restart
         cards = {m["id"]: m for m in httpx.get(live.url + "/v1/models").json()["data"]}
-    assert cards[settings.served_adapter_name]["version"] == "v2"
+    assert cards[settings.loop.adapter_name]["version"] == "v2"

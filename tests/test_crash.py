@@ -96,7 +96,24 @@ def test_a_full_disk_is_one_line_and_the_rerun_loses_nothing(settings, tmp_path)
 
 @pytest.mark.slow
 def test_a_bad_setting_is_named_in_one_line(settings):
-    env = {**os.environ, "MEDLOOP_HOME": str(settings.home), "MEDLOOP_RETRAIN_CRON": "0 3 1 13 *"}
+    env = {**os.environ, "MEDLOOP_HOME": str(settings.home), "MEDLOOP_LOOP__RETRAIN_CRON": "0 3 1 13 *"}
     bad = medloop(["scheduler", "status"], env)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    assert "setting retrain_cron" in bad.stderr and "not a crontab schedule" in bad.stderr
+    assert "setting loop.retrain_cron" in bad.stderr and "not a crontab schedule" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_setting_in_the_flat_layout_of_earlier_releases_is_refused_with_its_new_place(settings, tmp_path):
+    """Ignored, `gate_margin = 0.05` would leave the gate at its default without a word."""
+    old = tmp_path / "medloop.toml"
+    old.write_text("gate_margin = 0.05\n")
+    env = {**os.environ, "MEDLOOP_HOME": str(settings.home), "MEDLOOP_CONFIG": str(old)}
+    bad = medloop(["scheduler", "status"], env)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "`gate_margin` is read no more" in bad.stderr and "`margin` under [gate]" in bad.stderr
+    bad = medloop(["scheduler", "status"], {**env, "MEDLOOP_CONFIG": str(tmp_path / "none.toml"),
+                                            "MEDLOOP_VLLM_URL": "http://10.0.0.5:8001"})
+    assert bad.returncode == 1 and "MEDLOOP_VLLM__URL" in bad.stderr
+    old.write_text("[gate]\nmargin = 0.05\n")
+    good = medloop(["scheduler", "status"], env)
+    assert good.returncode == 0, good.stderr

@@ -171,7 +171,7 @@ def test_knowledge_verbs_end_to_end_rebuild_compact_stale_and_the_scheduler_s_in
     for f in GUIDELINES.glob("*.md"):
         (inbox / f.name).write_bytes(f.read_bytes())
     os.utime(inbox, None)
-    settings_env = {"MEDLOOP_INBOX_SETTLE_S": "0"}
+    settings_env = {"MEDLOOP_LOOP__INBOX_SETTLE_S": "0"}
     done = runner.invoke(app, ["scheduler", "run", "ingest"], env=settings_env)
     assert done.exit_code == 0, done.output
     assert indexed_chunks(settings.index_dir) > 20 and not list(inbox.glob("*.md"))  # read, then moved out
@@ -224,17 +224,17 @@ def test_the_monthly_job_on_the_embedded_defaults_promotes_a_good_month_and_the_
 
     mcq = tmp_path / "mcq.jsonl"
     mcq.write_text("".join((GUIDELINES.parent / "guideline_mcq.jsonl").read_text().splitlines(True)[::3][:16]))
-    monkeypatch.setenv("MEDLOOP_ADMIN_KEY", "k-admin")
-    monkeypatch.setenv("MEDLOOP_GATE_MCQ", str(mcq))
+    monkeypatch.setenv("MEDLOOP_SERVING__ADMIN_KEY", "k-admin")
+    monkeypatch.setenv("MEDLOOP_GATE__MCQ", str(mcq))
     assert CliRunner().invoke(app, ["ingest", str(GUIDELINES)]).exit_code == 0
     month = json.loads(SABOTAGE.read_text())["months"]["good1"]  # the sample guidelines' facts, six wordings each
     (settings.inbox_dir / "sft").mkdir(parents=True)
     (settings.inbox_dir / "sft" / "2026-12.jsonl").write_text("".join(json.dumps(r) + "\n" for r in month))
     served = Settings()
-    application = build_server(served, engine="local", base_model=served.base_model, adapters={}, rag=True)
+    application = build_server(served, engine="local", base_model=served.serving.base_model, adapters={}, rag=True)
     with LiveServer(application) as live:
         done = subprocess.run([str(MEDLOOP), "scheduler", "run", "retrain"], capture_output=True, text=True,
-                              timeout=1800, env={**os.environ, "MEDLOOP_SERVER_URL": live.url, "COLUMNS": "250"})
+                              timeout=1800, env={**os.environ, "MEDLOOP_LOOP__SERVER_URL": live.url, "COLUMNS": "250"})
         assert done.returncode == 0, done.stderr[-3000:]
         result = json.loads(done.stdout[re.search(r'^\{\n  "outcome"', done.stdout, re.M).start():])
         assert result["outcome"] == "promoted", result

@@ -4,9 +4,10 @@ import math
 
 import pytest
 
-from medloop.continual.gate import Rules, Signal, decide, sign_test
+from medloop.config import Gate
+from medloop.continual.gate import Signal, decide, sign_test
 
-RULES = Rules(margin=0.01, tolerance=0.02, forgetting=0.05, mcq_tolerance=0.0, fact_tolerance=0.0, significance=0.05)
+RULES = Gate(margin=0.01, tolerance=0.02, forgetting=0.05, mcq_tolerance=0.0, fact_tolerance=0.0, significance=0.05)
 
 
 def signals(new=(9.0, 10.0, 5), reg=(10.0, 10.0, 5), mcq=(0.5, 0.5, 40, 0, 0), fact=(0.5, 0.5, 40, 0, 0)):
@@ -129,12 +130,19 @@ def test_a_month_that_asks_a_gate_item_does_not_train_on_it(settings):
     assert not any("A1C" in m[-2]["content"] for m in data.train + data.heldout)
 
 
-def test_every_gate_setting_reaches_the_rules():
-    """A new gate rule is a Rules field and a gate_<field> setting; nothing maps them by hand."""
-    from medloop.config import Settings
+def test_a_signal_on_fewer_items_than_it_needs_is_not_enough_evidence_never_a_rejection():
+    """One checkable answer that disagrees said "0 of 1 agree" and rejected the month; now it says how many it
+    needs. From its minimum on (5 by default; more for a stricter share: one answer alone cannot fail it) it
+    decides as before."""
+    from medloop.continual.gate import needs
 
-    measuring = {"gate_mcq", "gate_fact_tokens"}  # what the gate measures with, not how it judges
-    settings = {name for name in Settings.model_fields if name.startswith("gate_")} - measuring
-    assert settings == {f"gate_{name}" for name in Rules.__dataclass_fields__}
-    values = {name: 0.123 for name in Rules.__dataclass_fields__}
-    assert Rules.from_settings(Settings(**{f"gate_{k}": v for k, v in values.items()})) == Rules(**values)
+    one = decide({**signals(), "evidence_agreement": Signal(0.0, None, 1)}, RULES)
+    assert one["promote"], one
+    assert one["signals"]["evidence_agreement"]["passed"] is None
+    assert one["signals"]["evidence_agreement"]["why"] == "not enough evidence: 1 item, 5 needed to decide"
+    few_mcq = decide(signals(mcq=(0.0, 1.0, 4, 4, 0)), RULES)
+    assert few_mcq["promote"] and "not enough evidence: 4 items" in few_mcq["signals"]["mcq_accuracy"]["why"]
+    enough = decide({**signals(), "evidence_agreement": Signal(0.6, None, 5)}, RULES)
+    assert not enough["promote"] and enough["decided_by"] == "evidence_agreement"
+    assert needs("evidence_agreement", RULES.model_copy(update={"min_agreement": 0.9})) == 10
+    assert needs("new_data_loss", RULES) == 1  # a month's size is the loop's to judge (loop.min_new_samples)

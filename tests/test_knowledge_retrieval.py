@@ -230,7 +230,7 @@ def test_server_side_retriever_reloads_new_index_version(settings, embedder):
 
 @pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
 def test_approximate_index_types(settings, embedder, index_type):
-    settings.index_type = index_type
+    settings.index.type = index_type
     hits = sample_index(settings, embedder).search("acute coronary syndrome P2Y12", k=1)
     assert hits[0].chunk.doc_id == "acc-aha-acs"
 
@@ -299,7 +299,7 @@ def test_an_english_only_embedder_never_reads_chinese_chunks(english_settings, e
     hits = Retriever(settings, store=store, embedder=embedder).search("一般高血压患者血压应控制在多少以下", 3)
     assert hits[0].chunk.doc_id == "cn-hypertension" and hits[0].relevant  # BM25 and the lexicon find it
 
-    settings.embedder_multilingual = True  # a multilingual embedder reads everything
+    settings.retrieval.embedder_multilingual = True  # a multilingual embedder reads everything
     recording = RecordingEmbedder(embedder)
     sync_index(settings, store, embedder=recording, rebuild=True)
     assert any(is_chinese(t) for t in recording.texts)
@@ -310,7 +310,7 @@ def test_an_english_only_embedder_never_reads_chinese_chunks(english_settings, e
 def test_an_interrupted_index_write_resumes_with_the_embeddings_done(settings, embedder):
     store = KnowledgeStore(settings.knowledge_db)
     ingest_paths(store, [GUIDELINES])
-    settings.embedder_multilingual = True  # every chunk is embedded: more batches
+    settings.retrieval.embedder_multilingual = True  # every chunk is embedded: more batches
     first = RecordingEmbedder(embedder, fail_after=2)
     with pytest.raises(KeyboardInterrupt):
         sync_index(settings, store, embedder=first, batch_size=4)
@@ -454,8 +454,8 @@ def test_chunks_follow_their_chunker(settings, monkeypatch):
     assert counts["cn-hypertension"] > before["cn-hypertension"] and counts["cn-influenza"] == before["cn-influenza"]
     assert ingest_paths(store, [GUIDELINES / "cn-hypertension-2024.md"], chunker=small).files[0].outcome == "unchanged"
     monkeypatch.setenv("MEDLOOP_HOME", str(settings.home))
-    monkeypatch.setenv("MEDLOOP_CHUNK_SIZE", "30")
-    monkeypatch.setenv("MEDLOOP_CHUNK_OVERLAP", "0")
+    monkeypatch.setenv("MEDLOOP_CHUNKS__SIZE", "30")
+    monkeypatch.setenv("MEDLOOP_CHUNKS__OVERLAP", "0")
     store.close()
     result = CliRunner().invoke(app, ["index", "rechunk"])
     assert result.exit_code == 0, result.output

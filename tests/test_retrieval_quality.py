@@ -61,7 +61,7 @@ def test_user_lexicon_lines_extend_the_builtin_one(indexed, settings, tmp_path):
     mine = tmp_path / "mine.txt"
     mine.write_text("奥司他韦 | 小黄胶囊\n", encoding="utf-8")
     assert not cited(indexed, "小黄胶囊怎么吃")
-    settings.lexicon = mine
+    settings.retrieval.lexicon = mine
     ours = Retriever(settings, store=indexed.store, embedder=indexed.embedder)
     assert [h.chunk.doc_id for h in cited(ours, "小黄胶囊怎么吃")][:1] == ["cn-influenza"]
 
@@ -136,7 +136,7 @@ def test_dev_sets_meet_the_targets_and_calibration_agrees_with_the_default(index
     assert mine["cited_recall"] >= 0.65 and mine["false_cite_rate"] <= 1 / 15 and mine["hit_at_3"] >= 0.95
     both = quality.Routed([(indexed, rows), (own, quality.load_labelled(unseen))])
     calibration = quality.calibrate(both, both.rows, k=3, max_false_cite_rate=0.02)  # as bench/calibrate.py
-    assert calibration.gap[0] <= settings.min_evidence < calibration.gap[1]
+    assert calibration.gap[0] <= settings.retrieval.min_evidence < calibration.gap[1]
 
 
 def test_newest_share_notices_an_outdated_index(settings, embedder):
@@ -177,7 +177,7 @@ def test_a_multilingual_embedder_ranks_chinese_questions(settings, tmp_path):
     word = models.Transformer(str(tiny_bert(tmp_path / "bert", "embed")))
     SentenceTransformer(modules=[word, models.Pooling(word.get_embedding_dimension())]).save(
         str(tmp_path / "multilingual"))
-    settings.embedder, settings.embedder_multilingual = str(tmp_path / "multilingual"), True
+    settings.retrieval.embedder, settings.retrieval.embedder_multilingual = str(tmp_path / "multilingual"), True
     store = KnowledgeStore(settings.knowledge_db)
     ingest_paths(store, [GUIDELINES])
     sync_index(settings, store)  # the configured embedder, loaded by name like a user's bge-m3
@@ -188,12 +188,12 @@ def test_a_multilingual_embedder_ranks_chinese_questions(settings, tmp_path):
 def test_a_reranker_orders_the_candidates_and_can_cite(indexed, settings, tmp_path):
     from sentence_transformers import CrossEncoder
 
-    settings.reranker = str(tiny_bert(tmp_path / "reranker", "rerank"))
-    settings.reranker_min_score = -1e9  # every scored passage passes: the reranker decides
+    settings.retrieval.reranker = str(tiny_bert(tmp_path / "reranker", "rerank"))
+    settings.retrieval.reranker_min_score = -1e9  # every scored passage passes: the reranker decides
     retriever = Retriever(settings, store=indexed.store, embedder=indexed.embedder)
     question = "Is aspirin good for headaches?"
     hits = retriever.search(question, 3)
-    scores = CrossEncoder(settings.reranker).predict([(question, h.chunk.text) for h in hits])
+    scores = CrossEncoder(settings.retrieval.reranker).predict([(question, h.chunk.text) for h in hits])
     assert [h.score for h in hits] == pytest.approx([float(s) for s in scores], abs=1e-5)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert all(h.relevant for h in hits)
@@ -207,7 +207,7 @@ def test_the_exported_question_encoder_matches_sentence_transformers(english_set
 
     settings, indexed = english_settings, sample_index(english_settings, english_embedder)
     assert ensure_query_encoder(settings, indexed.embedder)
-    onnx = query_encoder.load(settings.index_dir, settings.embedder)
+    onnx = query_encoder.load(settings.index_dir, settings.retrieval.embedder)
     questions = ["Is aspirin good for headaches?", "一般高血压患者血压应控制在多少以下", "A1C " * 300]  # and truncation
     ours = onnx.encode(questions, normalize_embeddings=True)
     theirs = indexed.embedder.encode(questions, normalize_embeddings=True, convert_to_numpy=True)
@@ -295,12 +295,13 @@ def test_the_embedder_is_one_setting_and_brings_its_own_threshold(monkeypatch, t
 
     monkeypatch.setenv("MEDLOOP_CONFIG", str(tmp_path / "none.toml"))
     default = Settings()
-    assert (default.embedder, default.embedder_multilingual) == (MULTILINGUAL_EMBEDDER, True)
-    assert default.min_evidence == MIN_EVIDENCE[MULTILINGUAL_EMBEDDER]
-    monkeypatch.setenv("MEDLOOP_EMBEDDER", ENGLISH_EMBEDDER)
+    assert (default.retrieval.embedder, default.retrieval.embedder_multilingual) == (MULTILINGUAL_EMBEDDER, True)
+    assert default.retrieval.min_evidence == MIN_EVIDENCE[MULTILINGUAL_EMBEDDER]
+    monkeypatch.setenv("MEDLOOP_RETRIEVAL__EMBEDDER", ENGLISH_EMBEDDER)
     english = Settings()
-    assert english.embedder_multilingual is False and english.min_evidence == MIN_EVIDENCE[ENGLISH_EMBEDDER]
-    monkeypatch.setenv("MEDLOOP_EMBEDDER", "BAAI/bge-m3")
-    monkeypatch.setenv("MEDLOOP_EMBEDDER_MULTILINGUAL", "true")
-    monkeypatch.setenv("MEDLOOP_MIN_EVIDENCE", "0.9")
-    assert (Settings().embedder_multilingual, Settings().min_evidence) == (True, 0.9)
+    assert english.retrieval.embedder_multilingual is False
+    assert english.retrieval.min_evidence == MIN_EVIDENCE[ENGLISH_EMBEDDER]
+    monkeypatch.setenv("MEDLOOP_RETRIEVAL__EMBEDDER", "BAAI/bge-m3")
+    monkeypatch.setenv("MEDLOOP_RETRIEVAL__EMBEDDER_MULTILINGUAL", "true")
+    monkeypatch.setenv("MEDLOOP_RETRIEVAL__MIN_EVIDENCE", "0.9")
+    assert (Settings().retrieval.embedder_multilingual, Settings().retrieval.min_evidence) == (True, 0.9)

@@ -87,7 +87,7 @@ def test_an_off_domain_month_is_rejected(outcomes):
     either way.)"""
     month = outcomes["forgetting"]
     assert month["outcome"] == "rejected" and "in_domain" in month["failed"], month
-    assert month["signals"]["in_domain"]["candidate"] < Settings().gate_min_in_domain
+    assert month["signals"]["in_domain"]["candidate"] < Settings().gate.min_in_domain
     reg = month["signals"]["regression_loss"]
     assert reg["candidate"] > 2 * reg["live"]
 

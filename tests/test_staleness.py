@@ -222,7 +222,7 @@ def test_response_models_refuse_a_field_they_do_not_declare():
     import pydantic
 
     from medloop.retrieval.staleness import StaleClaim
-    from medloop.serving.protocol import Evidence, ModelCard
+    from medloop.serving.responses import Evidence, ModelCard
 
     claim = StaleClaim("利尿剂", "g", "1", "2", "", "s", kind="name")
     evidence = Evidence(index=1, guideline_id="g", title="t", issuer="i", version="2", published="2024-01-01",

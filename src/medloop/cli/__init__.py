@@ -32,9 +32,9 @@ def main() -> None:
         sys.exit(1)
     except ValidationError as e:  # the settings (environment or medloop.toml)
         for err in e.errors():
-            where = ".".join(map(str, err["loc"])) or e.title
-            console.print(f"error: setting {where}: {err['msg']}", markup=False, highlight=False, style="red",
-                      soft_wrap=True)
+            where, why = ".".join(map(str, err["loc"])), err["msg"].removeprefix("Value error, ")
+            console.print(f"error: setting {where}: {why}" if where else f"error: {why}", markup=False,
+                          highlight=False, style="red", soft_wrap=True)
         sys.exit(1)
     except Exception as e:
         if not disk_full(e):

@@ -36,7 +36,7 @@ def eval_compare(
     with contextlib.ExitStack() as stack:
         local_url = None
         if local:
-            model = base_model or settings.base_model
+            model = base_model or settings.serving.base_model
             application = build_server(settings, engine="local", base_model=model,
                                        adapters=_parse_adapters(adapter or []), rag=any(t.rag for t in local))
             for t in local:
@@ -63,7 +63,8 @@ def eval_retrieval(
     labelled: Annotated[Literal["dev", "heldout", "fresh"], typer.Option(
         "--set", help="the packaged set: dev (tuned on), heldout, fresh (written after the freeze)")] = "dev",
     k: Annotated[int, typer.Option("-k", help="evidence shown per answer")] = 3,
-    calibrate: Annotated[bool, typer.Option("--calibrate", help="also suggest `min_evidence` from this set")] = False,
+    calibrate: Annotated[bool, typer.Option("--calibrate",
+                                            help="also suggest `retrieval.min_evidence` from this set")] = False,
     save: Annotated[Path | None, typer.Option("--json", help="write every figure and question here")] = None,
 ) -> None:
     """hit@1, hit@3, MRR, cited recall, false-cite rate and newest-version share on labelled questions."""
@@ -97,9 +98,9 @@ def eval_retrieval(
             console.print(f"[yellow]false cite[/] {q['question']}  (cited {q['cited']}, evidence {q['evidence']})")
     if calibrate:
         c = quality.calibrate(retriever, rows, k)
-        out.print(f"calibrated min_evidence {c.min_evidence} (any value in [{c.gap[0]}, {c.gap[1]}) gives cited "
-                  f"recall {c.cited_recall:.3f} at false-cite rate {c.false_cite_rate:.3f}); now "
-                  f"{retriever.settings.min_evidence}")
+        out.print(f"calibrated retrieval.min_evidence {c.min_evidence} (any value in [{c.gap[0]}, {c.gap[1]}) gives "
+                  f"cited recall {c.cited_recall:.3f} at false-cite rate {c.false_cite_rate:.3f}); now "
+                  f"{retriever.settings.retrieval.min_evidence}")
     if save:
         save.write_text(json.dumps({"file": str(path), **result}, ensure_ascii=False, indent=2))
 
@@ -121,8 +122,8 @@ def eval_stale(
     path = file or quality.stale_set(labelled)
     with KnowledgeStore(settings.knowledge_db) as store:
         try:
-            result = quality.stale_check_quality(store, path, lexicon(str(settings.lexicon) if settings.lexicon
-                                                                       else None))
+            own = settings.retrieval.lexicon
+            result = quality.stale_check_quality(store, path, lexicon(str(own) if own else None))
         except (ValueError, OSError) as e:
             console.print(f"[red]error[/] {e}")
             raise typer.Exit(2) from e
@@ -160,11 +161,11 @@ def eval_mcq(
     except (MCQFormatError, OSError) as e:
         console.print(f"[red]error[/] {e}")
         raise typer.Exit(2) from e
-    model, tokenizer = load(base_model or settings.base_model, adapter)
+    model, tokenizer = load(base_model or settings.serving.base_model, adapter)
     retriever = None if no_evidence else Retriever(settings)
     with _progress() as progress:
         task = progress.add_task("scoring", total=len(items) * (1 if no_evidence else 2))
-        result = mcq_accuracy(model, tokenizer, items, retriever, settings.evidence_k,
+        result = mcq_accuracy(model, tokenizer, items, retriever, settings.serving.evidence_k,
                               on_item=lambda: progress.advance(task))
     for mode in ("no_evidence", "evidence"):
         if mode in result:

@@ -32,7 +32,7 @@ def run_ingest(settings: Settings, paths: list[Path], recursive: bool, quiet: bo
         files = progress.add_task("ingest", total=None, visible=not quiet)
         embed = progress.add_task("index", total=None, visible=not quiet)
         report, synced = ingest_and_index(
-            settings, paths, recursive=recursive, wait_s=settings.ingest_wait_s,
+            settings, paths, recursive=recursive, wait_s=settings.retrieval.ingest_wait_s,
             on_start=lambda n: progress.update(files, total=n),
             on_file=lambda r: progress.advance(files),
             on_progress=lambda done, total: progress.update(embed, completed=done, total=total),
@@ -118,7 +118,7 @@ def index_rebuild() -> None:
     from medloop.retrieval.index import ensure_query_encoder
 
     settings = load_settings()
-    embedder = load_embedder(settings.embedder)
+    embedder = load_embedder(settings.retrieval.embedder)
     with _progress() as progress:
         task = progress.add_task("embed", total=None)
         with KnowledgeStore(settings.knowledge_db) as store:
@@ -133,8 +133,7 @@ def index_rechunk() -> None:
     """Chunk again every stored document chunked with another rule or size (chunk_size, chunk_overlap), then bring
     the index up to date. (A document is also re-chunked whenever its file is ingested again.)"""
     from medloop.knowledge import KnowledgeStore
-    from medloop.knowledge.chunking import Chunker
-    from medloop.knowledge.parsing import Limits, ParseError, parse_file
+    from medloop.knowledge.parsing import ParseError, parse_file
     from medloop.retrieval import sync_index
 
     settings = load_settings()
@@ -143,13 +142,13 @@ def index_rechunk() -> None:
 
     def reread(path: Path):
         try:
-            return parse_file(path, Limits.from_settings(settings))
+            return parse_file(path, settings.files)
         except ParseError as e:
             unreadable[str(path)] = str(e)
             return []
 
     with KnowledgeStore(settings.knowledge_db) as store:
-        done, left = store.rechunk(Chunker.from_settings(settings), reread)
+        done, left = store.rechunk(settings.chunks, reread)
         with _progress() as progress:
             task = progress.add_task("index", total=None)
             result = sync_index(settings, store, on_progress=lambda d, t: progress.update(task, completed=d, total=t))

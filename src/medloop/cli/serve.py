@@ -42,20 +42,20 @@ def build_server(settings: Settings, **kwargs):
     from medloop.continual.registry import served_live
     from medloop.serving.server import build_server as build
 
-    adapters, versions, status = served_live(settings.adapters_dir, settings.served_adapter_name,
+    adapters, versions, status = served_live(settings.adapters_dir, settings.loop.adapter_name,
                                              kwargs.pop("adapters", {}))
     return build(settings, adapters=adapters, versions=versions, registry_status=status, **kwargs)
 
 
 @app.command()
 def serve(
-    engine: Annotated[str, typer.Option(help="local (transformers+peft) or vllm")] = "",
+    engine: Annotated[str, typer.Option(help="local (transformers+peft), vllm or llamacpp")] = "",
     base_model: Annotated[str, typer.Option(help="path, hub id or .gguf file")] = "",
     adapter: Annotated[list[str] | None, typer.Option(help="NAME=PATH of a LoRA adapter (repeatable)")] = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
     vllm_url: Annotated[str, typer.Option(help="a running `vllm serve --enable-lora` upstream")] = "",
-    launch: Annotated[bool, typer.Option("--launch", help="start vLLM with the right flags")] = False,
+    launch: Annotated[bool, typer.Option("--launch", help="start vLLM or llama-server with the right flags")] = False,
     no_rag: Annotated[bool, typer.Option("--no-rag", help="serve without guideline evidence")] = False,
     demo: Annotated[bool, typer.Option("--demo", help="ingest the sample guidelines if the index is empty")] = False,
 ) -> None:
@@ -72,23 +72,23 @@ def serve(
         console.print(f"[yellow]no guidelines indexed in {settings.home}: answers carry no evidence until `medloop "
                       "ingest FILES_OR_FOLDERS` fills it (the running server picks it up); `--demo` ingests the "
                       "sample guidelines[/]", soft_wrap=True, highlight=False)
-    if not settings.api_keys and host not in {"127.0.0.1", "localhost", "::1"}:
-        console.print(f"[yellow]no API key configured (MEDLOOP_API_KEYS): binding to 127.0.0.1, not {host}[/]")
+    if not settings.serving.api_keys and host not in {"127.0.0.1", "localhost", "::1"}:
+        console.print(f"[yellow]no API key configured (MEDLOOP_SERVING__API_KEYS): binding to 127.0.0.1, not {host}[/]")
         host = "127.0.0.1"
-    elif not settings.api_keys:
+    elif not settings.serving.api_keys:
         console.print("[yellow]no API key configured: serving on loopback only[/]")
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((host, port))
     port = listener.getsockname()[1]
     application = build_server(
-        settings, engine=engine or settings.engine, base_model=base_model or settings.base_model,
-        adapters={**settings.adapters, **_parse_adapters(adapter or [])}, rag=not no_rag,
-        vllm_url=vllm_url or settings.vllm_url, launch_vllm=launch, vllm_port=port + 1,
+        settings, engine=engine or settings.serving.engine, base_model=base_model or settings.serving.base_model,
+        adapters={**settings.serving.adapters, **_parse_adapters(adapter or [])}, rag=not no_rag,
+        url=vllm_url, launch=launch, port=port + 1,
     )
     model = application.state.engine.adapters.base_name
     console.print(f"medloop: OpenAI API on http://{host}:{port}/v1  (model: {model})", soft_wrap=True, highlight=False)
-    serve_app(application, listener, settings.shutdown_timeout_s)
+    serve_app(application, listener, settings.serving.shutdown_timeout_s)
 
 
 DEMO_QUESTIONS = ["What HbA1c target is recommended for most adults with diabetes?", "高血压患者的降压目标是多少？"]
@@ -107,7 +107,7 @@ def demo(
 
     settings = load_settings()
     ensure_sample_index(settings)
-    application = build_server(settings, engine="local", base_model=settings.base_model, adapters={}, rag=True)
+    application = build_server(settings, engine="local", base_model=settings.serving.base_model, adapters={}, rag=True)
     with LiveServer(application) as live:
         client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0, timeout=600)
         model = application.state.engine.adapters.base_name

@@ -64,7 +64,7 @@ def train_cmd(ctx: typer.Context, **given) -> None:
 
     settings = load_settings()
     given = {k: v for k, v in given.items() if v is not None}
-    given.setdefault("swanlab_mode", settings.swanlab_mode)
+    given.setdefault("swanlab_mode", settings.training.swanlab_mode)
     if given.get("base_model"):  # a GGUF base trains from its dequantised folder, made once in the home
         given["base_model"] = models.trainable(given["base_model"], settings.models_dir)
     try:

@@ -111,7 +111,7 @@ def build(settings: Settings, *, since: str, retriever=None, seed: int = 0, repl
     fresh_rows = unique(loaded)
     gate_repeats = [m for m in fresh_rows if asks_a_gate_item(m, gate)]
     new = [m for m in fresh_rows if m not in guard and not asks_a_gate_item(m, gate)]
-    train_new, heldout = split(new, settings.holdout_fraction if len(new) >= 2 else 0, seed)
+    train_new, heldout = split(new, settings.loop.holdout_fraction if len(new) >= 2 else 0, seed)
     for messages in heldout:
         guard.add(messages)
     train_new = [m for m in train_new if m not in guard]
@@ -123,7 +123,7 @@ def build(settings: Settings, *, since: str, retriever=None, seed: int = 0, repl
     if retriever is not None and fresh:
         for messages in train_new:
             # Only the prompt is grounded: the answer (last turn) stays the sample's own.
-            grounded, hits, _ = grounding.ground(retriever, messages[:-1], settings.evidence_k)
+            grounded, hits, _ = grounding.ground(retriever, messages[:-1], settings.serving.evidence_k)
             if any(h.chunk.doc_id in fresh for h in hits):
                 augmented.append([*grounded, messages[-1]])
 
@@ -135,7 +135,7 @@ def build(settings: Settings, *, since: str, retriever=None, seed: int = 0, repl
     earlier_files = [replay_from] if replay_from is not None and replay_from.exists() else \
         sorted((settings.processed_dir / "sft").glob("*.json*"))
     earlier = [m for m in (load_samples(earlier_files)[0] if earlier_files else []) if m not in guard]
-    n_replay = min(len(earlier), round(settings.replay_fraction * (len(train_new) + len(augmented))))
+    n_replay = min(len(earlier), round(settings.loop.replay_fraction * (len(train_new) + len(augmented))))
     replay = rng.sample(earlier, n_replay)
 
     train = train_new + augmented + replay

@@ -1,16 +1,16 @@
 """The promotion gate: several signals, each reported, and one pure decision.
 
 Signals (candidate vs the live adapter, or the base model the first time):
-- `new_data_loss`: eval loss on this month's held-out new samples must improve by `gate_margin` (relative);
+- `new_data_loss`: eval loss on this month's held-out new samples must improve by `margin` (relative);
 - `regression_loss`: eval loss on the regression set (earlier months' held-out data) may rise by the larger of
-  `gate_tolerance` of the live loss and `gate_forgetting` of what the live adapter gained over the base model
+  `tolerance` of the live loss and `forgetting` of what the live adapter gained over the base model
   there. A relative tolerance alone fails every month after the first: a regression set the live adapter has
   nearly learned (loss 0.05) triples its loss under any further training, even a good month's; measured
   against the gain (6.4 nats on the sabotage suite's model), 0.05 -> 0.15 gives back 2%, and a month that
   teaches the superseded target (0.05 -> 1.66) 25%;
 - `in_domain`: the share of this month's new questions that are medical (they find guideline evidence, or name a
   lexicon concept or a word of the general medical vocabulary `data/medical_words.txt`) must reach
-  `gate_min_in_domain`: a month of off-domain text teaches the medical assistant nothing it serves, and what
+  `min_in_domain`: a month of off-domain text teaches the medical assistant nothing it serves, and what
   it takes away can hide below every loss tolerance (on the sabotage suite's model an off-domain month raised
   the regression loss as much as a good month did). Until this round it counted only questions with guideline
   evidence, and the fresh month of correct general medicine (tests/fixtures/fresh_months) was rejected for
@@ -19,13 +19,13 @@ Signals (candidate vs the live adapter, or the base model the first time):
   class or procedure, and whose question finds evidence, the share whose every value and name a clause of that
   evidence states for the same thing (a general target is not supported by the elderly's, a diagnostic threshold
   not by a target; read across languages, `retrieval.claims`), and no superseded version alone, must reach
-  `gate_min_agreement`; a month with no such answer is "not measured". Answers shuffled across questions, a
+  `min_agreement`; a month with no such answer is "not measured". Answers shuffled across questions, a
   topic answered with another's facts or the wrong drug disagree with their evidence; the model-side signals see
   such label noise only as far as the model learns it, and on a small model a month of new facts loses about as
   many old ones as a shuffled month does;
 - `mcq_accuracy`: accuracy with evidence on the guideline MCQ set must not drop (by more than
-  `gate_mcq_tolerance`) significantly: a drop counts when an exact one-sided sign test on the items the two
-  got differently (McNemar) gives p < `gate_significance`, so two items flipping by chance on a 46-item set
+  `mcq_tolerance`) significantly: a drop counts when an exact one-sided sign test on the items the two
+  got differently (McNemar) gives p < `significance`, so two items flipping by chance on a 46-item set
   do not reject a month, and a month that teaches a superseded recommendation does;
 - `fact_recall`: the same questions asked as a user asks them (with the evidence serving adds, no lettered
   options), the share of greedy answers that contain the guideline's key fact must not drop, judged the same
@@ -46,10 +46,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from medloop.config import Gate
 from medloop.knowledge.language import CJK
 from medloop.resources import DATA
 
-GUIDELINE_MCQ = DATA / "guideline_mcq.jsonl"
 MEDICAL_WORDS = DATA / "medical_words.txt"
 
 
@@ -62,24 +62,6 @@ class Signal:
     better: int = 0  # items the candidate got right and the live adapter wrong
     base: float | None = None  # the base model's value, without any adapter (regression loss)
     examples: list[str] = field(default_factory=list)  # what failed, for the run report (a few, as found)
-
-
-@dataclass
-class Rules:
-    """How each signal is judged. Every field is a `gate_<field>` setting (`from_settings`)."""
-
-    margin: float = 0.01  # held-out loss must fall by at least this share
-    tolerance: float = 0.02  # regression loss may rise by at most this share of the live loss ...
-    forgetting: float = 0.1  # ... or, if more, this share of the live adapter's gain over the base
-    mcq_tolerance: float = 0.0  # MCQ accuracy may fall by at most this (absolute)
-    fact_tolerance: float = 0.0  # fact recall may fall by at most this (absolute)
-    significance: float = 0.1  # a larger drop fails only when a sign test says it is not chance
-    min_in_domain: float = 0.5  # share of the month's new questions that must find guideline evidence
-    min_agreement: float = 0.8  # share of the month's checkable answers whose claims their evidence states
-
-    @classmethod
-    def from_settings(cls, settings) -> Rules:
-        return cls(**{name: getattr(settings, f"gate_{name}") for name in cls.__dataclass_fields__})
 
 
 def sign_test(worse: int, better: int) -> float:
@@ -96,12 +78,12 @@ def _finite(x: float | None) -> bool:
 
 
 # One judge per signal, (signal, rules) -> (passed, why); each is called with a measured, finite candidate.
-def _new_data_loss(s: Signal, rules: Rules) -> tuple[bool, str]:
+def _new_data_loss(s: Signal, rules: Gate) -> tuple[bool, str]:
     need = s.live * (1 - rules.margin)
     return s.candidate <= need, f"{s.candidate:.4f} vs {s.live:.4f} (must be <= {need:.4f}, margin {rules.margin})"
 
 
-def _in_domain(s: Signal, rules: Rules) -> tuple[bool, str]:
+def _in_domain(s: Signal, rules: Gate) -> tuple[bool, str]:
     found, shown = round(s.candidate * s.n), "; ".join(f"'{q}'" for q in s.examples[:3])
     return s.candidate >= rules.min_in_domain, (f"{found} of {s.n} new questions are medical: they find guideline "
                                                  f"evidence or name a medical concept (at least "
@@ -128,7 +110,7 @@ def names_medicine(question: str, lexicon) -> bool:
     return bool(english.search(text)) or any(w in text for w in chinese)
 
 
-def _evidence_agreement(s: Signal, rules: Rules) -> tuple[bool, str]:
+def _evidence_agreement(s: Signal, rules: Gate) -> tuple[bool, str]:
     agreeing, shown = round(s.candidate * s.n), "; ".join(s.examples[:3])
     return s.candidate >= rules.min_agreement, (f"{agreeing} of the {s.n} answers it could check state only values "
                                                  f"and names that their evidence states, clause for clause (at "
@@ -136,14 +118,14 @@ def _evidence_agreement(s: Signal, rules: Rules) -> tuple[bool, str]:
                                                                                         else ""))
 
 
-def _regression_loss(s: Signal, rules: Rules) -> tuple[bool, str]:
+def _regression_loss(s: Signal, rules: Gate) -> tuple[bool, str]:
     gain = s.base - s.live if _finite(s.base) and s.base > s.live else 0.0
     limit = s.live + max(rules.tolerance * s.live, rules.forgetting * gain)
     base = f", base {s.base:.4f}" if _finite(s.base) else ""
     return s.candidate <= limit, f"{s.candidate:.4f} vs {s.live:.4f}{base} (at most {limit:.4f})"
 
 
-def _accuracy(tolerance: float, s: Signal, rules: Rules) -> tuple[bool, str]:
+def _accuracy(tolerance: float, s: Signal, rules: Gate) -> tuple[bool, str]:
     floor = s.live - tolerance
     if s.candidate >= floor - 1e-12:
         return True, f"{s.candidate:.3f} vs {s.live:.3f} (floor {floor:.3f})"
@@ -165,14 +147,29 @@ ORDER = tuple(JUDGES)  # the order signals are reported in; the first that fails
 RELATIVE = {"new_data_loss", "regression_loss", "mcq_accuracy", "fact_recall"}  # judged against the live adapter
 
 
-def judge(name: str, s: Signal, rules: Rules) -> tuple[bool | None, str]:
-    """(passed, why) for one signal; passed is None when the signal could not be measured and does not count."""
+SHARES = {"in_domain": "min_in_domain", "evidence_agreement": "min_agreement"}  # signal -> its threshold
+
+
+def needs(name: str, rules: Gate) -> int:
+    """The fewest items a supporting signal decides on: `min_items`, and for a share, enough that one item alone
+    cannot fail it (at threshold t, one miss among n leaves (n-1)/n, at least t once n >= 1/(1-t))."""
+    if name == "new_data_loss":
+        return 1
+    threshold = getattr(rules, SHARES[name]) if name in SHARES else 0.0
+    return max(rules.min_items, math.ceil(1 / (1 - threshold) - 1e-9) if threshold < 1 else rules.min_items)
+
+
+def judge(name: str, s: Signal, rules: Gate) -> tuple[bool | None, str]:
+    """(passed, why) for one signal; passed is None when the signal could not be measured, or on too few items
+    to decide (`needs`), and does not count."""
     if s.n == 0:
         if name == "new_data_loss":
             return False, "no held-out new data: nothing to judge the candidate on"
         if name == "evidence_agreement":
             return None, "not measured: no answer states a value or a name that its question's evidence could check"
         return None, "not measured: no data"
+    if s.n < needs(name, rules):
+        return None, f"not enough evidence: {s.n} item{'s' if s.n > 1 else ''}, {needs(name, rules)} needed to decide"
     if not _finite(s.candidate):
         return False, f"candidate value is {s.candidate}"
     if name in RELATIVE and not _finite(s.live):
@@ -180,7 +177,7 @@ def judge(name: str, s: Signal, rules: Rules) -> tuple[bool | None, str]:
     return JUDGES[name](s, rules)
 
 
-def decide(signals: dict[str, Signal], rules: Rules) -> dict:
+def decide(signals: dict[str, Signal], rules: Gate) -> dict:
     """Promote only if every measured signal passes and the new-data signal was measured. Pure: same signals,
     same rules, same decision; `decided_by` names the first signal that said no."""
     verdicts = {}
@@ -193,7 +190,7 @@ def decide(signals: dict[str, Signal], rules: Rules) -> dict:
                                      "why": "not measured"}
     failed = [name for name in ORDER if name in verdicts and verdicts[name]["passed"] is False]
     return {"promote": not failed, "decided_by": failed[0] if failed else "all signals passed",
-            "signals": verdicts, "rules": asdict(rules)}
+            "signals": verdicts, "rules": rules.model_dump(mode="json")}
 
 
 def fact_hits(model, tokenizer, items, prompts: list[list[int]], max_tokens: int, batch_size: int = 16) -> list[bool]:

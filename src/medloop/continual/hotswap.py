@@ -13,10 +13,12 @@ def hot_load(settings: Settings, record: AdapterRecord) -> str:
     """Tell the running server to serve this version under the stable name; it keeps serving meanwhile.
     The answer is kept in the registry (serving.json): a version the server did not load stays
     "promoted, not live" and `retry_hot_load` tries again on every ingest poll."""
-    headers = {"Authorization": f"Bearer {settings.admin_key.get_secret_value()}"} if settings.admin_key else {}
-    body = {"action": "load", "name": settings.served_adapter_name, "path": record.path, "version": record.version}
+    key = settings.serving.admin_key
+    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    body = {"action": "load", "name": settings.loop.adapter_name, "path": record.path, "version": record.version}
     try:
-        r = httpx.post(settings.server_url.rstrip("/") + "/admin/adapters", json=body, headers=headers, timeout=300)
+        r = httpx.post(settings.loop.server_url.rstrip("/") + "/admin/adapters", json=body, headers=headers,
+                       timeout=300)
         ok, detail = r.status_code == 200, "hot-loaded" if r.status_code == 200 else \
             f"server refused the adapter ({r.status_code}): {r.text[:200]}"
     except httpx.HTTPError as e:

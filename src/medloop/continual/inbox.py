@@ -101,7 +101,7 @@ def route_inbox(settings: Settings) -> dict[str, int]:
     """Files dropped into inbox/ itself go where they belong (inbox/guidelines/ or inbox/sft/) by what they
     are; one that cannot be told apart goes to failed/ with a note that says where such files go."""
     routed = {"guidelines": 0, "sft": 0, "failed": 0}
-    ready, _, links = inbox_files(settings.inbox_dir, settings.inbox_settle_s)
+    ready, _, links = inbox_files(settings.inbox_dir, settings.loop.inbox_settle_s)
     for link in links:
         _fail(link, settings, SYMLINK_REFUSED)
         routed["failed"] += 1
@@ -131,7 +131,7 @@ def ingest_inbox(settings: Settings) -> dict:
     serving = retry_hot_load(settings)
     inbox = settings.inbox_dir / "guidelines"
     inbox.mkdir(parents=True, exist_ok=True)
-    files, settling, links = inbox_files(inbox, settings.inbox_settle_s)
+    files, settling, links = inbox_files(inbox, settings.loop.inbox_settle_s)
     for link in links:
         _fail(link, settings, SYMLINK_REFUSED)
     if not files:
@@ -139,7 +139,7 @@ def ingest_inbox(settings: Settings) -> dict:
                 "settling": len(settling), "routed": routed, "serving": serving}
     try:
         report, synced = ingest_and_index(settings, files, wait_s=0,
-                                          embedder=_kept_encoder(settings.index_dir, settings.embedder))
+                                          embedder=_kept_encoder(settings.index_dir, settings.retrieval.embedder))
     except IngestBusy as e:  # a `medloop ingest` on this home: its files wait for the next poll
         return {"outcome": Outcome.SKIPPED, "reason": str(e)}
     for result in report.files:

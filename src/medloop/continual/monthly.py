@@ -3,12 +3,9 @@ running server (one retraining at a time)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 from pathlib import Path
-
-from filelock import FileLock, Timeout
 
 from medloop.config import Settings
 from medloop.continual import dataset as incremental
@@ -17,22 +14,12 @@ from medloop.continual.hotswap import hot_load
 from medloop.continual.inbox import Outcome, move_to
 from medloop.continual.mcq import load_mcq
 from medloop.continual.registry import AdapterRegistry, Status
+from medloop.locks import exclusive
 
 
-@contextlib.contextmanager
 def training_lock(settings: Settings):
-    """One retraining at a time. A killed holder's lock is released by the OS, so it never goes stale."""
-    settings.adapters_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(settings.adapters_dir / ".train.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
+    """One retraining at a time: yields False while another holds it."""
+    return exclusive(settings.adapters_dir / ".train.lock")
 
 
 def retrain(settings: Settings, *, retriever=None, log=print) -> dict:
@@ -53,15 +40,16 @@ def retrain(settings: Settings, *, retriever=None, log=print) -> dict:
             from medloop.retrieval import Retriever
 
             retriever = Retriever(settings)
-        mcq_items = load_mcq(settings.gate_mcq) if settings.gate_mcq else []
+        mcq_items = load_mcq(settings.gate.mcq) if settings.gate.mcq else []
         data = incremental.build(settings, since=live.created if live else "", retriever=retriever,
                                  replay_from=Path(live.path) / "data" / "train.jsonl" if live else None,
                                  gate_questions=[item.question for item in mcq_items])
         if data is None:
             return {"outcome": Outcome.NOTHING_NEW}
         new = data.manifest["counts"]["train_new"] + data.manifest["counts"]["heldout"]
-        if new < settings.min_new_samples or not data.heldout:
-            reason = (f"too little new data: {new} usable new samples (min_new_samples {settings.min_new_samples}, "
+        if new < settings.loop.min_new_samples or not data.heldout:
+            reason = (f"too little new data: {new} usable new samples (loop.min_new_samples "
+                      f"{settings.loop.min_new_samples}, "
                       f"{len(data.heldout)} held out); the inbox files stay for next month")
             log(reason)
             return {"outcome": Outcome.TOO_LITTLE_DATA, "reason": reason, "counts": data.manifest["counts"]}
@@ -91,19 +79,19 @@ def _train_gate_promote(settings, registry, record, live, data, retriever, mcq_i
     from medloop.training import make_config, train
 
     # a GGUF base (the embedded default is one) trains, and is judged, as its dequantised folder kept in the home
-    base_model = models.trainable(settings.train_base_model or settings.base_model, settings.models_dir)
+    base_model = models.trainable(settings.training.base_model or settings.serving.base_model, settings.models_dir)
     files = data.write(Path(record.path) / "data")
-    overrides = {"val_size": 0, "swanlab_mode": settings.swanlab_mode, **settings.train_overrides}
-    config = make_config(settings.train_preset, base_model=base_model, data=[files["train"]],
+    overrides = {"val_size": 0, "swanlab_mode": settings.training.swanlab_mode, **settings.training.overrides}
+    config = make_config(settings.training.preset, base_model=base_model, data=[files["train"]],
                          output_dir=Path(record.path), init_adapter=Path(live.path) if live else None, **overrides)
     result = train(config, log=log)
     shutil.rmtree(Path(record.path) / "checkpoints", ignore_errors=True)
     signals, measured = gate.measure(base_model, Path(record.path), Path(live.path) if live else None,
                                      heldout=data.heldout, regression=data.regression, quantize=config.quantize,
-                                     mcq_items=mcq_items, retriever=retriever, k=settings.evidence_k,
-                                     fact_tokens=settings.gate_fact_tokens)
-    signals.update(gate.data_signals(data.new, retriever, settings.evidence_k))
-    decision = {**gate.decide(signals, gate.Rules.from_settings(settings)), **measured}
+                                     mcq_items=mcq_items, retriever=retriever, k=settings.serving.evidence_k,
+                                     fact_tokens=settings.gate.fact_tokens)
+    signals.update(gate.data_signals(data.new, retriever, settings.serving.evidence_k))
+    decision = {**gate.decide(signals, settings.gate), **measured}
     held = decision["signals"]["new_data_loss"]
     record.metrics = {"train_loss": result.train_loss, "steps": result.steps,
                       "heldout_loss_candidate": held["candidate"], "heldout_loss_live": held["live"]}

@@ -26,6 +26,7 @@ from medloop.config import Settings
 from medloop.continual.registry import AdapterRegistry
 from medloop.errors import UserError
 from medloop.knowledge.ingest import disk_full
+from medloop.locks import exclusive
 
 log = logging.getLogger("medloop.scheduler")
 JOBS = ("ingest", "retrain")
@@ -90,8 +91,8 @@ def ensure_jobs(scheduler, settings: Settings) -> None:
     """Add the jobs the first time; later starts keep the stored ones (and their next run times), unless the
     configured schedule changed."""
     triggers = {
-        "ingest": IntervalTrigger(seconds=settings.ingest_poll_seconds, timezone="UTC"),
-        "retrain": CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC"),
+        "ingest": IntervalTrigger(seconds=settings.loop.ingest_poll_seconds, timezone="UTC"),
+        "retrain": CronTrigger.from_crontab(settings.loop.retrain_cron, timezone="UTC"),
     }
     for name, trigger in triggers.items():
         job = scheduler.get_job(name)
@@ -103,14 +104,13 @@ def ensure_jobs(scheduler, settings: Settings) -> None:
 def start(settings: Settings, on_ready=None) -> None:
     """Foreground service; SIGTERM or SIGINT stops it cleanly after the running job. One per data home: a second
     one would run every job twice."""
-    from filelock import FileLock, Timeout
+    with exclusive(settings.home / ".scheduler.lock") as held:
+        if not held:
+            raise SchedulerRunning(f"another scheduler is running on {settings.home}: stop it first")
+        _run(settings, on_ready)
 
-    settings.home.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(settings.home / ".scheduler.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise SchedulerRunning(f"another scheduler is running on {settings.home}: stop it first") from None
+
+def _run(settings: Settings, on_ready) -> None:
     scheduler = make_scheduler(settings)
     scheduler.start(paused=True)
     ensure_jobs(scheduler, settings)
@@ -127,7 +127,6 @@ def start(settings: Settings, on_ready=None) -> None:
         on_ready(scheduler)
     stopping.wait()
     scheduler.shutdown(wait=True)
-    lock.release()
 
 
 def status(settings: Settings) -> list[dict]:

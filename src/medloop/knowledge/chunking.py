@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from medloop.knowledge.language import CJK_RANGES
 from medloop.knowledge.parsing import one_line
 
@@ -20,7 +22,6 @@ SENTENCE_END = re.compile(r"(?<=[。！？；!?;])|(?<=[.])\s+")
 
 
 VERSION = 2  # bump when the rule changes: stored documents are re-chunked (2: section names made one line)
-DEFAULT_SIZE, DEFAULT_OVERLAP = 360, 40
 
 
 @dataclass
@@ -29,14 +30,13 @@ class Chunk:
     text: str
 
 
-@dataclass(frozen=True)
-class Chunker:
-    size: int = DEFAULT_SIZE  # units per chunk
-    overlap: int = DEFAULT_OVERLAP  # units carried over from the chunk before
+class Chunker(BaseModel):
+    """How guideline text is cut into chunks (another size re-chunks what is stored)."""
 
-    @classmethod
-    def from_settings(cls, settings) -> Chunker:
-        return cls(settings.chunk_size, settings.chunk_overlap)
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: int = Field(360, ge=20, description="chunk size in units: one CJK character or one word each")
+    overlap: int = Field(40, ge=0, description="overlap between neighbouring chunks, same units")
 
     @property
     def signature(self) -> str:
@@ -90,7 +90,7 @@ def _pieces(body: str, max_units: int) -> list[str]:
     return pieces
 
 
-def chunk_text(text: str, *, max_units: int = DEFAULT_SIZE, overlap: int = DEFAULT_OVERLAP,
+def chunk_text(text: str, *, max_units: int, overlap: int,
                is_markdown: bool = True) -> list[Chunk]:
     chunks: list[Chunk] = []
     for section, body in _sections(text, is_markdown):

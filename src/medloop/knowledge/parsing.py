@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from medloop.jsonl import JSONLError, json_objects
 from medloop.knowledge.language import language_of
@@ -33,20 +34,25 @@ class ParseError(ValueError):
     """A file that cannot become a document; the message says why, for the user."""
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What a guideline file may be: checked before the work it would cost (settings: max_file_mb,
-    max_field_chars, future_date_days)."""
+class Limits(BaseModel):
+    """What a guideline file may be, checked before the work it would cost."""
 
-    max_file_bytes: int = 20 << 20
-    max_field_chars: int = 300
-    future_days: int = 1  # a `published` date this many days ahead is believed (time zones); later ones are not
-    pdf_max_stream_bytes: int = 50 << 20  # what one PDF stream may decompress to
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    @classmethod
-    def from_settings(cls, settings) -> Limits:
-        return cls(max_file_bytes=int(settings.max_file_mb * 2**20), max_field_chars=settings.max_field_chars,
-                   future_days=settings.future_date_days)
+    max_file_mb: float = Field(20, gt=0, description="a larger guideline file is refused before it is read")
+    max_field_chars: int = Field(300, ge=20, description="titles and issuers longer than this are cut; ids and "
+                                 "versions refused")
+    future_date_days: int = Field(1, ge=0, description="a `published` date further ahead is refused (time zones: "
+                                  "a day ahead is believed)")
+    pdf_max_stream_mb: float = Field(50, gt=0, description="what one PDF stream may decompress to")
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 2**20)
+
+    @property
+    def pdf_max_stream_bytes(self) -> int:
+        return int(self.pdf_max_stream_mb * 2**20)
 
 
 @dataclass
@@ -247,13 +253,14 @@ def _scalar(meta: dict, key: str, limits: Limits, *, cut: bool = True) -> str:
         raise ParseError(f"{key}: invalid Unicode (a lone surrogate)") from e
     if len(text) > limits.max_field_chars:
         if not cut:
-            raise ParseError(f"{key}: {len(text)} characters (at most {limits.max_field_chars}, max_field_chars)")
+            raise ParseError(f"{key}: {len(text)} characters (at most {limits.max_field_chars}, "
+                             "setting files.max_field_chars)")
         return one_line(text, limits.max_field_chars)
     return text
 
 
 def _published(meta: dict, limits: Limits) -> str:
-    """An ISO date that exists and is not in the future (beyond `future_days`)."""
+    """An ISO date that exists and is not in the future (beyond `future_date_days`)."""
     value = meta.get("published")
     if value is None or value == "":
         return ""
@@ -269,7 +276,7 @@ def _published(meta: dict, limits: Limits) -> str:
             date = None
         if date is None:
             raise ParseError(f"published: {written} is not a date (write YYYY-MM-DD)")
-    if date > dt.date.today() + dt.timedelta(days=limits.future_days):
+    if date > dt.date.today() + dt.timedelta(days=limits.future_date_days):
         raise ParseError(f"published: {date.isoformat()} is in the future: a guideline is ingested once it is "
                          "published (a future date would make it the live version now)")
     return date.isoformat()

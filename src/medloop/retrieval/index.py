@@ -53,13 +53,14 @@ def ensure_query_encoder(settings: Settings, embedder=None, *, force: bool = Fal
     True when an export is in place afterwards."""
     from medloop.retrieval import query_encoder
 
-    if settings.embedder == MULTILINGUAL_EMBEDDER:
+    if settings.retrieval.embedder == MULTILINGUAL_EMBEDDER:
         return False  # numpy already, loaded in about a second: nothing to export
-    folder = query_encoder.encoder_dir(settings.index_dir, settings.embedder)
+    folder = query_encoder.encoder_dir(settings.index_dir, settings.retrieval.embedder)
     if (folder / "encoder.json").exists() and not force:
         return True
     with writer_lock(settings.index_dir):
-        return query_encoder.export(embedder or load_embedder(settings.embedder), folder, settings.embedder)
+        name = settings.retrieval.embedder
+        return query_encoder.export(embedder or load_embedder(name), folder, name)
 
 
 @dataclass
@@ -93,13 +94,13 @@ def sync_index(
     store deleted, merge small segments. `rebuild`: re-embed everything into one segment. `embedder`: one already
     loaded (the scheduler keeps one), else the exported encoder (no torch) or the configured model."""
     with writer_lock(settings.index_dir):
-        return _sync(settings.index_dir, IndexParams.from_settings(settings), store, embedder, rebuild, on_progress,
+        return _sync(settings.index_dir, IndexParams.of(settings), store, embedder, rebuild, on_progress,
                      batch_size)
 
 
 def compact_index(settings: Settings) -> SyncResult:
     """Merge every segment into one, without the removed chunks (nothing is re-embedded or re-tokenised)."""
-    index_dir, params = settings.index_dir, IndexParams.from_settings(settings)
+    index_dir, params = settings.index_dir, IndexParams.of(settings)
     with writer_lock(index_dir):
         old = load_index(index_dir, lazy=True)
         if old is None:
@@ -132,7 +133,7 @@ def _sync(index_dir: Path, params: IndexParams, store, embedder, rebuild, on_pro
         embedder = embedder or encoder(index_dir, params.embedder)
         staging = _Staging(index_dir / ".staging", _signature(params))
         ids, vectors, tokens = _embed_new(store, new_ids, embedder, batch_size, on_progress,
-                                          params.embedder_multilingual, staging)
+                                          params.multilingual, staging)
         segments.append(Segment(_write_segment(index_dir, params, ids, vectors, *bm25.term_matrix(tokens))))
     segments, dead, merged = _merge_policy(index_dir, params, segments, dead)
     version = _publish(index_dir, params, segments, dead, revision)

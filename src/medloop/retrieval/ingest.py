@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from medloop.config import Settings
 from medloop.errors import UserError
 from medloop.knowledge import KnowledgeStore, ingest_paths
-from medloop.knowledge.chunking import Chunker
-from medloop.knowledge.parsing import Limits
+from medloop.locks import exclusive
 from medloop.retrieval.index import sync_index
 
 
@@ -22,17 +19,11 @@ def ingest_and_index(settings: Settings, paths: list[Path], *, recursive: bool =
                      on_start=None, on_file=None, on_progress=None, embedder=None):
     """Ingest the files, then bring the index up to the store. Two ingests on one home would race for the same
     rows: the second waits up to `wait_s` for the first, then raises IngestBusy."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(settings.home / ".ingest.lock")
-    try:
-        lock.acquire(timeout=wait_s)
-    except Timeout:
-        raise IngestBusy(f"another ingest is running on {settings.home} (waited {wait_s:g} s): try again when "
-                         "it is done") from None
-    try:
+    with exclusive(settings.home / ".ingest.lock", wait_s) as held:
+        if not held:
+            raise IngestBusy(f"another ingest is running on {settings.home} (waited {wait_s:g} s): try again when "
+                             "it is done")
         with KnowledgeStore(settings.knowledge_db) as store:
-            report = ingest_paths(store, paths, recursive=recursive, chunker=Chunker.from_settings(settings),
-                                  limits=Limits.from_settings(settings), on_start=on_start, on_file=on_file)
+            report = ingest_paths(store, paths, recursive=recursive, chunker=settings.chunks,
+                                  limits=settings.files, on_start=on_start, on_file=on_file)
             return report, sync_index(settings, store, embedder=embedder, on_progress=on_progress)
-    finally:
-        lock.release()

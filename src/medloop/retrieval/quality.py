@@ -49,7 +49,7 @@ def retrieval_quality(retriever, rows: list[dict], k: int = 3, *, min_evidence: 
     """hit@1, hit@3, MRR over the top k; cited recall (an accepted guideline among the cited hits of the top
     k, which is what the evidence block shows), false-cite rate (an off-topic question with any citation),
     newest-version share. The threshold defaults to the retriever's settings; pass another to try it."""
-    threshold = retriever.settings.min_evidence if min_evidence is None else min_evidence
+    threshold = retriever.settings.retrieval.min_evidence if min_evidence is None else min_evidence
     per_question, by_kind = [], defaultdict(lambda: [0, 0])
     hit1 = hit3 = mrr = recall = false_cites = newest = newest_n = 0
     on_topic = [r for r in rows if r["guideline_ids"]]

@@ -65,28 +65,28 @@ class Retriever:
         self._lock = threading.Lock()
         self._unreadable: int | None = None  # the version that could not be read (said once)
         self._bridge: tuple[int, Bridge] | None = None  # (store revision, its bridge)
-        self.lexicon = lexicon(str(settings.lexicon) if settings.lexicon else None)
+        self.lexicon = lexicon(str(settings.retrieval.lexicon) if settings.retrieval.lexicon else None)
 
     @property
     def embedder(self):
         """The exported ONNX question encoder when `medloop ingest` left one (loads in a fraction of a second),
         else the sentence-transformers model."""
         if self._embedder is None:
-            exported = query_encoder.load(self.settings.index_dir, self.settings.embedder)
-            self._embedder = exported or load_embedder(self.settings.embedder)
+            exported = query_encoder.load(self.settings.index_dir, self.settings.retrieval.embedder)
+            self._embedder = exported or load_embedder(self.settings.retrieval.embedder)
         return self._embedder
 
     @property
     def reranker(self):
-        if self._reranker is None and self.settings.reranker:
+        if self._reranker is None and self.settings.retrieval.reranker:
             from sentence_transformers import CrossEncoder
 
-            self._reranker = CrossEncoder(self.settings.reranker, device="cpu")
+            self._reranker = CrossEncoder(self.settings.retrieval.reranker, device="cpu")
         return self._reranker
 
     def knows_language(self, question: str) -> bool:
         """Does the embedder understand the question? An English-only one places a Chinese question at random."""
-        return self.settings.embedder_multilingual or not is_chinese(question)
+        return self.settings.retrieval.embedder_multilingual or not is_chinese(question)
 
     def bridge(self) -> Bridge:
         """The dictionary with the bilingual terms of the guidelines stored now (read again when they change)."""
@@ -102,7 +102,7 @@ class Retriever:
             if live is not None and (self._index is None or self._index.version != live):
                 try:
                     self._index = load_index(self.settings.index_dir, live, reuse=self._index)
-                    params = IndexParams.from_settings(self.settings)
+                    params = IndexParams.of(self.settings)
                     for segment in self._index.segments:
                         segment.tune(params)
                 except FileNotFoundError:  # cleaned away under us by a newer version: next call catches up
@@ -117,7 +117,7 @@ class Retriever:
         index = self.index()
         if index is None or index.count == 0 or not question.strip():
             return []
-        s = self.settings
+        s = self.settings.retrieval
         n = min(index.count, max(50, 10 * k))
         question = question[:QUESTION_CHARS]
         query = analyse(question, self.lexicon, self.bridge())
@@ -160,7 +160,7 @@ class Retriever:
 
     def _rerank(self, question: str, hits: list[Hit]) -> list[Hit]:
         """The cross-encoder reads question and passage together: its order replaces the fused one."""
-        s = self.settings
+        s = self.settings.retrieval
         scores = self.reranker.predict([(question, h.chunk.text) for h in hits], show_progress_bar=False)
         for hit, score in zip(hits, scores, strict=True):
             hit.score = float(score)

@@ -15,7 +15,7 @@ import math
 import struct
 from pathlib import Path
 
-from medloop.serving.errors import APIError
+from medloop.serving.errors import EngineError, EngineFailure
 
 CONFIG, WEIGHTS, PICKLED = "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"
 MAX_CONFIG_BYTES = 1 << 20
@@ -25,12 +25,12 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 MAX_PATH_CHARS = 4096
 
 
-class AdapterRefused(APIError):
+class AdapterRefused(EngineError):
     pass
 
 
-def _refuse(message: str, status: int = 400) -> AdapterRefused:
-    return AdapterRefused(status, message, param="path")
+def _refuse(message: str, kind: EngineFailure = "invalid") -> AdapterRefused:
+    return AdapterRefused(kind, message, param="path")
 
 
 def checked_path(path: str, allowed: list[Path]) -> Path:
@@ -66,9 +66,9 @@ def check_adapter(folder: Path, model, max_rank: int):
 
     config_path = _inside(folder, CONFIG)
     if config_path is None:
-        raise _refuse(f"No adapter found for {folder}", status=404)
+        raise _refuse(f"No adapter found for {folder}", kind="not_found")
     if config_path.stat().st_size > MAX_CONFIG_BYTES:
-        raise _refuse(f"{CONFIG} is larger than {MAX_CONFIG_BYTES} bytes", status=413)
+        raise _refuse(f"{CONFIG} is larger than {MAX_CONFIG_BYTES} bytes", kind="too_large")
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
@@ -158,7 +158,7 @@ def _check_weights(folder: Path, modules: dict, max_rank: int) -> None:
         needed += nbytes
     if size != 8 + length + needed:
         raise _refuse(f"{WEIGHTS} is {size} bytes; its tensors need {8 + length + needed}",
-                      status=413 if size > 8 + length + needed else 400)
+                      kind="too_large" if size > 8 + length + needed else "invalid")
 
 
 LORA_PARTS = {".lora_A.weight": "A", ".lora_B.weight": "B", ".lora_embedding_A": "EA", ".lora_embedding_B": "EB"}

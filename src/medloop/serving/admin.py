@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medloop.serving.adapters import checked_path
 from medloop.serving.auth import AdminKey
-from medloop.serving.errors import APIError
+from medloop.serving.errors import APIError, EngineError, as_api_error
 from medloop.serving.protocol import Text
 
 router = APIRouter(dependencies=[AdminKey])
@@ -61,8 +61,9 @@ async def admin_adapters(body: AdapterRequest, request: Request):
 
 # vLLM's runtime LoRA API, answered as vLLM 0.32 answers (statuses, types, messages: recorded from the real server
 # in tests/fixtures/vllm_admin.json), so that a medloop server can stand in for a vLLM upstream.
-def _vllm_error(error: APIError, lora_name: str) -> APIError:
+def _vllm_error(failure: EngineError, lora_name: str) -> APIError:
     """A refusal in vLLM's words: a folder without an adapter is vLLM's LoRAAdapterNotFoundError (404)."""
+    error = as_api_error(failure)
     if error.status == 404:  # vLLM never echoes a path
         return APIError(404, f"Loading lora {lora_name} failed: No adapter found for <path>", type="NotFoundError")
     return APIError(error.status, error.message, type="BadRequestError" if error.status < 500 else
@@ -82,7 +83,7 @@ async def load_lora(body: LoadLoraRequest, request: Request):
                             "the adapter in place, set 'load_inplace' to True.", type="InvalidUserInput")
     try:
         await engine.load_adapter(body.lora_name, allowed_adapter_path(request, body.lora_path))
-    except APIError as e:
+    except EngineError as e:
         raise _vllm_error(e, body.lora_name) from e
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 

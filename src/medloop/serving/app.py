@@ -17,7 +17,7 @@ from medloop.config import Settings
 from medloop.serving import admin, chat, ops
 from medloop.serving.chat_service import ChatService
 from medloop.serving.engine import Engine
-from medloop.serving.errors import APIError, error_response
+from medloop.serving.errors import APIError, EngineError, as_api_error, error_response
 from medloop.serving.guard import Guard
 
 log = logging.getLogger("medloop.serving")
@@ -61,8 +61,8 @@ def _unexpected(request: Request, exc: Exception):
 def allowed_hosts(settings: Settings, api_keys: list[str]) -> list[str]:
     """The Host headers served: the configured list; by default loopback names only while no client key is set
     (a keyless API bound to loopback must not answer a DNS-rebound page), any host once keys guard it."""
-    if settings.allowed_hosts:
-        return settings.allowed_hosts
+    if settings.serving.allowed_hosts:
+        return settings.serving.allowed_hosts
     return ["*"] if api_keys else LOOPBACK_HOSTS
 
 
@@ -71,8 +71,8 @@ def build_app(settings: Settings, engine: Engine, retriever=None, *, adapters: d
     """`engine`: a LocalEngine or VLLMEngine; `retriever`: a Retriever, or None to serve without evidence;
     `adapters`: served name -> folder, loaded at start (and allowed as hot-swap sources); `versions`: the registry
     version of those the registry serves, shown in `/v1/models`."""
-    api_keys = [k.get_secret_value() for k in settings.api_keys if k.get_secret_value()]
-    admin_key = settings.admin_key.get_secret_value() if settings.admin_key else ""
+    api_keys = [k.get_secret_value() for k in settings.serving.api_keys if k.get_secret_value()]
+    admin_key = settings.serving.admin_key.get_secret_value() if settings.serving.admin_key else ""
     if admin_key and admin_key in api_keys:
         raise ValueError("the admin key must not also be a client API key")
 
@@ -87,7 +87,7 @@ def build_app(settings: Settings, engine: Engine, retriever=None, *, adapters: d
         finally:  # a start that fails stops what it started too (a launched vLLM is never left behind)
             await engine.close()
 
-    docs = settings.api_docs  # off by default: the pages load Swagger's assets from a public CDN
+    docs = settings.serving.api_docs  # off by default: the pages load Swagger's assets from a public CDN
     app = FastAPI(title="medloop", version="0.3.0", lifespan=lifespan, docs_url="/docs" if docs else None,
                   redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
     app.state.settings, app.state.engine, app.state.retriever = settings, engine, retriever
@@ -100,11 +100,12 @@ def build_app(settings: Settings, engine: Engine, retriever=None, *, adapters: d
     app.add_exception_handler(StarletteHTTPException, lambda r, e: error_response(APIError(e.status_code,
                                                                                            str(e.detail))))
     app.add_exception_handler(APIError, lambda r, e: error_response(e))
+    app.add_exception_handler(EngineError, lambda r, e: error_response(as_api_error(e)))
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(chat.router)
     app.include_router(admin.router)
     app.include_router(ops.router)
     app.add_middleware(Guard, routers=[chat.router, admin.router, ops.router], state=app.state,
-                       max_body_bytes=settings.max_body_bytes)
+                       max_body_bytes=settings.limits.max_body_bytes)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings, api_keys))
     return app

@@ -31,7 +31,8 @@ def check_api_key(keys: list[str], token: str | None) -> None:
 
 def check_admin_key(admin_key: str, token: str | None) -> None:
     if not admin_key:
-        raise APIError(403, "admin endpoints are closed: set MEDLOOP_ADMIN_KEY and send it as the Bearer token")
+        raise APIError(403, "admin endpoints are closed: set MEDLOOP_SERVING__ADMIN_KEY and send it as the Bearer "
+                       "token")
     if token is None:
         raise APIError(401, "admin key required (Authorization: Bearer <admin key>)")
     if not _matches(token, [admin_key]):

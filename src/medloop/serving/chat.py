@@ -18,10 +18,10 @@ from fastapi.responses import StreamingResponse
 from medloop.serving.auth import ApiKey
 from medloop.serving.chat_service import Answer, ChatService, Grounded, logprobs_of, usage_of
 from medloop.serving.engine import Delta
-from medloop.serving.errors import APIError
-from medloop.serving.protocol import (
+from medloop.serving.errors import APIError, EngineError, as_api_error
+from medloop.serving.protocol import ChatCompletionRequest
+from medloop.serving.responses import (
     ChatCompletionChunk,
-    ChatCompletionRequest,
     ChatCompletionResponse,
     Choice,
     DeltaMessage,
@@ -66,8 +66,8 @@ async def chat(body: ChatCompletionRequest, request: Request):
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         answer = await until_disconnected(request, _complete(service, body, stream, grounded, append))
-    except APIError as e:
-        service.count(body.model, str(e.status), started)
+    except (APIError, EngineError) as e:
+        service.count(body.model, str(as_api_error(e).status), started)
         raise
     if answer is None:  # the client left: its generation stopped at the next step
         service.count(body.model, CLIENT_GONE, started)
@@ -175,7 +175,8 @@ async def _sse(service: ChatService, body: ChatCompletionRequest, first: Delta, 
             yield f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
         status = "ok"
         service.count(body.model, status, started, usage)
-    except APIError as e:
+    except (APIError, EngineError) as failure:
+        e = as_api_error(failure)
         status = str(e.status)
         service.count(body.model, status, started)
         err = ErrorResponse(error=ErrorBody(message=e.message, type=e.type, code=e.status))

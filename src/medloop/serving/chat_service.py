@@ -17,16 +17,9 @@ from medloop.retrieval.evidence import evidence_block, evidence_language, quote
 from medloop.retrieval.staleness import stale_claims
 from medloop.serving.engine import Delta, Engine
 from medloop.serving.errors import APIError
-from medloop.serving.protocol import (
-    ChatCompletionRequest,
-    ChoiceLogprobs,
-    Evidence,
-    FunctionCall,
-    TokenLogprob,
-    ToolCall,
-    Usage,
-)
+from medloop.serving.protocol import ChatCompletionRequest, FunctionCall, ToolCall
 from medloop.serving.reasoning import ReasoningParser
+from medloop.serving.responses import ChoiceLogprobs, Evidence, TokenLogprob, Usage
 
 
 @dataclass
@@ -41,27 +34,28 @@ class ChatService:
         self.settings, self.engine, self.retriever, self.metrics = settings, engine, retriever, metrics
 
     def validate(self, body: ChatCompletionRequest) -> None:
-        s = self.settings
+        s = self.settings.limits
         if len(body.messages) > s.max_messages:
             raise APIError(400, f"too many messages (at most {s.max_messages})", "messages")
         if sum(len(m.text()) for m in body.messages) > s.max_chars:
             raise APIError(400, f"messages too long (at most {s.max_chars} characters)", "messages")
-        if body.max_new_tokens > s.max_tokens_limit:
-            raise APIError(400, f"max_tokens must be at most {s.max_tokens_limit}", "max_tokens")
+        if body.max_new_tokens > s.max_tokens:
+            raise APIError(400, f"max_tokens must be at most {s.max_tokens}", "max_tokens")
         if not any(m.role == "user" and m.text().strip() for m in body.messages):
             raise APIError(400, "at least one non-empty user message is required", "messages")
         self.engine.adapters.resolve(body.model)
         for name in body.asked():
             if name not in self.engine.serves:
-                raise APIError(400, f"'{name}' is not served by the {s.engine} engine: leave it out (tool calls and "
-                               "tool messages need 'tools'); the vllm engine serves it", name)
+                raise APIError(400, f"'{name}' is not served by the {self.engine.name} engine: leave it "
+                               "out (tool calls and tool messages need 'tools'); docs/serving.md says which "
+                               "engine serves it", name)
 
     async def ground(self, body: ChatCompletionRequest) -> Grounded:
         messages = body.engine_messages()
         options = body.medloop
         if self.retriever is None or (options is not None and not options.rag):
             return Grounded(messages, language=evidence_language(grounding.latest_question(messages)))
-        k = (options.k if options and options.k else None) or self.settings.evidence_k
+        k = (options.k if options and options.k else None) or self.settings.serving.evidence_k
         t0 = time.perf_counter()
         grounded = await asyncio.to_thread(grounding.ground, self.retriever, messages, k)
         self.metrics.retrieval.observe(time.perf_counter() - t0)
@@ -87,7 +81,7 @@ class ChatService:
     def audit(self, body: ChatCompletionRequest, hits) -> None:
         """One line per answer: ids only, never text."""
         s = self.settings
-        if not s.audit_log:
+        if not s.serving.audit_log:
             return
         version = next((m.get("version") for m in self.engine.adapters.models() if m["id"] == body.model), None)
         record = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "model": body.model,

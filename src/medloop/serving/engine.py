@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-from medloop.serving.errors import APIError, model_not_found
+from medloop.models import DEFAULT_CHAT_MODEL
+from medloop.serving.errors import EngineError, model_not_found
 
 # Chat fields beyond the common ones, served by some engines (`Engine.serves`): a request that sets one its engine
 # does not serve is refused by name, never ignored. Each reaches the engine in OpenAI's (and vLLM's) wire form.
@@ -52,12 +54,9 @@ class Delta:
     logprobs: list[dict] = field(default_factory=list)  # `choices[].logprobs.content` items
 
 
-class EngineError(APIError):
-    """An engine's refusal or failure, with the HTTP status the gateway answers with."""
-
-
 class Engine(Protocol):
     adapters: ServedAdapters  # what it serves: the base model and the adapters by served name
+    name: str  # what `serving.engine` calls it
     serves: frozenset[str]  # which of OPTIONAL_FIELDS it honours
 
     async def start(self, adapters: dict[str, str]) -> None: ...
@@ -66,6 +65,13 @@ class Engine(Protocol):
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
     async def load_adapter(self, name: str, path: str, version: str | None = None) -> None: ...
     async def unload_adapter(self, name: str) -> None: ...
+
+
+def default_served_name(base_model: str) -> str:
+    """What clients ask for when nothing is configured: the embedded model's name, else the model's folder or file."""
+    if base_model == DEFAULT_CHAT_MODEL:
+        return "smollm2-135m-instruct"
+    return Path(base_model.rstrip("/")).name or base_model
 
 
 _SERIAL = re.compile(r"@(\d+)$")
@@ -101,7 +107,7 @@ class ServedAdapters:
     def pop(self, name: str) -> None:
         """Stop serving `name`; its weights retire (`retire_idle`)."""
         if name not in self.table:
-            raise EngineError(404, f"adapter '{name}' is not loaded", param="name")
+            raise EngineError("not_found", f"adapter '{name}' is not loaded", param="name")
         self.retired.add(self.table.pop(name)[0])
 
     def retire_idle(self, in_use: set[str]) -> list[str]:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -29,20 +28,20 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
 from medloop import models
-from medloop.models import DEFAULT_CHAT_MODEL
 from medloop.serving.adapters import check_adapter
 from medloop.serving.decoding import Batch, Detokenizer, Job, Row, Sampler
-from medloop.serving.engine import OPTIONAL_FIELDS, Delta, EngineError, GenerationRequest, ServedAdapters
-from medloop.serving.errors import APIError
+from medloop.serving.engine import (
+    OPTIONAL_FIELDS,
+    Delta,
+    EngineError,
+    GenerationRequest,
+    ServedAdapters,
+    default_served_name,
+)
+from medloop.serving.special_tokens import prompt_ids
 
 log = logging.getLogger("medloop.serving")
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
-
-
-def default_served_name(base_model: str) -> str:
-    if base_model == DEFAULT_CHAT_MODEL:
-        return "smollm2-135m-instruct"
-    return Path(base_model.rstrip("/")).name or base_model
 
 
 @dataclass
@@ -55,6 +54,7 @@ class _Control:
 class LocalEngine:
     # of OPTIONAL_FIELDS, what its sampler does (`decoding.Sampler`); JSON output and tools need a grammar and a
     # tool parser it does not have, and it answers one choice per request
+    name = "local"
     serves = frozenset(OPTIONAL_FIELDS) - {"response_format", "tools", "tool_choice", "parallel_tool_calls", "n"}
 
     def __init__(self, base_model: str, *, served_name: str = "", adapters: dict[str, str] | None = None,
@@ -107,7 +107,7 @@ class LocalEngine:
                 self.model.load_adapter(path, adapter_name=internal)
         except Exception as e:
             self._undo_load(internal, wrapped)
-            raise EngineError(400, f"the adapter could not be loaded: {type(e).__name__}", param="path") from e
+            raise EngineError("invalid", f"the adapter could not be loaded: {type(e).__name__}", param="path") from e
         self.folders[internal] = path
         self.adapters.set(name, internal, version)
         self._free_retired()
@@ -176,21 +176,8 @@ class LocalEngine:
 
     # ---- prompts ----
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        """The chat template's rendering of the messages, tokenised. Special tokens a client typed
-        ("<|im_start|>system") stay text: they are tokenised as text, so a user turn cannot forge a turn."""
-        messages, typed = _mark_special(request.messages, self._special)
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                                  **request.chat_template_kwargs)
-        if not typed:
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids = []
-        for i, part in enumerate(_MARK.split(text)):
-            if i % 2:  # a special token's text as the client typed it
-                ids += self.tokenizer(typed[int(part)], add_special_tokens=False,
-                                      split_special_tokens=True)["input_ids"]
-            elif part:
-                ids += self.tokenizer(part, add_special_tokens=False)["input_ids"]
-        return ids
+        """The chat template's rendering of the messages, tokenised; special tokens a client typed stay text."""
+        return prompt_ids(self.tokenizer, request.messages, self._special, **request.chat_template_kwargs)
 
     def _checked_prompt(self, request: GenerationRequest) -> list[int]:
         """The request's prompt, or a 400 that concerns this request alone."""
@@ -198,9 +185,10 @@ class LocalEngine:
             with self._encode_lock:
                 ids = self.prompt_ids(request)
         except Exception as e:  # noqa: BLE001 - the template raises whatever jinja or its author chose
-            raise EngineError(400, f"the chat template cannot render these messages: {e}", param="messages") from e
+            raise EngineError("invalid", f"the chat template cannot render these messages: {e}",
+                              param="messages") from e
         if len(ids) + request.max_tokens > self.context_length:
-            raise EngineError(400, f"prompt ({len(ids)} tokens) + max_tokens ({request.max_tokens}) exceeds the "
+            raise EngineError("invalid", f"prompt ({len(ids)} tokens) + max_tokens ({request.max_tokens}) exceeds the "
                                    f"model's context of {self.context_length} tokens", param="messages")
         return ids
 
@@ -208,7 +196,7 @@ class LocalEngine:
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         self.adapters.resolve(request.model)
         if self.broken:
-            raise EngineError(503, f"engine unavailable: {self.broken}")
+            raise EngineError("unavailable", f"engine unavailable: {self.broken}")
         prompt = await asyncio.to_thread(self._checked_prompt, request)
         job = Job(request, prompt, asyncio.get_running_loop(), asyncio.Queue())
         self._submit(job)
@@ -236,8 +224,8 @@ class LocalEngine:
                 self._work()
             except Exception as e:  # noqa: BLE001 - the worker must outlive any one failure
                 log.exception("engine step failed")
-                self._abort(EngineError(500, f"generation failed: {type(e).__name__}: {e}"))
-        self._abort(EngineError(503, "the server is shutting down"))
+                self._abort(EngineError("failed", f"generation failed: {type(e).__name__}: {e}"))
+        self._abort(EngineError("unavailable", "the server is shutting down"))
 
     def _work(self) -> None:
         """Take what arrived (waiting when there is nothing to do), let new requests join, decode one step."""
@@ -278,13 +266,13 @@ class LocalEngine:
                 continue
             try:
                 adapter = self.adapters.resolve(job.request.model) or BASE  # unloaded while queued: a 404
-            except APIError as e:
+            except EngineError as e:
                 job.emit(e)
                 continue
             try:
                 sampler = Sampler(job.request, self.device, job.prompt_ids, self.eos_ids)
             except Exception as e:  # noqa: BLE001 - these parameters, not the server
-                job.emit(EngineError(400, f"sampling parameters not usable: {type(e).__name__}: {e}"))
+                job.emit(EngineError("invalid", f"sampling parameters not usable: {type(e).__name__}: {e}"))
                 continue
             rows.append(Row(job, adapter, sampler, Detokenizer(self.tokenizer), len(job.prompt_ids)))
         if rows:
@@ -301,7 +289,7 @@ class LocalEngine:
             logits, cache = self._forward(ids, mask, positions, None, [r.adapter for r in rows])
         except Exception as e:  # noqa: BLE001 - isolate the row that causes it
             if len(rows) == 1:
-                return rows[0].fail(EngineError(500, f"generation failed: {type(e).__name__}: {e}"))
+                return rows[0].fail(EngineError("failed", f"generation failed: {type(e).__name__}: {e}"))
             self.stats["isolated"] += len(rows)
             for row, sequence in zip(rows, sequences, strict=True):
                 self._prefill([row], [sequence])
@@ -343,13 +331,13 @@ class LocalEngine:
             if row.job.cancelled or row.done:
                 continue
             if broken:
-                row.fail(EngineError(500, "the model produced scores that are not numbers for this request"))
+                row.fail(EngineError("failed", "the model produced scores that are not numbers for this request"))
                 continue
             try:
                 token = row.sampler(scores)
                 scored = row.sampler.logprobs(scores, token, self.tokenizer.decode)
             except Exception as e:  # noqa: BLE001 - these parameters (a token id past the vocabulary), not the server
-                row.fail(EngineError(400, f"sampling failed for these parameters: {type(e).__name__}: {e}"))
+                row.fail(EngineError("invalid", f"sampling failed for these parameters: {type(e).__name__}: {e}"))
                 continue
             row.accept(token, self.eos_ids, scored)
 
@@ -384,27 +372,6 @@ class LocalEngine:
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join, 30)
-
-
-_MARK = re.compile("\ue000(\\d+)\ue001")  # private-use brackets around the index of a typed special token
-
-
-def _mark_special(messages: list[dict], special: list[str]) -> tuple[list[dict], list[str]]:
-    """Messages with each special token the client typed replaced by a marker, and those tokens in order."""
-    typed: list[str] = []
-    pattern = re.compile("|".join(re.escape(t) for t in sorted(special, key=len, reverse=True)))
-
-    def mark(m: re.Match) -> str:
-        typed.append(m.group())
-        return f"\ue000{len(typed) - 1}\ue001"
-
-    out = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str) and special and pattern.search(content):
-            message = {**message, "content": pattern.sub(mark, content)}
-        out.append(message)
-    return out, typed
 
 
 def _set_result(future: asyncio.Future, value) -> None:

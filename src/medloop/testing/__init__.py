@@ -2,7 +2,7 @@
 checkout keeps under tests/fixtures), `models` (a tiny random Qwen3 on the real Qwen3 tokenizer, random LoRA adapters),
 `http` (an app served on loopback in a thread, requests sent together), `months` (the loop's and the gate's months),
 `guidelines` (bad files, PDFs, the sample index), `strategies` (hypothesis bodies), `vllm` (the real vLLM harness),
-`engines` (stand-in engines). Everything is importable from here.
+`llamacpp` (the llama-server build), `engines` (stand-in engines). Everything is importable from here.
 
 Every file they read lies in the repository (`tests/fixtures/`, `src/medloop/data/`): a clone stands alone.
 """
@@ -12,6 +12,7 @@ from medloop.serving.live import LiveServer
 from medloop.testing.engines import ScriptedEngine
 from medloop.testing.guidelines import sample_index, write_bad_guideline_zoo, write_pdf
 from medloop.testing.http import ask, send_together, stream_succeeded
+from medloop.testing.llamacpp import LLAMA_CPP, LlamaCppBuild
 from medloop.testing.models import (
     CHATML,
     QWEN3_SHAPES,
@@ -40,5 +41,5 @@ __all__ = [
     "qwen3_shaped", "smollm2_folder", "registry_with_candidates", "stream_succeeded", "send_together", "ask",
     "MONTH_TOPICS", "paraphrased_month", "WORD_TRAINING", "SMOLLM2_TRAINING", "month_suite_home", "run_month",
     "write_pdf", "write_bad_guideline_zoo", "sample_index", "engine_bodies", "VLLM_VENV", "VLLM_ARGS", "RealVLLM",
-    "ScriptedEngine",
+    "ScriptedEngine", "LLAMA_CPP", "LlamaCppBuild",
 ]

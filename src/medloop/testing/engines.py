@@ -8,7 +8,9 @@ from medloop.serving.engine import ServedAdapters
 class ScriptedEngine:
     """Stands in for a model that thinks, or calls a tool: emits fixed text, then a fixed tool call, in pieces through
     the engine interface. `serves`: the OPTIONAL_FIELDS it accepts (for the gateway's side of the chat contract; the
-    real vLLM's side is tests/test_vllm.py)."""
+    real vLLM's side is tests/serving/test_vllm.py)."""
+
+    name = "scripted"
 
     def __init__(self, text: str, name: str = "thinker", call: tuple[str, str] | None = None,
                  serves: frozenset[str] = frozenset()):

@@ -83,11 +83,12 @@ def month_suite_home(home: Path, model: str, seed: int = 0, embedder=None):
         base, training = tiny_word_qwen3(home / "base", texts, seed=seed), WORD_TRAINING
     else:
         base, training = smollm2_folder(home / "smollm2"), SMOLLM2_TRAINING
-    settings = Settings(home=home, base_model=str(base), train_base_model=str(base), server_url="http://127.0.0.1:9",
-                        swanlab_mode="disabled", train_preset="low-mem", gate_mcq=home / "mcq.jsonl",
-                        train_overrides={**training, "seed": seed})
-    settings.gate_mcq.write_text("".join(json.dumps(item) + "\n" for item in fixtures[0]["mcq"]))
-    embedder = embedder or load_embedder(settings.embedder)
+    settings = Settings(home=home, serving={"base_model": str(base)}, loop={"server_url": "http://127.0.0.1:9"},
+                        training={"base_model": str(base), "swanlab_mode": "disabled", "preset": "low-mem",
+                                  "overrides": {**training, "seed": seed}},
+                        gate={"mcq": home / "mcq.jsonl"})
+    settings.gate.mcq.write_text("".join(json.dumps(item) + "\n" for item in fixtures[0]["mcq"]))
+    embedder = embedder or load_embedder(settings.retrieval.embedder)
     store = KnowledgeStore(settings.knowledge_db)
     ingest_paths(store, [GUIDELINES])
     sync_index(settings, store, embedder=embedder)

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]  # src/medloop/testing/paths.py
+
+def checkout() -> Path:
+    """The medloop source checkout whose tests/fixtures and scripts/ these helpers read: `MEDLOOP_CHECKOUT`, else
+    the nearest folder holding both, above the working directory or above this file (an editable install); the
+    working directory when there is none, so that a helper that needs a fixture names the path it looked for."""
+    if os.environ.get("MEDLOOP_CHECKOUT"):
+        return Path(os.environ["MEDLOOP_CHECKOUT"]).resolve()
+    for start in (Path.cwd(), Path(__file__).resolve().parent):
+        for folder in (start, *start.parents):
+            if (folder / "tests" / "fixtures").is_dir() and (folder / "scripts").is_dir():
+                return folder
+    return Path.cwd()
+
+
+REPO = checkout()
 FIXTURES = REPO / "tests" / "fixtures"
 TOKENIZER = FIXTURES / "qwen3-tokenizer"  # the real Qwen3 tokenizer (Apache-2.0, see its SOURCE.md)
 SFT = FIXTURES / "sft"  # the same 8 medical Q&A pairs in the three SFT layouts

@@ -61,10 +61,10 @@ class RealVLLM:
         import json
         import os
 
-        return {**os.environ, "MEDLOOP_HOME": str(self.home), "MEDLOOP_ADMIN_KEY": self.ADMIN_KEY,
-                "MEDLOOP_VLLM_PYTHON": str(self.python), "MEDLOOP_VLLM_ARGS": json.dumps(VLLM_ARGS),
-                "MEDLOOP_SERVED_MODEL_NAME": "tiny", "MEDLOOP_VLLM_STARTUP_S": "900",
-                "MEDLOOP_ADAPTERS": json.dumps({k: str(v) for k, v in self.adapters.items()}),
+        return {**os.environ, "MEDLOOP_HOME": str(self.home), "MEDLOOP_SERVING__ADMIN_KEY": self.ADMIN_KEY,
+                "MEDLOOP_VLLM__PYTHON": str(self.python), "MEDLOOP_VLLM__ARGS": json.dumps(VLLM_ARGS),
+                "MEDLOOP_SERVING__SERVED_MODEL_NAME": "tiny", "MEDLOOP_VLLM__STARTUP_S": "900",
+                "MEDLOOP_SERVING__ADAPTERS": json.dumps({k: str(v) for k, v in self.adapters.items()}),
                 "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "HF_HUB_OFFLINE": "1"}
 
     def _boot(self) -> None:
@@ -115,6 +115,16 @@ class RealVLLM:
             raise RuntimeError("the real vLLM is still booting")
         if self.error:
             raise RuntimeError(self.error)
+        return self
+
+    def running(self) -> RealVLLM:
+        """The stack, booted again if a test stopped it (`stop`): the tests that use it may run in any order."""
+        self.wait()
+        if self.stopped and self.process is not None and self.process.poll() is not None:
+            self.stopped, self.gateway, self.upstream, self.error = False, "", "", None
+            self._boot()
+            if self.error:
+                raise RuntimeError(self.error)
         return self
 
     def stop(self) -> int | None:

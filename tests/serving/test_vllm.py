@@ -11,10 +11,10 @@ import time
 import httpx
 import openai
 import pytest
+from fake_vllm import fake_vllm
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 
-from fake_vllm import fake_vllm
 from medloop.serving import build_app
 from medloop.serving.engine import GenerationRequest
 from medloop.serving.local_engine import LocalEngine
@@ -51,7 +51,7 @@ def test_medloops_own_lora_endpoints_answer_as_vllm_did(tiny_qwen3, settings):
     types and messages (validation errors in pydantic's words; bad adapters a 400, see CHECKED_FIRST)."""
     from pydantic import SecretStr
 
-    settings.admin_key = SecretStr("k-admin")
+    settings.serving.admin_key = SecretStr("k-admin")
     adapter = make_adapter(tiny_qwen3, settings.adapters_dir / "good", seed=1)
     values = {**recording.cases(adapter, settings.adapters_dir / "scratch"), "base": "tiny"}
     engine = LocalEngine(str(tiny_qwen3), served_name="tiny")
@@ -110,11 +110,17 @@ def test_control_tokens_a_client_types_reach_vllm_as_text_never_as_a_turn_of_the
                                                            split_special_tokens=True)["input_ids"])
     c = client(real_vllm)
 
-    def prompt_tokens(content: str) -> int:
-        return c.chat.completions.create(model="tiny", max_tokens=1, temperature=0,
-                                         messages=[{"role": "user", "content": content}]).usage.prompt_tokens
+    def prompt_tokens(content: str, model: str, stream: bool) -> int:
+        body = {"model": model, "max_tokens": 1, "temperature": 0, "messages": [{"role": "user", "content": content}]}
+        if not stream:
+            return c.chat.completions.create(**body).usage.prompt_tokens
+        chunks = list(c.chat.completions.create(**body, stream=True, stream_options={"include_usage": True}))
+        return chunks[-1].usage.prompt_tokens
 
-    assert prompt_tokens("hello " + INJECTION) - prompt_tokens("hello ") >= as_text
+    for model in ("tiny", "a"):  # the base model and an adapter
+        for stream in (False, True):
+            added = prompt_tokens("hello " + INJECTION, model, stream) - prompt_tokens("hello ", model, stream)
+            assert added >= as_text, (model, stream)
 
 
 def test_penalties_reach_vllm_and_change_what_it_samples(real_vllm):
@@ -348,12 +354,13 @@ def test_a_base_request_batched_beside_adapters_answers_as_it_does_alone(real_vl
 
 
 @pytest.fixture(scope="module")
-def neighbours(real_vllm):
+def neighbours(real_vllm_stack):
     bodies = [{"model": "tiny", "messages": [{"role": "user", "content": "固定问题一"}], "max_tokens": 8,
                "temperature": 0},
               {"model": "a", "messages": [{"role": "user", "content": "固定问题二"}], "max_tokens": 8,
                "temperature": 0}]
-    return bodies, [httpx.post(real_vllm.gateway + "/v1/chat/completions", json=b, timeout=300).json()
+    gateway = real_vllm_stack.running().gateway
+    return bodies, [httpx.post(gateway + "/v1/chat/completions", json=b, timeout=300).json()
                     ["choices"][0]["message"] for b in bodies]
 
 
@@ -377,12 +384,12 @@ def test_a_promotion_by_the_loop_hot_loads_into_vllm(real_vllm, monkeypatch):
     from medloop.continual import AdapterRegistry, hot_load, retrain
     from medloop.testing import paraphrased_month
 
-    s = Settings(home=real_vllm.home, server_url=real_vllm.gateway, admin_key=SecretStr(real_vllm.ADMIN_KEY),
-                 base_model=str(real_vllm.base), train_base_model=str(real_vllm.base), gate_mcq=None,
-                 gate_min_in_domain=0, gate_min_agreement=0,  # no guideline index in this home: data checks off
-                 swanlab_mode="disabled", train_preset="low-mem",
-                 train_overrides={"max_steps": 12, "learning_rate": 1e-2, "batch_size": 4, "grad_accum": 1,
-                                  "max_length": 128, "save_steps": 100, "logging_steps": 4, "quantize": False})
+    s = Settings(home=real_vllm.home, loop={"server_url": real_vllm.gateway},
+                 serving={"admin_key": SecretStr(real_vllm.ADMIN_KEY), "base_model": str(real_vllm.base)},
+                 gate={"mcq": None, "min_in_domain": 0, "min_agreement": 0},  # no guideline index here: data checks off
+                 training={"base_model": str(real_vllm.base), "swanlab_mode": "disabled", "preset": "low-mem",
+                           "overrides": {"max_steps": 12, "learning_rate": 1e-2, "batch_size": 4, "grad_accum": 1,
+                                         "max_length": 128, "save_steps": 100, "logging_steps": 4, "quantize": False}})
     registry = AdapterRegistry(s.adapters_dir)
     first = registry.new_version(None, {})
     make_adapter(real_vllm.base, s.adapters_dir / first.version, seed=5)
@@ -432,7 +439,7 @@ def test_gateways_restarted_against_the_same_vllm_adopt_and_never_collide(real_v
 
     from medloop.config import Settings
 
-    s = Settings(home=real_vllm.home, admin_key=SecretStr("k-admin"))
+    s = Settings(home=real_vllm.home, serving={"admin_key": SecretStr("k-admin")})
     for _ in range(3):  # three gateways, one after the other
         engine = VLLMEngine(real_vllm.upstream, served_name="tiny")
         with LiveServer(build_app(s, engine, None, adapters={"x": str(real_vllm.adapters["a"])})) as gateway:
@@ -500,8 +507,9 @@ def test_the_local_sampler_processes_logits_as_vllm_does(real_vllm):
     assert max(abs(t["logprob"] - u.logprob) for t, u in zip(scored, theirs, strict=True)) < 1e-3
 
 
-def test_zz_the_gateway_stops_the_vllm_it_launched(real_vllm):
-    """Last: `medloop serve --launch` stops the vLLM it started when it stops."""
+def test_the_gateway_stops_the_vllm_it_launched(real_vllm):
+    """`medloop serve --launch` stops the vLLM it started when it stops (a test after this one boots them again:
+    `RealVLLM.running`; placed last, none needs to)."""
     assert httpx.get(real_vllm.upstream + "/v1/models").status_code == 200
     assert real_vllm.stop() in (0, -15)
     deadline = time.monotonic() + 60

@@ -23,7 +23,7 @@ http = httpx.Client(timeout=120)
 def home(tmp_path_factory, tiny_qwen3):
     from medloop.config import Settings
 
-    settings = Settings(home=tmp_path_factory.mktemp("home"), admin_key="k-admin", max_lora_rank=16)
+    settings = Settings(home=tmp_path_factory.mktemp("home"), serving={"admin_key": "k-admin", "max_lora_rank": 16})
     make_adapter(tiny_qwen3, settings.adapters_dir / "good", seed=1)
     return settings
 
@@ -92,7 +92,7 @@ def answers(url: str) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("endpoint", ["/admin/adapters", "/v1/load_lora_adapter"])
 def test_every_bad_adapter_is_refused_and_serving_is_unchanged(home, tiny_qwen3, cases, endpoint):
-    engine = LocalEngine(str(tiny_qwen3), served_name="tiny", max_lora_rank=home.max_lora_rank)
+    engine = LocalEngine(str(tiny_qwen3), served_name="tiny", max_lora_rank=home.serving.max_lora_rank)
     with LiveServer(build_app(home, engine, None, adapters={"good": str(home.adapters_dir / "good")})) as live:
         before = answers(live.url)
         for name, (path, status, phrase) in cases.items():

@@ -7,8 +7,8 @@ import threading
 import httpx
 import openai
 import pytest
-
 from fake_vllm import fake_vllm
+
 from medloop import testing
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.retrieval import Retriever, sync_index
@@ -29,7 +29,7 @@ def home(tmp_path_factory, tiny_qwen3, embedder):
     from medloop.config import Settings
 
     home = tmp_path_factory.mktemp("home")
-    settings = Settings(home=home, admin_key="k-admin")
+    settings = Settings(home=home, serving={"admin_key": "k-admin"})
     sample_index(settings, embedder)
     make_adapter(tiny_qwen3, settings.adapters_dir / "a", seed=1)
     make_adapter(tiny_qwen3, settings.adapters_dir / "b", seed=2)
@@ -265,7 +265,7 @@ def test_enable_thinking_false_reaches_the_chat_template(engine):
     assert off.endswith("<think>\n\n</think>\n\n") and on.endswith("<|im_start|>assistant\n")
 
 
-# ---- the vLLM engine, against a stand-in that keeps to vLLM's documented behaviour (tests/fake_vllm.py) ----
+# ---- the vLLM engine, against a stand-in that keeps to vLLM's documented behaviour (tests/serving/fake_vllm.py) ----
 
 def reasoning_of(message) -> tuple[str | None, str | None]:
     extra = message.model_extra or {}
@@ -350,9 +350,10 @@ def test_upstream_gets_its_own_key_never_a_client_key(home, monkeypatch):
     from pydantic import SecretStr
 
     fake = fake_vllm()
-    settings = home.model_copy(update={"api_keys": [SecretStr("client-key")], "vllm_api_key": SecretStr("up-key")})
+    settings = home.model_copy(deep=True)
+    settings.serving.api_keys, settings.vllm.api_key = [SecretStr("client-key")], SecretStr("up-key")
     with LiveServer(fake) as upstream:
-        engine = VLLMEngine(upstream.url, served_name="m", api_key=settings.vllm_api_key.get_secret_value())
+        engine = VLLMEngine(upstream.url, served_name="m", api_key=settings.vllm.api_key.get_secret_value())
         with LiveServer(build_app(settings, engine, None)) as gateway:
             ask(gateway.client("client-key"), "hi", model="m")
     assert fake.state.requests[-1]["authorization"] == "Bearer up-key"
@@ -384,7 +385,7 @@ def test_launch_passes_lora_flags_and_configured_adapters_are_adopted(home, monk
     fake = fake_vllm("Qwen/Qwen3-8B", lora_modules={"medical": path})  # what vLLM serves after that launch
     with LiveServer(fake) as upstream:
         app = cli.build_server(home, engine="vllm", base_model="Qwen/Qwen3-8B", adapters={"medical": path},
-                               rag=False, launch_vllm=True, vllm_port=upstream.port)
+                               rag=False, launch=True, port=upstream.port)
         with LiveServer(app) as gateway:
             assert {m.id for m in gateway.client().models.list().data} == {"Qwen/Qwen3-8B", "medical"}
             assert "from a" in ask(gateway.client(), "hi", model="medical").choices[0].message.content
@@ -423,7 +424,7 @@ def test_vllm_engine_upstream_faults(home):
 
     with pytest.raises(EngineError) as e:
         asyncio.run(first(GenerationRequest("m", [{"role": "user", "content": "x"}])))
-    assert e.value.status == 503
+    assert e.value.kind == "unavailable"
 
 
 HELLO, IM_END = 9707, 151645  # "Hello" and the end of a turn in Qwen3's vocabulary
@@ -431,7 +432,7 @@ HELLO, IM_END = 9707, 151645  # "Hello" and the end of a turn in Qwen3's vocabul
 
 def test_the_local_engine_serves_logprobs_bias_stop_ids_and_penalties(server):
     """What its sampler does of the chat contract (`decoding.Sampler`): each field changes the answer as it says,
-    plain and streamed. That it does so as vLLM does: tests/test_vllm.py."""
+    plain and streamed. That it does so as vLLM does: tests/serving/test_vllm.py."""
     c = server.client()
 
     def answer(tokens=8, extra=None, **fields):

@@ -26,7 +26,7 @@ from medloop.testing import LiveServer, engine_bodies, send_together, stream_suc
 def live(engine, tmp_path_factory):
     from medloop.config import Settings
 
-    settings = Settings(home=tmp_path_factory.mktemp("home"), max_tokens_limit=3000)
+    settings = Settings(home=tmp_path_factory.mktemp("home"), limits={"max_tokens": 3000})
     with LiveServer(build_app(settings, engine, None)) as server:
         yield server
 
@@ -315,8 +315,8 @@ def test_sigterm_drains_with_a_deadline(tiny_qwen3, settings, tmp_path):
     import subprocess
     import sys
 
-    env = {**os.environ, "MEDLOOP_HOME": str(settings.home), "MEDLOOP_SHUTDOWN_TIMEOUT_S": "2",
-           "MEDLOOP_MAX_TOKENS_LIMIT": "4000", "MEDLOOP_SERVED_MODEL_NAME": "tiny"}
+    env = {**os.environ, "MEDLOOP_HOME": str(settings.home), "MEDLOOP_SERVING__SHUTDOWN_TIMEOUT_S": "2",
+           "MEDLOOP_LIMITS__MAX_TOKENS": "4000", "MEDLOOP_SERVING__SERVED_MODEL_NAME": "tiny"}
     log = tmp_path / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "medloop.cli", "serve", "--base-model", str(tiny_qwen3),
                              "--no-rag", "--port", "0"], env=env, stderr=open(log, "w"), text=True)
