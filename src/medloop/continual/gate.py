@@ -168,8 +168,8 @@ def judge(name: str, s: Signal, rules: Gate) -> tuple[bool | None, str]:
         if name == "evidence_agreement":
             return None, "not measured: no answer states a value or a name that its question's evidence could check"
         return None, "not measured: no data"
-    if s.n < needs(name, rules):
-        return None, f"not enough evidence: {s.n} item{'s' if s.n > 1 else ''}, {needs(name, rules)} needed to decide"
+    if s.n < (need := needs(name, rules)):
+        return None, f"not enough evidence: {s.n} item{'s' if s.n > 1 else ''}, {need} needed to decide"
     if not _finite(s.candidate):
         return False, f"candidate value is {s.candidate}"
     if name in RELATIVE and not _finite(s.live):

@@ -24,7 +24,7 @@ from pathlib import Path
 from medloop import models
 from medloop.config import Settings
 from medloop.serving.engine import Delta, EngineError, GenerationRequest, ServedAdapters
-from medloop.serving.relay import Upstream
+from medloop.serving.relay import Upstream, body_fields
 from medloop.serving.special_tokens import CONTROL_SHAPES, defuse
 
 ADAPTER_GGUF = "adapter.gguf"  # a PEFT adapter folder's GGUF twin, written beside its weights
@@ -57,11 +57,20 @@ class Launcher:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.base_gguf = self._base_gguf()
 
-    def _convert(self, script: str, *args: str) -> None:
+    def _convert(self, script: str, source: str, out: Path, *args: str) -> Path:
+        """`out`, written by one of llama.cpp's converters from `source` the first time (beside, then renamed:
+        an interrupted conversion leaves nothing that looks done)."""
+        if out.exists():
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = out.with_name(out.name + ".partial")
         # medloop's own python has what the converters import (torch, transformers); `gguf` is their copy beside
-        done = subprocess.run([sys.executable, str(self.converters / script), *args], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, str(self.converters / script), source, "--outfile", str(work), *args],
+                              capture_output=True, text=True)
         if done.returncode != 0:
             raise EngineError("invalid", f"llama.cpp's {script} failed: {done.stderr.strip()[-500:]}")
+        work.rename(out)
+        return out
 
     def _base_gguf(self) -> Path:
         """The base as GGUF: a .gguf (the embedded default included) as it is; a Hugging Face folder converted
@@ -69,13 +78,8 @@ class Launcher:
         folder, extra = models.resolve(self.base_model)
         if "gguf_file" in extra:
             return Path(folder) / extra["gguf_file"]
-        out = self.models_dir / f"{Path(folder).name}.gguf"
-        if not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            work = out.with_suffix(".partial")
-            self._convert("convert_hf_to_gguf.py", folder, "--outfile", str(work), "--outtype", "f16")
-            work.rename(out)
-        return out
+        return self._convert("convert_hf_to_gguf.py", folder, self.models_dir / f"{Path(folder).name}.gguf",
+                             "--outtype", "f16")
 
     def adapter_gguf(self, path: str) -> Path:
         """An adapter as GGUF: a .gguf as it is; a PEFT folder converted once, beside its weights (against the
@@ -83,14 +87,10 @@ class Launcher:
         folder = Path(path)
         if folder.suffix == ".gguf":
             return folder
-        out = folder / ADAPTER_GGUF
-        if not out.exists():
-            base = models.trainable(self.base_model, self.models_dir)
-            work = folder / (ADAPTER_GGUF + ".partial")
-            self._convert("convert_lora_to_gguf.py", str(folder), "--base", base, "--outfile", str(work),
-                          "--outtype", "f32")
-            work.rename(out)
-        return out
+        if (folder / ADAPTER_GGUF).exists():
+            return folder / ADAPTER_GGUF
+        return self._convert("convert_lora_to_gguf.py", str(folder), folder / ADAPTER_GGUF, "--outtype", "f32",
+                             "--base", models.trainable(self.base_model, self.models_dir))
 
     def command(self, port: int, loras: list[Path]) -> list[str]:
         s = self.settings
@@ -211,13 +211,7 @@ class LlamaCppEngine:
         server = self.live
         if server is None:
             raise EngineError("unavailable", "the llama.cpp engine has not started")
-        extra: dict = dict(request.options)
-        if request.chat_template_kwargs:
-            extra["chat_template_kwargs"] = request.chat_template_kwargs
-        if request.ignore_eos:
-            extra["ignore_eos"] = True
-        if "tools" in extra:  # the chat template renders them into the prompt, as it does the messages
-            extra["tools"] = defuse(extra["tools"], self.control)
+        extra = body_fields(request, self.control)
         # every adapter the server holds, named: the one asked for at full scale, the others off
         extra["lora"] = [{"id": i, "scale": 1.0 if name == internal else 0.0} for name, i in server.loras.items()]
         server.upstream.in_flight[internal or ""] += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import subprocess
 import time
 from collections import Counter
@@ -18,6 +19,7 @@ import openai
 
 from medloop.serving.engine import Delta, EngineError, GenerationRequest
 from medloop.serving.errors import kind_of
+from medloop.serving.special_tokens import defuse
 
 # what medloop relays of a token's log-probability (OpenAI's fields; a field an upstream adds is not relayed)
 TOKEN_LOGPROB = {"token": True, "logprob": True, "bytes": True,
@@ -35,6 +37,20 @@ def upstream_error(status: int, text: str, *, as_is: bool = False) -> EngineErro
     if as_is or status < 500:
         return EngineError(kind_of(status) if status < 500 else "failed", message, type=kind)
     return EngineError("upstream", f"upstream {status}: {message[:300]}")
+
+
+def body_fields(request: GenerationRequest, control: re.Pattern) -> dict:
+    """The request's fields beyond the openai client's arguments, as the upstream reads them from the body: the
+    template's arguments, `ignore_eos`, the optional fields a client set (their names are OpenAI's and vLLM's),
+    tool definitions defused like the messages (the chat template renders both into the prompt)."""
+    extra = dict(request.options)
+    if request.chat_template_kwargs:
+        extra["chat_template_kwargs"] = request.chat_template_kwargs
+    if request.ignore_eos:
+        extra["ignore_eos"] = True
+    if "tools" in extra:
+        extra["tools"] = defuse(extra["tools"], control)
+    return extra
 
 
 class Upstream:

@@ -25,7 +25,7 @@ from medloop.serving.engine import (
     GenerationRequest,
     ServedAdapters,
 )
-from medloop.serving.relay import Upstream
+from medloop.serving.relay import Upstream, body_fields
 from medloop.serving.special_tokens import CONTROL_SHAPES, control_tokens, defuse
 
 
@@ -119,12 +119,7 @@ class VLLMEngine:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         model = self.adapters.resolve(request.model) or self.adapters.base_root
-        extra = {"chat_template_kwargs": request.chat_template_kwargs} if request.chat_template_kwargs else {}
-        if request.ignore_eos:
-            extra["ignore_eos"] = True
-        extra.update(request.options)  # vLLM reads OpenAI's fields and its own from the body alike
-        if "tools" in extra:  # the chat template renders them into the prompt, as it does the messages
-            extra["tools"] = defuse(extra["tools"], self.control)
+        extra = body_fields(request, self.control)
         self.upstream.in_flight[model] += 1
         try:
             async for delta in self.upstream.chat(request, model=model, messages=defuse(request.messages, self.control),
