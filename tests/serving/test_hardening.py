@@ -452,7 +452,7 @@ def test_the_chat_field_table_in_the_docs_says_what_each_engine_serves():
     for row in table.splitlines()[3:]:
         first, *cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
         for name in re.findall(r"`(\w+)`", first):
-            said[name] = tuple(cells)
+            said[name] = tuple(cell.split(" ")[0] for cell in cells)  # "served (but ...)" is served
     for name in OPTIONAL_FIELDS:
         want = tuple("served" if name in engine.serves else "400" for engine in engines)
         assert said.get(name) == want, name

@@ -5,13 +5,17 @@ swap that fails no request."""
 
 import asyncio
 import json
+import shutil
 import threading
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from medloop.config import Settings
+from medloop.continual import hot_load
+from medloop.continual.registry import AdapterRecord, AdapterRegistry, Status
 from medloop.serving.app import build_app
 from medloop.serving.llamacpp_engine import Launcher, LlamaCppEngine
 from medloop.testing import TOKENIZER, LiveServer, make_adapter, sample_index
@@ -92,10 +96,49 @@ def test_json_schema_and_logprobs_are_served_and_n_is_refused_by_name(stack):
         greedy(gateway, "tiny", "hello", n=2)
 
 
-def test_a_promotion_swaps_llama_servers_blue_green_and_fails_no_request(stack):
-    """llama-server cannot load an adapter at run time: the new version starts a second server; requests keep
-    flowing throughout, none fails, and once swapped `a` answers with the new weights from the new server."""
+def test_tools_reach_llama_server_and_a_forced_call_is_refused_by_name(stack):
+    """Tool definitions reach the prompt through Qwen3's template, a conversation with a tool's answer goes on;
+    a call this llama-server would not force (`required`, a named function) is a 400 naming `tool_choice`."""
+    gateway, _, _ = stack
+    tools = [{"type": "function", "function": {"name": "dose", "description": "look up a drug's adult dose",
+              "parameters": {"type": "object", "properties": {"drug": {"type": "string"}}, "required": ["drug"]}}}]
+    plain = greedy(gateway, "tiny", "What is the dose of aspirin?")
+    offered = greedy(gateway, "tiny", "What is the dose of aspirin?", tools=tools, tool_choice="auto")
+    assert offered.usage.prompt_tokens > plain.usage.prompt_tokens + 20  # the definitions are in the prompt
+    call = {"id": "call_1", "type": "function", "function": {"name": "dose", "arguments": '{"drug": "aspirin"}'}}
+    answered = gateway.client().chat.completions.create(
+        model="tiny", max_tokens=8, temperature=0, tools=tools, messages=[
+            {"role": "user", "content": "What is the dose of aspirin?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "75 to 100 mg once daily"}])
+    assert answered.choices[0].finish_reason in {"stop", "length"}
+    for choice in ("required", {"type": "function", "function": {"name": "dose"}}):
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as refused:
+                greedy(gateway, "tiny", "What is the dose of aspirin?", tools=tools, tool_choice=choice,
+                       stream=stream)
+            assert refused.value.body["param"] == "tool_choice" and "auto" in refused.value.body["message"]
+
+
+def test_a_promotion_by_the_loop_swaps_llama_servers_blue_green_and_fails_no_request(stack):
+    """llama-server cannot load an adapter at run time: the loop's promotion (the registry's pointer, then
+    `hot_load`, as the monthly job does) starts a second server; requests keep flowing throughout, none fails, and
+    once swapped `a` answers with the new weights from the new server. `medloop adapters rollback` goes back the
+    same way."""
     gateway, engine, adapters = stack
+    home = Path(adapters["a"]).parents[1]  # the gateway's: it serves adapters from its own registry only
+    settings = Settings(home=home, serving={"admin_key": ADMIN}, loop={"server_url": gateway.url, "adapter_name": "a"})
+    registry = AdapterRegistry(settings.adapters_dir)
+
+    def trained(weights: str) -> AdapterRecord:  # a version as the monthly job leaves it: files, then a candidate
+        record = registry.new_version(None, {})
+        shutil.copytree(weights, record.path, dirs_exist_ok=True)
+        record.status = Status.CANDIDATE
+        registry.save(record)
+        return record
+
+    registry.promote(trained(adapters["a"]).version)  # live: what the gateway was started with
+    month = trained(adapters["b"])
     before = greedy(gateway, "a", "固定问题二").choices[0].message.content
     expected = greedy(gateway, "b", "固定问题二").choices[0].message.content  # the new version: b's weights
     blue = engine.live.upstream.process
@@ -117,18 +160,16 @@ def test_a_promotion_swaps_llama_servers_blue_green_and_fails_no_request(stack):
     clients = [threading.Thread(target=load) for _ in range(3)]
     for c in clients:
         c.start()
-    promoted = httpx.post(gateway.url + "/admin/adapters", timeout=300, headers={"Authorization": f"Bearer {ADMIN}"},
-                          json={"action": "load", "name": "a", "path": adapters["b"], "version": "v2"})
+    promoted = hot_load(settings, registry.promote(month.version))
     after = greedy(gateway, "a", "固定问题二").choices[0].message.content
     stop.set()
     for c in clients:
         c.join()
-    assert promoted.status_code == 200, promoted.text
+    assert promoted == "hot-loaded" and registry.pending_hot_load() is None
     assert failures == [] and answered[0] > 3
     assert after == expected != before
     assert blue.wait(timeout=60) is not None  # the old server stopped once drained
-    assert {m["id"]: m.get("version") for m in promoted.json()["models"]}["a"] == "v2"
-    rollback = httpx.post(gateway.url + "/admin/adapters", timeout=300, headers={"Authorization": f"Bearer {ADMIN}"},
-                          json={"action": "load", "name": "a", "path": adapters["a"], "version": "v1"})
-    assert rollback.status_code == 200 and greedy(gateway, "a", "固定问题二").choices[0].message.content == before
-
+    cards = {m["id"]: m.get("version") for m in httpx.get(gateway.url + "/v1/models").json()["data"]}
+    assert cards["a"] == month.version
+    assert hot_load(settings, registry.rollback()) == "hot-loaded"  # what `medloop adapters rollback` runs
+    assert greedy(gateway, "a", "固定问题二").choices[0].message.content == before

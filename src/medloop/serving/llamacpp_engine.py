@@ -129,11 +129,12 @@ def _free_port() -> int:
 
 class LlamaCppEngine:
     name = "llamacpp"
-    # measured against the real llama-server (tests/serving/test_llamacpp.py); the rest is refused by name. Tools
-    # are not: on Qwen3's template llama-server constrains a tool call only once the model opens one, and with
-    # `tool_choice: required` the suite's model answered in plain text (finish_reason "length"), no call.
+    # measured against the real llama-server (tests/serving/test_llamacpp.py); the rest is refused by name.
     serves = frozenset({"presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
-                        "response_format"})
+                        "response_format", "tools", "tool_choice", "parallel_tool_calls"})
+    # Tools are the model's to call: this llama-server neither forces a call (`required`: the suite's model answered
+    # in plain text, no grammar held it) nor reads a named function (it ignores a tool_choice object).
+    tool_choices = ("auto", "none")
 
     def __init__(self, *, launcher: Launcher | None = None, url: str = "", served_name: str = "",
                  timeout: float = 60.0):
@@ -212,6 +213,10 @@ class LlamaCppEngine:
         if server is None:
             raise EngineError("unavailable", "the llama.cpp engine has not started")
         extra = body_fields(request, self.control)
+        if extra.get("tool_choice", "auto") not in self.tool_choices:
+            raise EngineError("invalid", "llama-server does not force a tool call: 'tool_choice' may be \"auto\" "
+                              "or \"none\" on the llama.cpp engine (the vLLM engine serves \"required\" and a "
+                              "named function)", param="tool_choice")
         # every adapter the server holds, named: the one asked for at full scale, the others off
         extra["lora"] = [{"id": i, "scale": 1.0 if name == internal else 0.0} for name, i in server.loras.items()]
         server.upstream.in_flight[internal or ""] += 1
