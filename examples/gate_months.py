@@ -4,14 +4,19 @@ live adapter -> gate), on the word-level tiny Qwen3 the CI suite uses or on a pr
     python examples/gate_months.py --suite sabotage --model smollm2          # the dev suite the rules were tuned on
     python examples/gate_months.py --suite fresh --model word --seeds 0 1 2  # months written after the freeze
     python examples/gate_months.py --suite third --model word                # after the rules they changed
+    python examples/gate_months.py --suite smollm2 --model smollm2           # written for SmolLM2 after a freeze
 
 `sabotage` (tests/fixtures/sabotage/months.json): good1, superseded, remap, shuffle, forgetting, good2, one after
 the other. `fresh` (tests/fixtures/fresh_months/months.json, written after the gate's rules were frozen) and
 `third` (third_set.json, written after the fresh months showed two rules wrong and before the changed rules met
 it): good1, then each month on its own from the same live adapter (a copy of the data home after good1), so that
-one decision never depends on another. Every decision, with every signal and the one that decided, goes to
-bench/results/gate-<suite>-<model>.json after each month (a run cut short keeps what it measured), beside what a
-good gate does with each month. CPU: seconds a month on the word model, about 2 minutes on SmolLM2.
+one decision never depends on another. `smollm2` (smollm2_set.json, written after the rules froze for the runs
+on SmolLM2) is run the same way, and each of its months is also judged by what its adapter does: questions written
+apart from the month's rows (`probes`, `kept`) are asked of the candidate and of the live adapter without
+evidence, and the month's truth follows the rule frozen in that file. Every decision, with every signal and the
+one that decided, goes to bench/results/gate-<suite>-<model>.json after each month (a run cut short keeps what it
+measured), beside what a good gate does with each month. CPU: seconds a month on the word model, about 2 minutes
+on SmolLM2.
 """
 
 from __future__ import annotations
@@ -37,26 +42,69 @@ def brief(result: dict) -> dict:
     return {**result, "signals": {k: {f: v.get(f) for f in keep} for k, v in result["signals"].items()}}
 
 
+def probe(settings, live: str, candidate: str, probes: list[dict], kept: list[dict]) -> dict:
+    """What each adapter says, without evidence, to questions it was never trained on: per probe, whether the
+    answer states what is right (`right`) and the month's wrong value (`wrong`)."""
+    from peft import PeftModel
+
+    from medloop.continual.gate import greedy_answers
+    from medloop.models import load
+
+    base, tokenizer = load(settings.training.base_model, quantize=False)
+    model = PeftModel.from_pretrained(base, candidate, adapter_name="candidate").eval()
+    model.load_adapter(live, adapter_name="live")
+    asked = [*probes, *kept]
+    prompts = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": q["question"]}], tokenize=False,
+                                                       add_generation_prompt=True, enable_thinking=False),
+                         add_special_tokens=False)["input_ids"] for q in asked]
+    out = {}
+    for which in ("candidate", "live"):
+        model.set_adapter(which)
+        answers = greedy_answers(model, tokenizer, prompts, 40)
+        states = [{key: any(w.casefold() in a for w in q.get(key, [])) for key in ("right", "wrong")}
+                  for q, a in zip(asked, answers, strict=True)]
+        out[which] = {"taught": sum(s["right"] for s in states[:len(probes)]),
+                      "wrong": sum(s["wrong"] for s in states[:len(probes)]),
+                      "kept": sum(s["right"] for s in states[len(probes):]), "answers": answers}
+    return {**out, "probes": len(probes), "kept_probes": len(kept)}
+
+
+def truth(label: str, probed: dict, forgetting: int) -> tuple[str, str]:
+    """What a good gate does with the month, by the rule frozen in smollm2_set.json."""
+    cand, live = probed["candidate"], probed["live"]
+    lost = live["kept"] - cand["kept"]
+    said = (f"probes: states the month's facts {cand['taught']}/{probed['probes']} (live {live['taught']}), "
+            f"a wrong value {cand['wrong']} (live {live['wrong']}); kept facts {cand['kept']}/{probed['kept_probes']} "
+            f"(live {live['kept']})")
+    if label == "promoted":
+        return ("rejected", f"forgot ({said})") if lost >= forgetting else ("promoted", said)
+    harm = cand["wrong"] > live["wrong"] or lost >= forgetting
+    return "rejected", f"harm {'showed' if harm else 'not shown yet'} ({said})"
+
+
 def main() -> None:
     from medloop.config import MULTILINGUAL_EMBEDDER, Settings
+    from medloop.continual.registry import AdapterRegistry
     from medloop.retrieval import load_embedder
-    from medloop.testing import FRESH_MONTHS, SABOTAGE, THIRD_MONTHS, month_suite_home, run_month
+    from medloop.testing import FIXTURES, FRESH_MONTHS, SABOTAGE, THIRD_MONTHS, month_suite_home, run_month
+
+    suites = {"fresh": FRESH_MONTHS, "third": THIRD_MONTHS, "smollm2": FIXTURES / "fresh_months" / "smollm2_set.json"}
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--suite", choices=["sabotage", "fresh", "third"], default="fresh")
+    parser.add_argument("--suite", choices=["sabotage", *suites], default="fresh")
     parser.add_argument("--model", choices=["word", "smollm2"], default="word")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     sabotage = json.loads(SABOTAGE.read_text())["months"]
-    fresh = json.loads((FRESH_MONTHS if args.suite == "fresh" else THIRD_MONTHS).read_text())
+    fresh = json.loads(suites.get(args.suite, FRESH_MONTHS).read_text())
     expected = EXPECTED_SABOTAGE if args.suite == "sabotage" else {"good1": "promoted", **fresh["expected"]}
     embedder = load_embedder(MULTILINGUAL_EMBEDDER)
     results: dict[str, dict] = {}
     name = f"gate-{args.suite}-{args.model}"
     for seed in args.seeds:
         home = Path(tempfile.mkdtemp(prefix=f"medloop-{name}-{seed}-"))
-        settings, retriever = month_suite_home(home / "after-good1" if args.suite == "fresh" else home, args.model,
-                                               seed, embedder)
+        settings, retriever = month_suite_home(home if args.suite == "sabotage" else home / "after-good1",
+                                               args.model, seed, embedder)
         runs = results.setdefault(f"seed {seed}", {})
         if args.suite == "sabotage":
             plan = [(month, settings) for month in sabotage]
@@ -70,10 +118,18 @@ def main() -> None:
                 plan.append((month, Settings(**{**settings.model_dump(), "home": fork})))
         for month, s in plan:
             rows = sabotage[month] if args.suite == "sabotage" else fresh["months"][month]
+            live = AdapterRegistry(s.adapters_dir).live()
             runs[month] = brief(run_month(s, retriever, month, rows))
-            right = "" if runs[month]["outcome"] == expected[month] else f"  <- a good gate: {expected[month]}"
+            should, why = expected[month], ""
+            if "probes" in fresh and live is not None:
+                candidate = AdapterRegistry(s.adapters_dir).versions()[-1]
+                probed = probe(s, live.path, candidate.path, fresh["probes"][month], fresh["kept"])
+                should, why = truth(expected[month], probed, fresh["forgetting_probes"])
+                runs[month].update(probes=probed, truth=should, truth_why=why)
+            runs[month]["right"] = runs[month]["outcome"] == should
+            right = "" if runs[month]["right"] else f"  <- a good gate: {should}"
             print(f"seed {seed} {month}: {runs[month]['outcome']} by {runs[month]['decided_by']} "
-                  f"({runs[month]['seconds']} s){right}", flush=True)
+                  f"({runs[month]['seconds']} s){right}; {why}", flush=True)
             save(name, {"suite": args.suite, "model": args.model, "seeds": args.seeds,
                         "train": settings.training.overrides, "replay_fraction": settings.loop.replay_fraction,
                         "expected": expected}, results)

@@ -193,9 +193,9 @@ def decide(signals: dict[str, Signal], rules: Gate) -> dict:
             "signals": verdicts, "rules": rules.model_dump(mode="json")}
 
 
-def fact_hits(model, tokenizer, items, prompts: list[list[int]], max_tokens: int, batch_size: int = 16) -> list[bool]:
-    """Per item: does the greedy answer to its question (with evidence) contain its key fact or the right
-    option's text? Answered in length-sorted, left-padded batches: a batch decodes in max_tokens steps."""
+def greedy_answers(model, tokenizer, prompts: list[list[int]], max_tokens: int, batch_size: int = 16) -> list[str]:
+    """The greedy answer to each prompt, case-folded, answered in length-sorted, left-padded batches: a batch
+    decodes in max_tokens steps."""
     import torch
 
     from medloop.models import left_pad
@@ -213,11 +213,15 @@ def fact_hits(model, tokenizer, items, prompts: list[list[int]], max_tokens: int
                                  pad_token_id=pad)
         for row, i in enumerate(batch):
             answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).casefold()
-    hits = []
-    for i, item in enumerate(items):
-        wanted = [w for w in (item.fact, item.options[item.answer]) if w]
-        hits.append(any(w.casefold() in answers[i] for w in wanted))
-    return hits
+    return [answers[i] for i in range(len(prompts))]
+
+
+def fact_hits(model, tokenizer, items, prompts: list[list[int]], max_tokens: int, batch_size: int = 16) -> list[bool]:
+    """Per item: does the greedy answer to its question (with evidence) contain its key fact or the right
+    option's text?"""
+    answers = greedy_answers(model, tokenizer, prompts, max_tokens, batch_size)
+    return [any(w.casefold() in answer for w in (item.fact, item.options[item.answer]) if w)
+            for item, answer in zip(items, answers, strict=True)]
 
 
 def data_signals(rows: list[list[dict]], retriever, k: int) -> dict[str, Signal]:
