@@ -87,7 +87,10 @@ def stale() -> str:
     run = load("stale")
     f = run["figures"]
     lines = ["| set | stale answers | detected | current answers | falsely flagged |", "|---|---|---|---|---|"]
-    for name, label in (("dev", "dev (tuned on)"), ("heldout", "held-out"), ("fresh", "fresh (after the freeze)")):
+    for name, label in (("dev", "dev (tuned on)"), ("heldout", "held-out"), ("fresh", "fresh (after the freeze)"),
+                        ("fresh2", "fresh 2 (after the change fresh moved)")):
+        if name not in f:
+            continue
         r = f[name]
         langs = ", ".join(f"{lang} {v['detection']:.2f} / {v['false_flag_rate']:.2f}"
                           for lang, v in sorted(r["by_language"].items()))

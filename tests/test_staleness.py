@@ -37,6 +37,18 @@ def test_claims_are_read_with_their_units_and_directions():
         [("140/90", "mmHg", "above")] * 3
 
 
+def test_a_blood_pressure_written_as_its_two_parts_is_one_pair():
+    """What the fresh stale set found read wrong: only the diastolic part carried a unit, and "下面" as a direction."""
+    same = [key(v) for v in values("收缩压<140，舒张压<90 mmHg；收缩压低于140 mmHg，舒张压低于90 mmHg；"
+                                    "高压140低压90以下；systolic below 140 and diastolic below 90 mmHg；"
+                                    "稳定在140/90 mmHg下面")]
+    assert same == [("140/90", "mmHg", "below")] * 5
+    assert [key(v) for v in values("收缩压≥140 mmHg和/或舒张压≥90 mmHg")] == [("140/90", "mmHg", "above")]
+    apart = [key(v) for v in values("收缩压<140，舒张压>90")]  # opposite directions are two claims
+    assert apart == [("140", "mmHg", "below"), ("90", "mmHg", "above")]
+    assert [key(v) for v in values("收缩压<140 mmHg，服药3个月")] == [("140", "mmHg", "below"), ("3", "mo", "")]
+
+
 def test_doses_concentrations_and_weeks_are_claims_in_either_language():
     found = [key(v) for v in values("首剂1 mg，肾功能不全者从每日50 mg开始；尿酸＜360 μmol/L（6 mg/dL）；缓解后2～4周")]
     assert found == [("1", "mg", ""), ("50", "mg", ""), ("360", "umol/L", "below"), ("6", "mg/dL", ""),

@@ -61,7 +61,8 @@ def eval_compare(
 def eval_retrieval(
     file: Annotated[Path | None, typer.Argument(help="labelled JSONL (default: a packaged set, --set)")] = None,
     labelled: Annotated[Literal["dev", "heldout", "fresh"], typer.Option(
-        "--set", help="the packaged set: dev (tuned on), heldout, fresh (written after the freeze)")] = "dev",
+        "--set", help="the packaged set: dev (tuned on), heldout, fresh (written after the freeze; it moved the "
+                      "check once), fresh2 (written after that change)")] = "dev",
     k: Annotated[int, typer.Option("-k", help="evidence shown per answer")] = 3,
     calibrate: Annotated[bool, typer.Option("--calibrate",
                                             help="also suggest `retrieval.min_evidence` from this set")] = False,
@@ -108,8 +109,9 @@ def eval_retrieval(
 @eval_app.command("stale")
 def eval_stale(
     file: Annotated[Path | None, typer.Argument(help="labelled JSONL (default: a packaged set, --set)")] = None,
-    labelled: Annotated[Literal["dev", "heldout", "fresh"], typer.Option(
-        "--set", help="the packaged set: dev (tuned on), heldout, fresh (written after the freeze)")] = "dev",
+    labelled: Annotated[Literal["dev", "heldout", "fresh", "fresh2"], typer.Option(
+        "--set", help="the packaged set: dev (tuned on), heldout, fresh (written after the freeze; it moved the "
+                      "check once), fresh2 (written after that change)")] = "dev",
     save: Annotated[Path | None, typer.Option("--json", help="write every figure and answer here")] = None,
 ) -> None:
     """The stale-answer check on labelled answers: detection and false-flag rate, by language."""

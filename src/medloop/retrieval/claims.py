@@ -37,8 +37,13 @@ BELOW_BEFORE = re.compile(r"(?:[<＜≤]|低于|小于|不超过|不高于|below
                           r"\s*=?\s*$", re.IGNORECASE)
 ABOVE_BEFORE = re.compile(r"(?:[>＞≥]|高于|大于|超过|至少|不低于|above|over|more than|greater than|at least|exceeding)"
                           r"\s*=?\s*$", re.IGNORECASE)
-BELOW_AFTER = re.compile(r"^\s*(?:以下|以内|之内|内|or less|or lower|or below)", re.IGNORECASE)
-ABOVE_AFTER = re.compile(r"^\s*(?:以上|及以上|or more|or higher|or above|and above|or older)", re.IGNORECASE)
+BELOW_AFTER = re.compile(r"^\s*(?:以下|下面|之下|以内|之内|内|or less|or lower|or below)", re.IGNORECASE)
+ABOVE_AFTER = re.compile(r"^\s*(?:以上|及以上|上面|之上|or more|or higher|or above|and above|or older)", re.IGNORECASE)
+# A blood pressure written as its two parts ("收缩压<140，舒张压<90 mmHg", "高压140低压90", "systolic below 140 and
+# diastolic below 90 mmHg") is the one claim "<140/90 mmHg": each part is mmHg even where only the second says so.
+SYSTOLIC = re.compile(r"(?:收缩压|高压|systolic|SBP)\D{0,12}$", re.IGNORECASE)
+DIASTOLIC = re.compile(r"(?:舒张压|低压|diastolic|DBP)\D{0,12}$", re.IGNORECASE)
+PAIR_GAP = 24  # characters from the end of the systolic part to the diastolic number
 CLAUSE = re.compile(r"[。；;！？!?\n]|\.(?=\s|$)")
 # Alternatives within a clause ("随机血糖≥11.1，或空腹血糖≥7.0"): a qualifier holds for the values of its own part.
 ALTERNATIVE = re.compile(r"[，,]\s*(?:或者?|or\b)|、|或者")
@@ -68,22 +73,32 @@ class Value:
 
 
 def values(text: str) -> list[Value]:
-    out = []
+    out, systolic = [], None  # systolic: the last systolic part read, and where it ends
     for m in NUMBER.finditer(text):
         parts = re.sub(r"\s+", "", m["num"]).split("/")
         number = "/".join(p.rstrip("0").rstrip(".") if "." in p else p for p in parts)
         unit = UNITS.get((m["unit"] or "").lower(), "")
-        if "/" in number:
-            unit = "mmHg"  # a systolic/diastolic pair
+        before, after = text[max(0, m.start() - 14):m.start()], text[m.end():m.end() + 10]
+        reading = text[max(0, m.start() - 16):m.start()]
+        part = "" if "/" in number else "diastolic" if DIASTOLIC.search(reading) else \
+            "systolic" if SYSTOLIC.search(reading) else ""
+        if "/" in number or part:
+            unit = "mmHg"  # a systolic/diastolic pair, or one of its parts
         if not unit:
             continue  # a bare number ("2型", "12-lead") is not a claim
-        before, after = text[max(0, m.start() - 14):m.start()], text[m.end():m.end() + 10]
         below, above = BELOW_BEFORE.search(before), ABOVE_BEFORE.search(before)
         direction = "below" if below or BELOW_AFTER.search(after) else \
             "above" if above or ABOVE_AFTER.search(after) else ""
         symbol = (below or above).group().strip() if below or above else ""
         written = (symbol if len(symbol) <= 2 else "") + text[m.start():m.end()].strip()  # "<140/90 mmHg"
-        out.append(Value(number, unit, direction, written, m.start()))
+        value = Value(number, unit, direction, written, m.start())
+        if part == "diastolic" and systolic and m.start() - systolic[1] <= PAIR_GAP \
+                and (not direction or not systolic[0].direction or direction == systolic[0].direction):
+            first = out.pop()  # the systolic part: both are one pair, in the direction either gives
+            value = Value(f"{first.number}/{number}", unit, direction or first.direction,
+                          f"{first.text.removesuffix('mmHg').strip()}/{number} mmHg", first.at)
+        systolic = (value, m.end()) if part == "systolic" else None
+        out.append(value)
     return out
 
 
