@@ -88,7 +88,8 @@ def stale() -> str:
     f = run["figures"]
     lines = ["| set | stale answers | detected | current answers | falsely flagged |", "|---|---|---|---|---|"]
     for name, label in (("dev", "dev (tuned on)"), ("heldout", "held-out"), ("fresh", "fresh (after the freeze)"),
-                        ("fresh2", "fresh 2 (after the change fresh moved)")):
+                        ("fresh2", "fresh 2 (after the change fresh moved)"),
+                        ("fresh3", "fresh 3 (after the changes fresh 2 moved)")):
         if name not in f:
             continue
         r = f[name]

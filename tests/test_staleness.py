@@ -38,11 +38,13 @@ def test_claims_are_read_with_their_units_and_directions():
 
 
 def test_a_blood_pressure_written_as_its_two_parts_is_one_pair():
-    """What the fresh stale set found read wrong: only the diastolic part carried a unit, and "下面" as a direction."""
+    """What the fresh stale sets found read wrong: only the diastolic part carried a unit, "下面" as a direction, the
+    unit written "毫米汞柱", and each part named a few words before its number."""
     same = [key(v) for v in values("收缩压<140，舒张压<90 mmHg；收缩压低于140 mmHg，舒张压低于90 mmHg；"
                                     "高压140低压90以下；systolic below 140 and diastolic below 90 mmHg；"
-                                    "稳定在140/90 mmHg下面")]
-    assert same == [("140/90", "mmHg", "below")] * 5
+                                    "稳定在140/90 mmHg下面；降到140/90毫米汞柱以下；"
+                                    "a systolic pressure below 140 mmHg and a diastolic pressure below 90 mmHg")]
+    assert same == [("140/90", "mmHg", "below")] * 7
     assert [key(v) for v in values("收缩压≥140 mmHg和/或舒张压≥90 mmHg")] == [("140/90", "mmHg", "above")]
     apart = [key(v) for v in values("收缩压<140，舒张压>90")]  # opposite directions are two claims
     assert apart == [("140", "mmHg", "below"), ("90", "mmHg", "above")]
@@ -72,6 +74,13 @@ def test_a_chinese_value_is_for_whom_its_clause_names_before_it(tmp_path, settin
     assert stale_claims("别嘌醇起始剂量每日不超过100 mg。", ["g"], store) == []
     assert stale_claims("Allopurinol should be started at no more than 100 mg a day.", ["g"], store) == []
     assert [c.claim for c in stale_claims("Take 1 mg of colchicine first.", ["g"], store)] == ["1 mg"]
+
+
+def test_the_numbers_of_a_blood_pressure_are_not_an_age(store):
+    """"130/80" holds an "80", a name of the elderly in the lexicon: read as one, it made the whole clause about
+    the elderly, whose live target (<140/90) then hid the general one the answer gives."""
+    answer = "大部分高血压病人的目标血压是140/90 mmHg以内，高危的人才需要降到130/80 mmHg。"
+    assert [c.claim for c in stale_claims(answer, ["cn-hypertension"], store)] == ["140/90 mmHg"]
 
 
 def test_an_answer_following_the_2018_target_is_flagged_in_chinese(store):

@@ -20,7 +20,8 @@ from medloop.knowledge.language import is_chinese
 from medloop.retrieval.lexicon import Lexicon
 
 UNITS = {
-    "mmhg": "mmHg", "%": "%", "mmol/l": "mmol/L", "μmol/l": "umol/L", "umol/l": "umol/L", "mg/dl": "mg/dL",
+    "mmhg": "mmHg", "毫米汞柱": "mmHg", "%": "%",
+    "mmol/l": "mmol/L", "μmol/l": "umol/L", "umol/l": "umol/L", "mg/dl": "mg/dL",
     "miu/l": "mIU/L", "mg": "mg", "μg": "ug", "ug": "ug", "mcg": "ug", "ml": "mL", "iu": "IU",
     "小时": "h", "h": "h", "hour": "h", "hours": "h", "周": "wk", "week": "wk", "weeks": "wk",
     "个月": "mo", "month": "mo", "months": "mo", "天": "d", "day": "d", "days": "d", "分钟": "min",
@@ -28,7 +29,7 @@ UNITS = {
 }
 NUMBER = re.compile(
     r"(?P<num>\d+(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?)\s*"
-    r"(?P<unit>mmHg|%|mmol/L|[μu]mol/L|mg/dL|mIU/L|(?:mg|[μu]g|mcg|mL|IU|h)(?![A-Za-z])|小时|周|个月|天|分钟|岁|"
+    r"(?P<unit>mmHg|毫米汞柱|%|mmol/L|[μu]mol/L|mg/dL|mIU/L|(?:mg|[μu]g|mcg|mL|IU|h)(?![A-Za-z])|小时|周|个月|天|分钟|岁|"
     r"hours?|weeks?|months?|days?|minutes?|min|years?)?",
     re.IGNORECASE,
 )
@@ -41,9 +42,10 @@ BELOW_AFTER = re.compile(r"^\s*(?:以下|下面|之下|以内|之内|内|or less
 ABOVE_AFTER = re.compile(r"^\s*(?:以上|及以上|上面|之上|or more|or higher|or above|and above|or older)", re.IGNORECASE)
 # A blood pressure written as its two parts ("收缩压<140，舒张压<90 mmHg", "高压140低压90", "systolic below 140 and
 # diastolic below 90 mmHg") is the one claim "<140/90 mmHg": each part is mmHg even where only the second says so.
-SYSTOLIC = re.compile(r"(?:收缩压|高压|systolic|SBP)\D{0,12}$", re.IGNORECASE)
-DIASTOLIC = re.compile(r"(?:舒张压|低压|diastolic|DBP)\D{0,12}$", re.IGNORECASE)
-PAIR_GAP = 24  # characters from the end of the systolic part to the diastolic number
+SYSTOLIC = re.compile(r"(?:收缩压|高压|systolic|SBP)\D{0,20}$", re.IGNORECASE)  # "systolic pressure below 140"
+DIASTOLIC = re.compile(r"(?:舒张压|低压|diastolic|DBP)\D{0,20}$", re.IGNORECASE)
+PAIR = re.compile(r"\d+(?:\.\d+)?\s*/\s*\d+(?:\.\d+)?")
+PAIR_GAP = 40  # characters from the end of the systolic part to the diastolic number
 CLAUSE = re.compile(r"[。；;！？!?\n]|\.(?=\s|$)")
 # Alternatives within a clause ("随机血糖≥11.1，或空腹血糖≥7.0"): a qualifier holds for the values of its own part.
 ALTERNATIVE = re.compile(r"[，,]\s*(?:或者?|or\b)|、|或者")
@@ -79,7 +81,7 @@ def values(text: str) -> list[Value]:
         number = "/".join(p.rstrip("0").rstrip(".") if "." in p else p for p in parts)
         unit = UNITS.get((m["unit"] or "").lower(), "")
         before, after = text[max(0, m.start() - 14):m.start()], text[m.end():m.end() + 10]
-        reading = text[max(0, m.start() - 16):m.start()]
+        reading = text[max(0, m.start() - 28):m.start()]
         part = "" if "/" in number else "diastolic" if DIASTOLIC.search(reading) else \
             "systolic" if SYSTOLIC.search(reading) else ""
         if "/" in number or part:
@@ -155,13 +157,19 @@ class Reading:
         return any(concept & groups for groups in self.names)
 
 
+def _unpaired(text: str) -> str:
+    """The text with each blood pressure pair blanked, for finding concepts: the "80" of "130/80" is no age."""
+    return PAIR.sub(lambda m: " " * len(m.group()), text)
+
+
 def read(text: str, vocab: Vocabulary, chunk=None) -> Reading:
-    found, _ = vocab.lexicon.find(text)
+    found, _ = vocab.lexicon.find(_unpaired(text))
     concepts = frozenset(g for groups, _ in found for g in groups)
     names = {frozenset(groups): written for groups, written in found if set(groups) & vocab.names}
     claimed = []
     for part in ALTERNATIVE.split(text):
-        marks = [(part.find(written), groups) for groups, written in vocab.lexicon.find(part)[0]
+        bare = _unpaired(part)
+        marks = [(bare.find(written), groups) for groups, written in vocab.lexicon.find(bare)[0]
                  if set(groups) & vocab.qualifiers]
         for v in values(part):
             # A value is for what is named before it in its part ("家庭血压监测（≥135/85）和动态血压监测": home
