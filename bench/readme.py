@@ -103,26 +103,35 @@ def stale() -> str:
 
 def months(name: str) -> str:
     """One month suite (examples/gate_months.py): what the gate decided on each month and seed, against what a good
-    gate does with that month; a decision that differs is marked."""
+    gate does with that month (its label, or where the suite measures it, the truth its adapter's answers gave);
+    a decision that differs is marked, and so is a month decided differently by different seeds."""
     run = load(name)
     expected, seeds = run["settings"]["expected"], list(run["figures"])
     lines = [f"`{run['settings']['suite']}` months on the {run['settings']['model']} model, "
              f"{len(seeds)} seeds ({run['time'][:10]}):", "",
              "| month | a good gate | " + " | ".join(seeds) + " |", "|---|---|" + "---|" * len(seeds)]
-    right = total = 0
+    right = total = split = 0
+    seconds = []
     for month, want in expected.items():
-        cells = []
+        cells, outcomes = [], set()
         for seed in seeds:
             r = run["figures"][seed].get(month)
             if r is None:
                 cells.append("not run")
                 continue
+            truth = r.get("truth", want)
             total += 1
-            right += r["outcome"] == want
+            right += r["outcome"] == truth
+            outcomes.add(r["outcome"])
+            seconds += [r["seconds"]] if month != "good1" else []
             why = "" if r["outcome"] == "promoted" else f" by {r['decided_by']}"
-            cells.append(f"{r['outcome']}{why}" + ("" if r["outcome"] == want else " ✗"))
+            measured = "" if truth == want else f" (its adapter: {truth})"
+            cells.append(f"{r['outcome']}{why}{measured}" + ("" if r["outcome"] == truth else " ✗"))
+        split += len(outcomes) > 1
         lines.append(f"| {month} | {want} | " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", f"{right} of {total} decisions as a good gate makes them."])
+    cost = f" A month took {sum(seconds) / len(seconds):.0f} s on average (training and gate)." if seconds else ""
+    return "\n".join(lines + ["", f"{right} of {total} decisions as a good gate makes them; {split} month(s) decided "
+                                  f"differently by different seeds.{cost}"])
 
 
 def mcq() -> str:
