@@ -134,6 +134,44 @@ def months(name: str) -> str:
                                   f"differently by different seeds.{cost}"])
 
 
+def month_probes(name: str) -> str:
+    """What each month's adapters said to the probes (questions written apart from the month's rows), summed over
+    the seeds: the truth the suite judged the gate against."""
+    run = load(name)
+    lines = ["| month | label | states the month's facts: candidate / live | states its wrong value: candidate / "
+             "live | kept facts: candidate / live | truth by seed |", "|---|---|---|---|---|---|"]
+    for month, want in run["settings"]["expected"].items():
+        measured = [r for seed in run["figures"].values() if (r := seed.get(month)) and "probes" in r]
+        if not measured:
+            continue
+
+        def total(key, which, measured=measured):
+            return sum(r["probes"][which][key] for r in measured)
+
+        asked = sum(r["probes"]["probes"] for r in measured)
+        kept = sum(r["probes"]["kept_probes"] for r in measured)
+        lines.append(f"| {month} | {want} | {total('taught', 'candidate')} / {total('taught', 'live')} of {asked} | "
+                     f"{total('wrong', 'candidate')} / {total('wrong', 'live')} | {total('kept', 'candidate')} / "
+                     f"{total('kept', 'live')} of {kept} | {', '.join(r['truth'] for r in measured)} |")
+    return "\n".join(lines)
+
+
+def gate_cost() -> str:
+    run = load("gate_cost")
+    f = run["figures"]
+    lines = [f"{run['settings']['model']}, 2 CPU cores ({run['time'][:10]}):", "",
+             "| scale | gate items | held-out rows | regression rows | measuring (both adapters) | data check |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| x{r['scale']} | {r['gate_items']} | {r['heldout_rows']} | {r['regression_rows']} | "
+              f"{r['measure_s']} s | {r['data_check_s']} s |" for r in f["runs"]]
+    if f["fit"]:
+        m, d = f["fit"]["measure_s"], f["fit"]["data_check_s"]
+        lines += ["", f"Straight-line fit: measuring {m['fixed_s']} s + {m['per_item_s']} s per gate item (with one "
+                      f"held-out and one regression row each); the data check {d['fixed_s']} s + {d['per_item_s']} s "
+                      "per new row."]
+    return "\n".join(lines)
+
+
 def mcq() -> str:
     run = load("mcq")
     f, s = run["figures"], run["settings"]
@@ -338,14 +376,15 @@ def loop_report() -> str:
 
 
 MONTH_SUITES = ("gate-sabotage-word", "gate-fresh-word-frozen", "gate-fresh-word", "gate-third-word")
+SMOLLM2_SUITE = "gate-smollm2-smollm2"
 SECTIONS = {"loop-report": loop_report, "gate-speed": gate_speed,
             "retrieval-quality": retrieval_quality, "retrieval-unseen": retrieval_unseen, "search": search,
             "ingest-chinese": ingest_chinese,
             "retrieval-scale": retrieval_scale, "training": training, "serving": serving, "stale": stale,
             "mcq": mcq, "load": load_test, "settings": settings_table, "latency": latency, "engines": engines,
             "llamacpp": llamacpp,
-            "fuzz": fuzz,
-            **{name: functools.partial(months, name) for name in MONTH_SUITES}}
+            "fuzz": fuzz, "gate-cost": gate_cost, "gate-smollm2-probes": functools.partial(month_probes, SMOLLM2_SUITE),
+            **{name: functools.partial(months, name) for name in (*MONTH_SUITES, SMOLLM2_SUITE)}}
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
