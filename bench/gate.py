@@ -13,20 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from medloop.config import Settings  # noqa: E402
 from medloop.continual import gate  # noqa: E402
 from medloop.continual.mcq import item_prompt, load_mcq  # noqa: E402
-from medloop.knowledge import KnowledgeStore, ingest_paths  # noqa: E402
 from medloop.models import load  # noqa: E402
-from medloop.retrieval import Retriever, load_embedder, sync_index  # noqa: E402
-from medloop.testing import GUIDELINES  # noqa: E402
 
 
 class Recorder:
@@ -50,15 +45,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from results import ingested, save
+    from results import sample_retriever, save
 
-    home = Path(tempfile.mkdtemp(prefix="medloop-gate-bench-"))
-    settings = Settings(home=home)
-    store = KnowledgeStore(settings.knowledge_db)
-    ingested(ingest_paths(store, [GUIDELINES]))
-    embedder = load_embedder(settings.retrieval.embedder)
-    sync_index(settings, store, embedder=embedder)
-    retriever = Retriever(settings, store=store, embedder=embedder)
+    settings, retriever = sample_retriever("medloop-gate-bench-")
     model, tokenizer = load(args.base_model)
     items = load_mcq(gate.GUIDELINE_MCQ)
     prompts = [item_prompt(tokenizer, item, retriever, settings.serving.evidence_k, options=False) for item in items]

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,21 +29,13 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from scipy.stats import linregress
 
-    from medloop.config import Settings
     from medloop.continual import gate
     from medloop.continual.mcq import load_mcq
-    from medloop.knowledge import KnowledgeStore, ingest_paths
-    from medloop.retrieval import Retriever, load_embedder, sync_index
-    from medloop.testing import GUIDELINES, SABOTAGE, make_adapter, smollm2_folder
-    from results import ingested, save
+    from medloop.testing import SABOTAGE, make_adapter, smollm2_folder
+    from results import sample_retriever, save
 
-    home = Path(tempfile.mkdtemp(prefix="medloop-gate-cost-"))
-    settings = Settings(home=home)
-    store = KnowledgeStore(settings.knowledge_db)
-    ingested(ingest_paths(store, [GUIDELINES]))
-    embedder = load_embedder(settings.retrieval.embedder)
-    sync_index(settings, store, embedder=embedder)
-    retriever = Retriever(settings, store=store, embedder=embedder)
+    settings, retriever = sample_retriever("medloop-gate-cost-")
+    home = settings.home
     base = smollm2_folder(home / "smollm2")
     candidate, live = (make_adapter(base, home / name, seed) for seed, name in enumerate(("candidate", "live"), 1))
     fixture = json.loads(SABOTAGE.read_text())

@@ -44,6 +44,24 @@ def ingested(report, synced=None):
     return report
 
 
+def sample_retriever(prefix: str):
+    """(settings, retriever): the sample guidelines ingested (refused when partial) and indexed with the default
+    embedder in a fresh temporary data home."""
+    import tempfile
+
+    from medloop.config import Settings
+    from medloop.knowledge import KnowledgeStore, ingest_paths
+    from medloop.retrieval import Retriever, load_embedder, sync_index
+    from medloop.testing import GUIDELINES
+
+    settings = Settings(home=Path(tempfile.mkdtemp(prefix=prefix)))
+    store = KnowledgeStore(settings.knowledge_db)
+    ingested(ingest_paths(store, [GUIDELINES]))
+    embedder = load_embedder(settings.retrieval.embedder)
+    sync_index(settings, store, embedder=embedder)
+    return settings, Retriever(settings, store=store, embedder=embedder)
+
+
 def save(bench: str, settings: dict, figures: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"bench": bench, "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(),

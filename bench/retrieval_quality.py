@@ -9,24 +9,15 @@ dev only.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from medloop.config import Settings  # noqa: E402
-from medloop.knowledge import KnowledgeStore, ingest_paths  # noqa: E402
-from medloop.retrieval import Retriever, load_embedder, quality, sync_index  # noqa: E402
-from medloop.testing import GUIDELINES  # noqa: E402
-from results import ingested, save  # noqa: E402
+from medloop.retrieval import quality  # noqa: E402
+from results import sample_retriever, save  # noqa: E402
 
 
 def main() -> None:
-    settings = Settings(home=Path(tempfile.mkdtemp(prefix="medloop-retrieval-")))
-    embedder = load_embedder(settings.retrieval.embedder)
-    store = KnowledgeStore(settings.knowledge_db)
-    ingested(ingest_paths(store, [GUIDELINES]))
-    sync_index(settings, store, embedder=embedder)
-    retriever = Retriever(settings, store=store, embedder=embedder)
+    settings, retriever = sample_retriever("medloop-retrieval-")
     for name in ("dev", "heldout", "fresh"):
         path = quality.sample_set(name)
         result = quality.retrieval_quality(retriever, quality.load_labelled(path), 3)
