@@ -51,6 +51,22 @@ def test_a_blood_pressure_written_as_its_two_parts_is_one_pair():
     assert [key(v) for v in values("收缩压<140 mmHg，服药3个月")] == [("140", "mmHg", "below"), ("3", "mo", "")]
 
 
+def test_a_blood_pressure_said_aloud_or_with_a_spaced_unit_is_read():
+    """What stale_fresh3 found read wrong: "under 140 over 90" gave no value; "160 mm Hg" no unit."""
+    said = [key(v) for v in values("getting under 140 over 90 is the aim; below 140/90 mm Hg; 140 over 90 or lower")]
+    assert said == [("140/90", "mmHg", "below")] * 3
+    assert [key(v) for v in values("a systolic of 160 mm Hg or more")] == [("160", "mmHg", "above")]
+    assert [key(v) for v in values("3 over 4 weeks")] == [("4", "wk", "above")]  # no pressure: "over 4 weeks"
+
+
+def test_a_class_named_by_its_other_chinese_name_is_the_class(store):
+    """"钙离子拮抗剂" is the calcium channel blocker the 2018 guideline lists for initial therapy."""
+    [claim] = stale_claims("氨氯地平这种钙离子拮抗剂单独用来起始治疗没问题。", ["cn-hypertension"], store)
+    assert (claim.claim, claim.kind) in {("钙离子拮抗剂", "name"), ("地平", "name")}
+    [english] = stale_claims("A calcium antagonist alone is fine to start with.", ["cn-hypertension"], store)
+    assert (english.claim, english.kind) == ("calcium antagonist", "name")
+
+
 def test_doses_concentrations_and_weeks_are_claims_in_either_language():
     found = [key(v) for v in values("首剂1 mg，肾功能不全者从每日50 mg开始；尿酸＜360 μmol/L（6 mg/dL）；缓解后2～4周")]
     assert found == [("1", "mg", ""), ("50", "mg", ""), ("360", "umol/L", "below"), ("6", "mg/dL", ""),

@@ -27,9 +27,12 @@ UNITS = {
     "个月": "mo", "month": "mo", "months": "mo", "天": "d", "day": "d", "days": "d", "分钟": "min",
     "minute": "min", "minutes": "min", "min": "min", "岁": "y", "years": "y", "year": "y",
 }
+# A blood pressure said aloud: "140 over 90" (two- or three-digit numbers only: "3 over 4 weeks" is no pair).
+SPOKEN_PAIR = r"(?<![\d.])\d{2,3}\s+over\s+\d{2,3}(?![\d.])"
+PAIR = re.compile(rf"\d+(?:\.\d+)?\s*/\s*\d+(?:\.\d+)?|{SPOKEN_PAIR}", re.IGNORECASE)
 NUMBER = re.compile(
-    r"(?P<num>\d+(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?)\s*"
-    r"(?P<unit>mmHg|毫米汞柱|%|mmol/L|[μu]mol/L|mg/dL|mIU/L|(?:mg|[μu]g|mcg|mL|IU|h)(?![A-Za-z])|小时|周|个月|天|分钟|岁|"
+    rf"(?P<num>{SPOKEN_PAIR}|\d+(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?)\s*"
+    r"(?P<unit>mm\s?Hg|毫米汞柱|%|mmol/L|[μu]mol/L|mg/dL|mIU/L|(?:mg|[μu]g|mcg|mL|IU|h)(?![A-Za-z])|小时|周|个月|天|分钟|岁|"
     r"hours?|weeks?|months?|days?|minutes?|min|years?)?",
     re.IGNORECASE,
 )
@@ -44,7 +47,6 @@ ABOVE_AFTER = re.compile(r"^\s*(?:以上|及以上|上面|之上|or more|or high
 # diastolic below 90 mmHg") is the one claim "<140/90 mmHg": each part is mmHg even where only the second says so.
 SYSTOLIC = re.compile(r"(?:收缩压|高压|systolic|SBP)\D{0,20}$", re.IGNORECASE)  # "systolic pressure below 140"
 DIASTOLIC = re.compile(r"(?:舒张压|低压|diastolic|DBP)\D{0,20}$", re.IGNORECASE)
-PAIR = re.compile(r"\d+(?:\.\d+)?\s*/\s*\d+(?:\.\d+)?")
 PAIR_GAP = 40  # characters from the end of the systolic part to the diastolic number
 CLAUSE = re.compile(r"[。；;！？!?\n]|\.(?=\s|$)")
 # Alternatives within a clause ("随机血糖≥11.1，或空腹血糖≥7.0"): a qualifier holds for the values of its own part.
@@ -77,9 +79,9 @@ class Value:
 def values(text: str) -> list[Value]:
     out, systolic = [], None  # systolic: the last systolic part read, and where it ends
     for m in NUMBER.finditer(text):
-        parts = re.sub(r"\s+", "", m["num"]).split("/")
+        parts = re.split(r"\s*/\s*|\s+over\s+", m["num"].strip(), flags=re.IGNORECASE)
         number = "/".join(p.rstrip("0").rstrip(".") if "." in p else p for p in parts)
-        unit = UNITS.get((m["unit"] or "").lower(), "")
+        unit = UNITS.get(re.sub(r"\s+", "", m["unit"] or "").lower(), "")
         before, after = text[max(0, m.start() - 14):m.start()], text[m.end():m.end() + 10]
         reading = text[max(0, m.start() - 28):m.start()]
         part = "" if "/" in number else "diastolic" if DIASTOLIC.search(reading) else \
