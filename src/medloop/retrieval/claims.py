@@ -45,8 +45,14 @@ BELOW_AFTER = re.compile(r"^\s*(?:以下|下面|之下|以内|之内|内|or less
 ABOVE_AFTER = re.compile(r"^\s*(?:以上|及以上|上面|之上|or more|or higher|or above|and above|or older)", re.IGNORECASE)
 # A blood pressure written as its two parts ("收缩压<140，舒张压<90 mmHg", "高压140低压90", "systolic below 140 and
 # diastolic below 90 mmHg") is the one claim "<140/90 mmHg": each part is mmHg even where only the second says so.
-SYSTOLIC = re.compile(r"(?:收缩压|高压|systolic|SBP)\D{0,20}$", re.IGNORECASE)  # "systolic pressure below 140"
-DIASTOLIC = re.compile(r"(?:舒张压|低压|diastolic|DBP)\D{0,20}$", re.IGNORECASE)
+# A part is named a few words before its number: "systolic pressure below 140", "the top number under 140".
+SYSTOLIC = re.compile(r"(?:收缩压|高压|systolic|SBP|(?:top|upper) number)\D{0,30}$", re.IGNORECASE)
+DIASTOLIC = re.compile(r"(?:舒张压|低压|diastolic|DBP|(?:bottom|lower) number)\D{0,30}$", re.IGNORECASE)
+PART_READ = 40  # characters before a number searched for the part it gives
+# A value called a target with no direction ("目标是140/90", "140/90 mmHg是目标上限", "a goal of 140/90") is a
+# ceiling, as treatment targets are; read so, it is not the live diagnostic threshold "≥140/90".
+TARGET = re.compile(r"目标|达标|控制在|target|goal|\baim", re.IGNORECASE)
+PHRASE = re.compile(r"[，,；;、]")
 PAIR_GAP = 40  # characters from the end of the systolic part to the diastolic number
 CLAUSE = re.compile(r"[。；;！？!?\n]|\.(?=\s|$)")
 # Alternatives within a clause ("随机血糖≥11.1，或空腹血糖≥7.0"): a qualifier holds for the values of its own part.
@@ -83,7 +89,7 @@ def values(text: str) -> list[Value]:
         number = "/".join(p.rstrip("0").rstrip(".") if "." in p else p for p in parts)
         unit = UNITS.get(re.sub(r"\s+", "", m["unit"] or "").lower(), "")
         before, after = text[max(0, m.start() - 14):m.start()], text[m.end():m.end() + 10]
-        reading = text[max(0, m.start() - 28):m.start()]
+        reading = text[max(0, m.start() - PART_READ):m.start()]
         part = "" if "/" in number else "diastolic" if DIASTOLIC.search(reading) else \
             "systolic" if SYSTOLIC.search(reading) else ""
         if "/" in number or part:
@@ -92,7 +98,7 @@ def values(text: str) -> list[Value]:
             continue  # a bare number ("2型", "12-lead") is not a claim
         below, above = BELOW_BEFORE.search(before), ABOVE_BEFORE.search(before)
         direction = "below" if below or BELOW_AFTER.search(after) else \
-            "above" if above or ABOVE_AFTER.search(after) else ""
+            "above" if above or ABOVE_AFTER.search(after) else "below" if _a_target(text, m) else ""
         symbol = (below or above).group().strip() if below or above else ""
         written = (symbol if len(symbol) <= 2 else "") + text[m.start():m.end()].strip()  # "<140/90 mmHg"
         value = Value(number, unit, direction, written, m.start())
@@ -104,6 +110,13 @@ def values(text: str) -> list[Value]:
         systolic = (value, m.end()) if part == "systolic" else None
         out.append(value)
     return out
+
+
+def _a_target(text: str, m: re.Match) -> bool:
+    """Is the value at `m` called a target in its own phrase (up to the nearest comma either side)?"""
+    before = PHRASE.split(text[:m.start()])[-1][-20:]
+    after = PHRASE.split(text[m.end():m.end() + 16])[0]
+    return bool(TARGET.search(before) or TARGET.search(after))
 
 
 def clauses(text: str) -> list[str]:
@@ -150,10 +163,11 @@ class Reading:
     concepts: frozenset[int]  # every lexicon concept it mentions (its topic)
     chunk: object = None  # the guideline chunk it comes from (a ChunkRecord), None for an answer
 
-    def states(self, value: Value, about: Reading | None = None) -> bool:
-        """Does this clause give `value`? With `about` (an answer's clause): for something that clause is about
-        too; a target this clause gives for the elderly does not support a claim about every patient."""
-        return any(value.matches(v) and (about is None or q <= about.qualifiers) for v, q in self.values)
+    def states(self, value: Value, about: frozenset[int] | None = None) -> bool:
+        """Does this clause give `value`? With `about` (the qualifiers of an answer's claim): for something the
+        claim is about too; a target this clause gives for the elderly does not support a claim about every
+        patient."""
+        return any(value.matches(v) and (about is None or q <= about) for v, q in self.values)
 
     def names_concept(self, concept: frozenset[int]) -> bool:
         return any(concept & groups for groups in self.names)

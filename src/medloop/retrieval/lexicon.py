@@ -3,6 +3,10 @@
 Terms are matched as written: Chinese ones as substrings of the question, others as runs of stemmed words
 ("high blood pressures" finds "high blood pressure"). Longer terms win, and a matched span is used once,
 so "2型糖尿病" is one concept, not also "糖尿病".
+
+A name written with a leading "-" is a word ending, as drug classes are named by their INN stems: "-olol" and
+"-洛尔" are β-blockers. A word ending so names the class ("nebivolol", "amlodipine" for "-dipine", one the lexicon
+has never seen), and so does a name on another line ("bisoprolol", "比索洛尔": the drug's line and its class's).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class Lexicon:
     def __init__(self, sources: dict[str, list[str]]):
         """`sources`: file name -> its lines."""
         self.groups: list[tuple[Form, ...]] = []
+        self.stems: list[tuple[str, int]] = []  # (a word ending, its concept line)
         terms: list[Term] = []
         numbered = [(source, n, line) for source, lines in sources.items() for n, line in enumerate(lines, 1)]
         for source, number, line in numbered:
@@ -43,6 +48,11 @@ class Lexicon:
                 raise ValueError(f"{source}:{number}: a concept line needs at least two names separated by ' | '")
             forms = []
             for name in names:
+                if name.startswith("-"):
+                    name = name[1:]
+                    self.stems.append((name, len(self.groups)))
+                    if not CJK.search(name):
+                        continue  # an English ending is no word a passage holds; a Chinese one is its characters
                 tokens = form_of(name)
                 if tokens:
                     terms.append(Term(name, tokens, (len(self.groups),)))
@@ -51,7 +61,9 @@ class Lexicon:
         merged: dict[str, Term] = {}
         for t in terms:
             seen = merged.get(t.text)
-            merged[t.text] = Term(t.text, t.tokens, (seen.groups if seen else ()) + t.groups)
+            groups = (seen.groups if seen else ()) + t.groups
+            groups += tuple(g for stem, g in self.stems if t.text.endswith(stem) and t.text != stem and g not in groups)
+            merged[t.text] = Term(t.text, t.tokens, groups)
         self._texts = set(merged)
         # Longest first: a longer term is the more specific reading of the same words.
         self.terms = sorted(merged.values(), key=lambda t: (-len(t.text), t.text))
@@ -99,6 +111,13 @@ class Lexicon:
                     blank.append((start, end))
                     found.append((term.groups, question[start:end]))
                     break
+        for i, (m, _) in enumerate(words):
+            if used[i]:
+                continue
+            stems = tuple(g for stem, g in self.stems if m.group().endswith(stem) and len(m.group()) > len(stem) + 1)
+            if stems:  # a drug the lexicon does not know, named by its class's INN stem
+                blank.append((m.start(), m.end()))
+                found.append((stems, question[m.start():m.end()]))
         for start, end in blank:
             text = text[:start] + " " * (end - start) + text[end:]
         return list({groups: (groups, name) for groups, name in found}.values()), text

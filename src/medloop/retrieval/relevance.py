@@ -55,8 +55,10 @@ def analyse(question: str, lexicon: Lexicon, bridge: Bridge | None = None) -> Qu
     bridge = bridge or Bridge(dictionary())
     groups, rest = lexicon.find(question)
     concepts = []
-    for line_ids, _ in groups:
-        forms = tuple(dict.fromkeys(f for g in line_ids for f in lexicon.groups[g]))
+    for line_ids, written in groups:
+        # The name as written first: a drug known by its class's stem ("amlodipine") is found as itself too.
+        forms = tuple(dict.fromkeys(f for f in (form_of(written), *(f for g in line_ids for f in lexicon.groups[g]))
+                                    if f))
         concepts.append(Concept(" ".join(forms[0]), forms))
     for run in CJK_RUN.findall(rest):
         for word, tag in _words(run, bridge):

@@ -14,6 +14,8 @@ the evidence for its question states, clause for clause, and none that only a su
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -21,7 +23,10 @@ from typing import Literal
 from medloop.knowledge.parsing import one_line
 from medloop.knowledge.store import KnowledgeStore
 from medloop.retrieval.claims import Reading, Value, read_all, vocabulary
+from medloop.retrieval.dictionary import Bridge, dictionary
 from medloop.retrieval.lexicon import Lexicon, lexicon
+from medloop.retrieval.relevance import analyse, concept_weights, relevance
+from medloop.retrieval.tokenize import tokenize
 
 
 @dataclass
@@ -37,17 +42,41 @@ class StaleClaim:
     kind: Literal["value", "name"] = "value"  # a threshold/target/duration, or a drug or class only the old one names
 
 
+@dataclass(frozen=True, eq=False)
+class Versions:
+    """One guideline's clauses, live and superseded, with each chunk's tokens for asking what a passage covers."""
+
+    live: list[Reading]
+    old: list[Reading]
+    tokens: dict[int, set[str]]  # chunk id -> its tokens
+
+    def covering(self, clause: str, lex: Lexicon, bridge: Bridge) -> Callable[[Reading], float]:
+        """How much of what an answer's clause is about a guideline clause's passage covers (retrieval's
+        relevance, in either language, weighted by rarity within this guideline: "类风湿关节炎" is in every
+        passage and tells none apart)."""
+        query = analyse(clause, lex, bridge)
+        df = Counter(t for tokens in self.tokens.values() for t in tokens)
+        weights = concept_weights(query, lambda t: df[t], len(self.tokens))
+        return lambda reading: relevance(query, self.tokens[reading.chunk.chunk_id], weights)
+
+
 @lru_cache(maxsize=64)
-def _guideline(store: KnowledgeStore, doc_id: str, revision: int, lex: Lexicon) -> tuple[list[Reading], list[Reading]]:
-    """(live clauses, superseded clauses) of one guideline, read once per store revision; nothing is read for a
-    guideline without a superseded version, which is most of them."""
+def _guideline(store: KnowledgeStore, doc_id: str, revision: int, lex: Lexicon) -> Versions:
+    """One guideline's clauses, read once per store revision; nothing is read for a guideline without a superseded
+    version, which is most of them."""
     if not any(v["superseded"] for v in store.versions(doc_id)):
-        return [], []
+        return Versions([], [], {})
     vocab = vocabulary(lex)
-    live, old = [], []
+    live, old, tokens = [], [], {}
     for chunk in store.guideline_chunks(doc_id):
         (old if chunk.superseded else live).extend(read_all(chunk.text, vocab, chunk))
-    return live, old
+        tokens[chunk.chunk_id] = set(tokenize(f"{chunk.section} {chunk.text}"))
+    return Versions(live, old, tokens)
+
+
+@lru_cache(maxsize=4)
+def _bridge(store: KnowledgeStore, revision: int) -> Bridge:
+    return Bridge(dictionary(), store.bilingual_terms())
 
 
 def _overlap(a: Reading, b: Reading) -> float:
@@ -64,11 +93,13 @@ def stale_claims(answer: str, cited_guidelines: list[str], store: KnowledgeStore
     found: list[StaleClaim] = []
     revision = store.revision()
     for doc_id in dict.fromkeys(cited_guidelines):
-        live, old = _guideline(store, doc_id, revision, lex)
+        versions = _guideline(store, doc_id, revision, lex)
+        live, old = versions.live, versions.old
         if not old or not live:
             continue
         for clause in readings:
-            claims = [_stale_value(clause, v, live, old, doc_id) for v, _ in clause.values]
+            covers = versions.covering(clause.text, lex, _bridge(store, revision)) if clause.values else None
+            claims = [_stale_value(clause, v, q, live, old, doc_id, covers) for v, q in clause.values]
             claims += [_stale_name(clause, concept, written, live, old, doc_id)
                        for concept, written in clause.names.items()]
             for stale in claims:
@@ -77,10 +108,20 @@ def stale_claims(answer: str, cited_guidelines: list[str], store: KnowledgeStore
     return found
 
 
-def _stale_value(clause: Reading, value: Value, live: list[Reading], old: list[Reading],
-                 doc_id: str) -> StaleClaim | None:
-    said_before = [c for c in old if c.states(value, about=clause)]
-    if not said_before or any(c.states(value, about=clause) for c in live):
+def _stale_value(clause: Reading, value: Value, about: frozenset[int], live: list[Reading], old: list[Reading],
+                 doc_id: str, covers: Callable[[Reading], float]) -> StaleClaim | None:
+    """`about`: the qualifiers of the value's own part of the clause ("目标<140/90，老年人可放宽到150/90": the
+    140/90 is everyone's). The live version still says the value when it states it in the section of the same
+    title as a superseded clause that did, or in a passage that covers what the answer's clause is about at least as
+    well as the superseded one: the old "每1～3个月评估" is not kept by the live "3个月内减停" of glucocorticoids, and
+    an answer about tapering them within 3 months follows the live version."""
+    said_before = [c for c in old if c.states(value, about)]
+    if not said_before:
+        return None
+    sections = {c.chunk.section for c in said_before}
+    said_now = [c for c in live if c.states(value, about)]
+    if any(c.chunk.section in sections for c in said_now) or \
+            (said_now and max(map(covers, said_now)) >= max(map(covers, said_before))):
         return None
     before = max(said_before, key=lambda c: _overlap(clause, c))
     # What the live version says instead: its clause closest to the superseded one with a value of the same kind.
@@ -117,7 +158,7 @@ def disagreements(answer: str, hits: list, store: KnowledgeStore, lex: Lexicon |
     for clause in readings:
         for value, _ in clause.values:
             claims += 1
-            if not any(e.states(value, about=clause) for e in evidence):
+            if not any(e.states(value, clause.qualifiers) for e in evidence):
                 unsupported.append(value.text)
         for concept, written in clause.names.items():
             claims += 1

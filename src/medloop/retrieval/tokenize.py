@@ -74,6 +74,8 @@ def english_token(word: str) -> str | None:
     word = word.strip().lower()
     if len(word) < 2 or word in STOPWORDS:  # "I'm" leaves an "m"
         return None
+    if len(word) > 2 and word.endswith("s") and not re.search(r"[aeiouy]", word[:-1]):
+        word = word[:-1]  # an abbreviation's plural ("CCBs", "CGMs"), which the stemmer keeps: it has no vowel
     stemmed = stem(word)
     return None if stemmed in STOPWORDS else stemmed
 
