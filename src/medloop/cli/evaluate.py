@@ -108,10 +108,11 @@ def eval_retrieval(
 @eval_app.command("stale")
 def eval_stale(
     file: Annotated[Path | None, typer.Argument(help="labelled JSONL (default: a packaged set, --set)")] = None,
-    labelled: Annotated[Literal["dev", "heldout", "fresh", "fresh2", "fresh3", "fresh4"], typer.Option(
+    labelled: Annotated[Literal["dev", "heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5"], typer.Option(
         "--set", help="the packaged set: dev (tuned on), heldout, fresh (written after the freeze; it moved the "
                       "check once), fresh2 (written after that change; it moved it again), fresh3 (written after "
-                      "that; it moved it a third time), fresh4 (written after that)")] = "dev",
+                      "that; it moved it a third time), fresh4 (written after that; it moved it a fourth), fresh5 "
+                      "(written after that)")] = "dev",
     save: Annotated[Path | None, typer.Option("--json", help="write every figure and answer here")] = None,
 ) -> None:
     """The stale-answer check on labelled answers: detection and false-flag rate, by language."""
