@@ -93,7 +93,8 @@ def stale() -> str:
         ("dev", "dev (tuned on)"), ("heldout", "held-out"), ("fresh", "fresh (after the freeze)"),
         ("fresh2", "fresh 2 (after the change fresh moved)"), ("fresh3", "fresh 3 (after the changes fresh 2 moved)"),
         ("fresh4", "fresh 4 (after the changes fresh 3 moved)"),
-        ("fresh5", "fresh 5 (after the changes fresh 4 moved)"))]
+        ("fresh5", "fresh 5 (after the changes fresh 4 moved)"),
+        ("fresh6", "fresh 6 (after the changes fresh 5 moved)"))]
     for name, result in STALE_FIRST_RUNS.items():
         if (RESULTS / f"{result}.json").exists():
             at = next(i for i, row in enumerate(rows) if row[1] == name)

@@ -72,6 +72,20 @@ def test_a_target_with_no_direction_is_a_ceiling_and_the_parts_are_read_from_fur
         assert [key(v) for v in values(text)] == [("140/90", "mmHg", "below")], text
 
 
+
+def test_values_in_words_and_parts_named_after_their_numbers_are_read():
+    """What stale_fresh5 found read wrong: numbers in words, a target word 23 characters back, "140 systolic"."""
+    assert [key(v) for v in values("降压治疗应使血压低于一百四十/九十毫米汞柱")] == [("140/90", "mmHg", "below")]
+    assert [key(v) for v in values("疗程不超过六个月；HbA1c百分之七以下")] == \
+        [("6", "mo", "below"), ("7", "%", "below")]
+    assert [key(v) for v in values("for twelve months, under one hundred forty over ninety")] == \
+        [("12", "mo", ""), ("140/90", "mmHg", "below")]
+    assert values("一般高血压患者一线用药；type two diabetes; 三分之一的患者；1/3的患者") == []  # words, not values
+    assert [key(v) for v in values("The goal blood pressure is 140/90 mm Hg.")] == [("140/90", "mmHg", "below")]
+    assert [key(v) for v in values("lowered to less than 140 systolic and 90 diastolic")] == \
+        [("140/90", "mmHg", "below")]
+
+
 def test_a_value_is_about_whom_its_own_part_names(store):
     """The elderly named after the general target do not make it theirs (stale_fresh4)."""
     hypertension = ["cn-hypertension"]

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+import cn2an
+from text_to_num import alpha2digit
+
 from medloop.knowledge.language import is_chinese
 from medloop.retrieval.lexicon import Lexicon
 
@@ -48,6 +51,8 @@ ABOVE_AFTER = re.compile(r"^\s*(?:以上|及以上|上面|之上|or more|or high
 # A part is named a few words before its number: "systolic pressure below 140", "the top number under 140".
 SYSTOLIC = re.compile(r"(?:收缩压|高压|systolic|SBP|(?:top|upper) number)\D{0,30}$", re.IGNORECASE)
 DIASTOLIC = re.compile(r"(?:舒张压|低压|diastolic|DBP|(?:bottom|lower) number)\D{0,30}$", re.IGNORECASE)
+SYSTOLIC_AFTER = re.compile(r"^\s*(?:mm\s?Hg\s*)?(?:systolic|收缩压)", re.IGNORECASE)  # "less than 140 systolic"
+DIASTOLIC_AFTER = re.compile(r"^\s*(?:mm\s?Hg\s*)?(?:diastolic|舒张压)", re.IGNORECASE)
 PART_READ = 40  # characters before a number searched for the part it gives
 # A value called a target with no direction ("目标是140/90", "140/90 mmHg是目标上限", "a goal of 140/90") is a
 # ceiling, as treatment targets are; read so, it is not the live diagnostic threshold "≥140/90".
@@ -82,18 +87,43 @@ class Value:
         return single in pair
 
 
+# Chinese numerals that are a value: before a unit or either side of a pair's slash ("六个月", "一百四十/九十"), or
+# a percentage ("百分之七"); "一般", "一线" and "单一" stay words.
+CN_NUMERAL = "[零一二两三四五六七八九十百千点]+"
+CN_VALUE = re.compile(rf"{CN_NUMERAL}(?=\s*(?:/|毫米汞柱|mmHg|个月|周|天|小时|分钟|岁|毫克|mg))|(?<=/){CN_NUMERAL}")
+CN_PERCENT = re.compile(rf"百分之({CN_NUMERAL})")
+
+
+def digits(text: str) -> str:
+    """Numbers written in words as digits, where they can be values: "疗程不超过六个月", "一百四十/九十毫米汞柱",
+    "for twelve months", "one hundred forty over ninety" (cn2an; text2num, which leaves a lone small number such
+    as "type two" a word)."""
+    text = CN_PERCENT.sub(lambda m: _cn_number(m[1]) + "%", text)
+    text = CN_VALUE.sub(lambda m: _cn_number(m[0]), text)
+    return alpha2digit(text, "en") if re.search("[A-Za-z]", text) else text
+
+
+def _cn_number(numeral: str) -> str:
+    try:
+        return str(cn2an.cn2an(numeral, "smart"))
+    except ValueError:  # not a number after all ("十百")
+        return numeral
+
+
 def values(text: str) -> list[Value]:
+    text = digits(text)
     out, systolic = [], None  # systolic: the last systolic part read, and where it ends
     for m in NUMBER.finditer(text):
         parts = re.split(r"\s*/\s*|\s+over\s+", m["num"].strip(), flags=re.IGNORECASE)
         number = "/".join(p.rstrip("0").rstrip(".") if "." in p else p for p in parts)
         unit = UNITS.get(re.sub(r"\s+", "", m["unit"] or "").lower(), "")
         before, after = text[max(0, m.start() - 14):m.start()], text[m.end():m.end() + 10]
-        reading = text[max(0, m.start() - PART_READ):m.start()]
-        part = "" if "/" in number else "diastolic" if DIASTOLIC.search(reading) else \
-            "systolic" if SYSTOLIC.search(reading) else ""
-        if "/" in number or part:
-            unit = "mmHg"  # a systolic/diastolic pair, or one of its parts
+        reading, named_after = text[max(0, m.start() - PART_READ):m.start()], text[m.end():m.end() + 16]
+        part = "" if "/" in number else \
+            "diastolic" if DIASTOLIC.search(reading) or DIASTOLIC_AFTER.search(named_after) else \
+            "systolic" if SYSTOLIC.search(reading) or SYSTOLIC_AFTER.search(named_after) else ""
+        if ("/" in number and all(len(p) >= 2 for p in parts)) or part:
+            unit = "mmHg"  # a systolic/diastolic pair ("1/3" is none), or one of its parts
         if not unit:
             continue  # a bare number ("2型", "12-lead") is not a claim
         below, above = BELOW_BEFORE.search(before), ABOVE_BEFORE.search(before)
@@ -114,7 +144,7 @@ def values(text: str) -> list[Value]:
 
 def _a_target(text: str, m: re.Match) -> bool:
     """Is the value at `m` called a target in its own phrase (up to the nearest comma either side)?"""
-    before = PHRASE.split(text[:m.start()])[-1][-20:]
+    before = PHRASE.split(text[:m.start()])[-1][-40:]
     after = PHRASE.split(text[m.end():m.end() + 16])[0]
     return bool(TARGET.search(before) or TARGET.search(after))
 
@@ -179,6 +209,7 @@ def _unpaired(text: str) -> str:
 
 
 def read(text: str, vocab: Vocabulary, chunk=None) -> Reading:
+    text = digits(text)  # once, so that where a value is and where a qualifier is are read in one text
     found, _ = vocab.lexicon.find(_unpaired(text))
     concepts = frozenset(g for groups, _ in found for g in groups)
     names = {frozenset(groups): written for groups, written in found if set(groups) & vocab.names}

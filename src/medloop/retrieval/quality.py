@@ -169,14 +169,17 @@ def stale_check_quality(store, path: Path, lex=None) -> dict:
     superseded version alone makes, as written or any name of them; empty for a current answer], "language"}):
     detection (stale answers flagged, for every labelled claim) and the false-flag rate (current answers
     flagged at all), overall and by language."""
+    from medloop.retrieval.claims import digits
     from medloop.retrieval.lexicon import lexicon
     from medloop.retrieval.staleness import stale_claims
 
     lex = lex or lexicon()
 
     def same(expected: str, flagged: str) -> bool:
-        """The labelled claim and the flagged one are one claim: the same value, or names of one concept."""
-        if expected.lower() in flagged.lower() or flagged.lower() in expected.lower():
+        """The labelled claim and the flagged one are one claim: the same value (in digits or in words: the check
+        reads "一百四十/九十" as 140/90), or names of one concept."""
+        expected, flagged = digits(expected).lower(), digits(flagged).lower()
+        if expected in flagged or flagged in expected:
             return True
         concepts = [{g for groups, _ in lex.find(t)[0] for g in groups} for t in (expected, flagged)]
         return bool(concepts[0] & concepts[1])
