@@ -86,6 +86,26 @@ def test_values_in_words_and_parts_named_after_their_numbers_are_read():
         [("140/90", "mmHg", "below")]
 
 
+
+def test_ceilings_in_english_words_and_a_systolic_part_far_back_are_read():
+    """What stale_fresh6 found read wrong."""
+    for text in ("keeping your blood pressure within 140/90 mmHg", "as long as it doesn't exceed 140/90",
+                 "it should not exceed 140/90 mmHg", "Systolic pressure should come down to under 140 mmHg and "
+                 "diastolic to under 90 mmHg"):
+        assert [key(v) for v in values(text)] == [("140/90", "mmHg", "below")], text
+    assert [key(v) for v in values("exceeding 140/90 mmHg; up to 6 months")] == \
+        [("140/90", "mmHg", "above"), ("6", "mo", "below")]
+
+
+def test_a_value_that_holds_for_a_group_too_is_everyones(store):
+    """"elderly patients included" widens the claim; it does not make it the elderly's (stale_fresh6)."""
+    for answer in ("Get it below 140/90 and you've reached the goal, elderly patients included.",
+                   "血压降到140/90以下就达标了，老年人也是一样。",
+                   "Below 140/90 mmHg for everyone, including the elderly."):
+        assert [c.claim for c in stale_claims(answer, ["cn-hypertension"], store)], answer
+    assert stale_claims("For patients aged 80 and over, below 140/90 mmHg if tolerated.", ["cn-hypertension"],
+                        store) == []
+
 def test_a_value_is_about_whom_its_own_part_names(store):
     """The elderly named after the general target do not make it theirs (stale_fresh4)."""
     hypertension = ["cn-hypertension"]

@@ -40,8 +40,9 @@ NUMBER = re.compile(
     re.IGNORECASE,
 )
 # A direction written before the number, or after it (Chinese puts 以下/以上 after the value).
-BELOW_BEFORE = re.compile(r"(?:[<＜≤]|低于|小于|不超过|不高于|below|under|less than|lower than|at most|no more than)"
-                          r"\s*=?\s*$", re.IGNORECASE)
+BELOW_BEFORE = re.compile(r"(?:[<＜≤]|低于|小于|不超过|不高于|below|under|less than|lower than|at most|no more than|"
+                          r"within|up to|no higher than|not (?:exceed|go above|be above)|(?:does|do|did)(?:n't| not) "
+                          r"(?:exceed|go above))\s*=?\s*$", re.IGNORECASE)
 ABOVE_BEFORE = re.compile(r"(?:[>＞≥]|高于|大于|超过|至少|不低于|above|over|more than|greater than|at least|exceeding)"
                           r"\s*=?\s*$", re.IGNORECASE)
 BELOW_AFTER = re.compile(r"^\s*(?:以下|下面|之下|以内|之内|内|or less|or lower|or below)", re.IGNORECASE)
@@ -49,11 +50,11 @@ ABOVE_AFTER = re.compile(r"^\s*(?:以上|及以上|上面|之上|or more|or high
 # A blood pressure written as its two parts ("收缩压<140，舒张压<90 mmHg", "高压140低压90", "systolic below 140 and
 # diastolic below 90 mmHg") is the one claim "<140/90 mmHg": each part is mmHg even where only the second says so.
 # A part is named a few words before its number: "systolic pressure below 140", "the top number under 140".
-SYSTOLIC = re.compile(r"(?:收缩压|高压|systolic|SBP|(?:top|upper) number)\D{0,30}$", re.IGNORECASE)
-DIASTOLIC = re.compile(r"(?:舒张压|低压|diastolic|DBP|(?:bottom|lower) number)\D{0,30}$", re.IGNORECASE)
+SYSTOLIC = re.compile(r"(?:收缩压|高压|systolic|SBP|(?:top|upper) number)\D{0,50}$", re.IGNORECASE)
+DIASTOLIC = re.compile(r"(?:舒张压|低压|diastolic|DBP|(?:bottom|lower) number)\D{0,50}$", re.IGNORECASE)
 SYSTOLIC_AFTER = re.compile(r"^\s*(?:mm\s?Hg\s*)?(?:systolic|收缩压)", re.IGNORECASE)  # "less than 140 systolic"
 DIASTOLIC_AFTER = re.compile(r"^\s*(?:mm\s?Hg\s*)?(?:diastolic|舒张压)", re.IGNORECASE)
-PART_READ = 40  # characters before a number searched for the part it gives
+PART_READ = 60  # characters before a number searched for the part it gives (no other number between them)
 # A value called a target with no direction ("目标是140/90", "140/90 mmHg是目标上限", "a goal of 140/90") is a
 # ceiling, as treatment targets are; read so, it is not the live diagnostic threshold "≥140/90".
 TARGET = re.compile(r"目标|达标|控制在|target|goal|\baim", re.IGNORECASE)
@@ -117,7 +118,7 @@ def values(text: str) -> list[Value]:
         parts = re.split(r"\s*/\s*|\s+over\s+", m["num"].strip(), flags=re.IGNORECASE)
         number = "/".join(p.rstrip("0").rstrip(".") if "." in p else p for p in parts)
         unit = UNITS.get(re.sub(r"\s+", "", m["unit"] or "").lower(), "")
-        before, after = text[max(0, m.start() - 14):m.start()], text[m.end():m.end() + 10]
+        before, after = text[max(0, m.start() - 24):m.start()], text[m.end():m.end() + 10]
         reading, named_after = text[max(0, m.start() - PART_READ):m.start()], text[m.end():m.end() + 16]
         part = "" if "/" in number else \
             "diastolic" if DIASTOLIC.search(reading) or DIASTOLIC_AFTER.search(named_after) else \
@@ -147,6 +148,16 @@ def _a_target(text: str, m: re.Match) -> bool:
     before = PHRASE.split(text[:m.start()])[-1][-40:]
     after = PHRASE.split(text[m.end():m.end() + 16])[0]
     return bool(TARGET.search(before) or TARGET.search(after))
+
+
+# "elderly patients included", "including the elderly", "老年人也是一样": a value that holds for them too, not only.
+INCLUDED_BEFORE = re.compile(r"(?:including|even|包括|连)\s*(?:the\s*)?$", re.IGNORECASE)
+INCLUDED_AFTER = re.compile(r"^\S{0,6}?\s*(?:patients\s*|people\s*)?(?:included|too|as well|也|同样|一样)",
+                            re.IGNORECASE)
+
+
+def _included(text: str, at: int, length: int) -> bool:
+    return bool(INCLUDED_BEFORE.search(text[max(0, at - 16):at]) or INCLUDED_AFTER.search(text[at + length:]))
 
 
 def clauses(text: str) -> list[str]:
@@ -216,8 +227,8 @@ def read(text: str, vocab: Vocabulary, chunk=None) -> Reading:
     claimed = []
     for part in ALTERNATIVE.split(text):
         bare = _unpaired(part)
-        marks = [(bare.find(written), groups) for groups, written in vocab.lexicon.find(bare)[0]
-                 if set(groups) & vocab.qualifiers]
+        marks = [(at, groups) for groups, written in vocab.lexicon.find(bare)[0]
+                 if set(groups) & vocab.qualifiers and not _included(bare, at := bare.find(written), len(written))]
         for v in values(part):
             # A value is for what is named before it in its part ("家庭血压监测（≥135/85）和动态血压监测": home
             # readings), or, when nothing is and the part is English, for what follows ("<150/90 mmHg for
