@@ -5,13 +5,15 @@ live adapter -> gate), on the word-level tiny Qwen3 the CI suite uses or on a pr
     python examples/gate_months.py --suite fresh --model word --seeds 0 1 2  # months written after the freeze
     python examples/gate_months.py --suite third --model word                # after the rules they changed
     python examples/gate_months.py --suite smollm2 --model smollm2           # written for SmolLM2 after a freeze
+    python examples/gate_months.py --suite smollm2b --model smollm2          # after SmolLM2's replay changed
 
 `sabotage` (tests/fixtures/sabotage/months.json): good1, superseded, remap, shuffle, forgetting, good2, one after
 the other. `fresh` (tests/fixtures/fresh_months/months.json, written after the gate's rules were frozen) and
 `third` (third_set.json, written after the fresh months showed two rules wrong and before the changed rules met
 it): good1, then each month on its own from the same live adapter (a copy of the data home after good1), so that
 one decision never depends on another. `smollm2` (smollm2_set.json, written after the rules froze for the runs
-on SmolLM2) is run the same way, and each of its months is also judged by what its adapter does: questions written
+on SmolLM2) and `smollm2b` (smollm2_set2.json, written after SmolLM2's recipe replayed twice as much) are run the
+same way, and each of their months is also judged by what its adapter does: questions written
 apart from the month's rows (`probes`, `kept`) are asked of the candidate and of the live adapter without
 evidence, and the month's truth follows the rule frozen in that file. Every decision, with every signal and the
 one that decided, goes to bench/results/gate-<suite>-<model>.json after each month (a run cut short keeps what it
@@ -87,7 +89,8 @@ def main() -> None:
     from medloop.retrieval import load_embedder
     from medloop.testing import FIXTURES, FRESH_MONTHS, SABOTAGE, THIRD_MONTHS, month_suite_home, run_month
 
-    suites = {"fresh": FRESH_MONTHS, "third": THIRD_MONTHS, "smollm2": FIXTURES / "fresh_months" / "smollm2_set.json"}
+    suites = {"fresh": FRESH_MONTHS, "third": THIRD_MONTHS, "smollm2": FIXTURES / "fresh_months" / "smollm2_set.json",
+              "smollm2b": FIXTURES / "fresh_months" / "smollm2_set2.json"}
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--suite", choices=["sabotage", *suites], default="fresh")

@@ -25,6 +25,7 @@ from medloop.testing.models import (
 )
 from medloop.testing.months import (
     MONTH_TOPICS,
+    SMOLLM2_LOOP,
     SMOLLM2_TRAINING,
     WORD_TRAINING,
     month_suite_home,
@@ -39,7 +40,8 @@ __all__ = [
     "GUIDELINES", "LiveServer", "REPO", "FIXTURES", "TOKENIZER", "SFT", "SABOTAGE", "BAD_GUIDELINES",
     "FRESH_MONTHS", "THIRD_MONTHS", "tiny_qwen3", "CHATML", "tiny_word_qwen3", "make_adapter", "QWEN3_SHAPES",
     "qwen3_shaped", "smollm2_folder", "registry_with_candidates", "stream_succeeded", "send_together", "ask",
-    "MONTH_TOPICS", "paraphrased_month", "WORD_TRAINING", "SMOLLM2_TRAINING", "month_suite_home", "run_month",
+    "MONTH_TOPICS", "paraphrased_month", "WORD_TRAINING", "SMOLLM2_TRAINING", "SMOLLM2_LOOP", "month_suite_home",
+    "run_month",
     "write_pdf", "write_bad_guideline_zoo", "sample_index", "engine_bodies", "VLLM_VENV", "VLLM_ARGS", "RealVLLM",
     "ScriptedEngine", "LLAMA_CPP", "LlamaCppBuild",
 ]

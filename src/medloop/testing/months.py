@@ -62,6 +62,10 @@ WORD_TRAINING = {"quantize": False, "gradient_checkpointing": False, "lora_r": 1
 SMOLLM2_TRAINING = {"quantize": False, "gradient_checkpointing": False, "lora_r": 16, "lora_alpha": 32,
                     "learning_rate": 1e-3, "epochs": 3, "batch_size": 4, "grad_accum": 1, "max_length": 128,
                     "logging_steps": 5, "save_steps": 1000, "swanlab_mode": "disabled"}
+# Two earlier rows replayed per new one: at the default one, a month of 20 new guideline rows made SmolLM2 forget
+# what good1 taught (the smollm2 months: 7 of 9 good guideline adapters lost 2 or more of 8 kept facts); at two,
+# three such months on one seed lost at most one and still taught their facts (examples/gate_months.py, #33).
+SMOLLM2_LOOP = {"replay_fraction": 2.0}
 
 
 def month_suite_home(home: Path, model: str, seed: int = 0, embedder=None):
@@ -83,7 +87,8 @@ def month_suite_home(home: Path, model: str, seed: int = 0, embedder=None):
         base, training = tiny_word_qwen3(home / "base", texts, seed=seed), WORD_TRAINING
     else:
         base, training = smollm2_folder(home / "smollm2"), SMOLLM2_TRAINING
-    settings = Settings(home=home, serving={"base_model": str(base)}, loop={"server_url": "http://127.0.0.1:9"},
+    loop = {"server_url": "http://127.0.0.1:9", **(SMOLLM2_LOOP if model == "smollm2" else {})}
+    settings = Settings(home=home, serving={"base_model": str(base)}, loop=loop,
                         training={"base_model": str(base), "swanlab_mode": "disabled", "preset": "low-mem",
                                   "overrides": {**training, "seed": seed}},
                         gate={"mcq": home / "mcq.jsonl"})
