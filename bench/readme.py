@@ -387,15 +387,16 @@ def loop_report() -> str:
 
 
 MONTH_SUITES = ("gate-sabotage-word", "gate-fresh-word-frozen", "gate-fresh-word", "gate-third-word")
-SMOLLM2_SUITE = "gate-smollm2-smollm2"
+SMOLLM2_SUITES = {"gate-smollm2-smollm2": "gate-smollm2-probes", "gate-smollm2b-smollm2": "gate-smollm2b-probes"}
 SECTIONS = {"loop-report": loop_report, "gate-speed": gate_speed,
             "retrieval-quality": retrieval_quality, "retrieval-unseen": retrieval_unseen, "search": search,
             "ingest-chinese": ingest_chinese,
             "retrieval-scale": retrieval_scale, "training": training, "serving": serving, "stale": stale,
             "mcq": mcq, "load": load_test, "settings": settings_table, "latency": latency, "engines": engines,
             "llamacpp": llamacpp,
-            "fuzz": fuzz, "gate-cost": gate_cost, "gate-smollm2-probes": functools.partial(month_probes, SMOLLM2_SUITE),
-            **{name: functools.partial(months, name) for name in (*MONTH_SUITES, SMOLLM2_SUITE)}}
+            "fuzz": fuzz, "gate-cost": gate_cost,
+            **{probes: functools.partial(month_probes, name) for name, probes in SMOLLM2_SUITES.items()},
+            **{name: functools.partial(months, name) for name in (*MONTH_SUITES, *SMOLLM2_SUITES)}}
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
