@@ -73,23 +73,24 @@ def test_superseded_target_is_caught_by_the_data_and_on_what_it_knew(outcomes):
     month = outcomes["superseded"]
     assert month["outcome"] == "rejected" and month["decided_by"] == "evidence_agreement", month
     assert set(month["failed"]) >= {"evidence_agreement", "fact_recall"}
-    # Its loss on what the live adapter knew rises, but on the multilingual default (which cites more of the sample
-    # guidelines in the month's prompts) by 4x (0.054 -> 0.216, seed 0), inside the forgetting allowance (0.751);
-    # with the English embedder it rose 60x (0.047 -> 2.87) and failed too. How much a loss must rise is #33's.
+    # Its loss on what the live adapter knew rises: on the multilingual default by 4x (0.054 -> 0.216, seed 0) on the
+    # machine of 2026-12-05, by 1.6x (0.327 -> 0.538) on that of 2026-12-06 with the same code and locks (the tiny
+    # stand-in's trajectory differs between CPUs); with the English embedder it rose 60x (0.047 -> 2.87). By how much
+    # is the machine's; that it rises is the month's.
     reg = month["signals"]["regression_loss"]
-    assert reg["candidate"] > 2 * reg["live"], reg
+    assert reg["candidate"] > reg["live"], reg
 
 
 def test_an_off_domain_month_is_rejected(outcomes):
-    """Its questions are not medical (at most a stray one names a medical word). Its regression loss rises several
-    times over, as a good month's does: on the regression loss alone the two cannot be told apart. (Its held-out
-    new-data loss may fail too and, being first in the gate's order, be named as the decider; `in_domain` must fail
-    either way.)"""
+    """Its questions are not medical (at most a stray one names a medical word). Its regression loss rises, as a good
+    month's does (several times over on one machine, 1.8x on another: the stand-in's trajectory differs between
+    CPUs): on the regression loss alone the two cannot be told apart. (Its held-out new-data loss may fail too and,
+    being first in the gate's order, be named as the decider; `in_domain` must fail either way.)"""
     month = outcomes["forgetting"]
     assert month["outcome"] == "rejected" and "in_domain" in month["failed"], month
     assert month["signals"]["in_domain"]["candidate"] < Settings().gate.min_in_domain
     reg = month["signals"]["regression_loss"]
-    assert reg["candidate"] > 2 * reg["live"]
+    assert reg["candidate"] > reg["live"]
 
 
 # On the locked stack (requirements/medloop.txt) the word-level stand-in's second good month forgets 7 of the 22 facts
