@@ -32,7 +32,7 @@ def main() -> None:
     store = KnowledgeStore(Path(tempfile.mkdtemp()) / "knowledge.db")
     ingested(ingest_paths(store, [GUIDELINES]))
     figures = {}
-    for name in ("dev", "heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7"):
+    for name in quality.STALE_SETS:
         result = quality.stale_check_quality(store, quality.stale_set(name))
         figures[name] = {k: v for k, v in result.items() if k != "per_answer"}
         figures[name]["wrong"] = [a for a in result["per_answer"] if not a["correct"]]

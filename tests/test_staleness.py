@@ -381,3 +381,13 @@ def test_response_models_refuse_a_field_they_do_not_declare():
     assert evidence.model_dump()["stale_claims"][0]["kind"] == "name"
     with pytest.raises(pydantic.ValidationError, match="extra"):
         ModelCard(id="medical", revision="v3")
+
+
+def test_the_cli_offers_every_packaged_stale_set():
+    from typing import get_args
+
+    from medloop.cli.evaluate import StaleSet
+    from medloop.retrieval.quality import STALE_SETS, stale_set
+
+    assert get_args(StaleSet) == STALE_SETS
+    assert all(stale_set(name).exists() for name in STALE_SETS)

@@ -105,6 +105,7 @@ def eval_retrieval(
         save.write_text(json.dumps({"file": str(path), **result}, ensure_ascii=False, indent=2))
 
 
+# quality.STALE_SETS, written out: typer reads the choices at import, and importing retrieval there costs every verb
 StaleSet = Literal["dev", "heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7"]
 
 

@@ -160,6 +160,11 @@ def calibrate(retriever, rows: list[dict], k: int = 3, max_false_cite_rate: floa
 STALE_TARGETS = {"detection": (">=", 0.9), "false_flag_rate": ("<=", 0.05)}
 
 
+# The packaged stale-check sets: dev (tuned on), held-out, then fresh sets each written after the changes the one
+# before it moved (the last is reported, never tuned on).
+STALE_SETS = ("dev", "heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7")
+
+
 def stale_set(name: str) -> Path:
     return Path(str(resources.files("medloop").joinpath(f"data/stale_{name}.jsonl")))
 

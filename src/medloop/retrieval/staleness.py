@@ -49,14 +49,14 @@ class Versions:
     live: list[Reading]
     old: list[Reading]
     tokens: dict[int, set[str]]  # chunk id -> its tokens
+    df: Counter  # token -> how many of this guideline's chunks hold it
 
     def covering(self, clause: str, lex: Lexicon, bridge: Bridge) -> Callable[[Reading], float]:
         """How much of what an answer's clause is about a guideline clause's passage covers (retrieval's
         relevance, in either language, weighted by rarity within this guideline: "类风湿关节炎" is in every
         passage and tells none apart)."""
         query = analyse(clause, lex, bridge)
-        df = Counter(t for tokens in self.tokens.values() for t in tokens)
-        weights = concept_weights(query, lambda t: df[t], len(self.tokens))
+        weights = concept_weights(query, lambda t: self.df[t], len(self.tokens))
         return lambda reading: relevance(query, self.tokens[reading.chunk.chunk_id], weights)
 
 
@@ -65,13 +65,13 @@ def _guideline(store: KnowledgeStore, doc_id: str, revision: int, lex: Lexicon) 
     """One guideline's clauses, read once per store revision; nothing is read for a guideline without a superseded
     version, which is most of them."""
     if not any(v["superseded"] for v in store.versions(doc_id)):
-        return Versions([], [], {})
+        return Versions([], [], {}, Counter())
     vocab = vocabulary(lex)
     live, old, tokens = [], [], {}
     for chunk in store.guideline_chunks(doc_id):
         (old if chunk.superseded else live).extend(read_all(chunk.text, vocab, chunk))
         tokens[chunk.chunk_id] = set(tokenize(f"{chunk.section} {chunk.text}"))
-    return Versions(live, old, tokens)
+    return Versions(live, old, tokens, Counter(t for chunk_tokens in tokens.values() for t in chunk_tokens))
 
 
 @lru_cache(maxsize=4)
