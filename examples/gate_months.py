@@ -6,6 +6,7 @@ live adapter -> gate), on the word-level tiny Qwen3 the CI suite uses or on a pr
     python examples/gate_months.py --suite third --model word                # after the rules they changed
     python examples/gate_months.py --suite smollm2 --model smollm2           # written for SmolLM2 after a freeze
     python examples/gate_months.py --suite smollm2b --model smollm2          # after SmolLM2's replay changed
+    python examples/gate_months.py --suite smollm2b --model smollm2 --seeds 2 --resume  # finish a run cut short
 
 `sabotage` (tests/fixtures/sabotage/months.json): good1, superseded, remap, shuffle, forgetting, good2, one after
 the other. `fresh` (tests/fixtures/fresh_months/months.json, written after the gate's rules were frozen) and
@@ -33,7 +34,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from results import save  # noqa: E402
+from results import RESULTS, save  # noqa: E402
 
 EXPECTED_SABOTAGE = {"good1": "promoted", "superseded": "rejected", "remap": "rejected", "shuffle": "rejected",
                      "forgetting": "rejected", "good2": "promoted"}
@@ -96,13 +97,19 @@ def main() -> None:
     parser.add_argument("--suite", choices=["sabotage", *suites], default="fresh")
     parser.add_argument("--model", choices=["word", "smollm2"], default="word")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the saved results of the seeds not named (a run cut short), run the named ones anew")
     args = parser.parse_args()
     sabotage = json.loads(SABOTAGE.read_text())["months"]
     fresh = json.loads(suites.get(args.suite, FRESH_MONTHS).read_text())
     expected = EXPECTED_SABOTAGE if args.suite == "sabotage" else {"good1": "promoted", **fresh["expected"]}
     embedder = load_embedder(MULTILINGUAL_EMBEDDER)
-    results: dict[str, dict] = {}
     name = f"gate-{args.suite}-{args.model}"
+    saved = RESULTS / f"{name}.json"
+    results: dict[str, dict] = json.loads(saved.read_text())["figures"] if args.resume and saved.exists() else {}
+    for seed in args.seeds:
+        results.pop(f"seed {seed}", None)  # a seed cut short starts again from good1: its data home is gone
+    seeds = sorted({*args.seeds, *(int(key.split()[1]) for key in results)})
     for seed in args.seeds:
         home = Path(tempfile.mkdtemp(prefix=f"medloop-{name}-{seed}-"))
         settings, retriever = month_suite_home(home if args.suite == "sabotage" else home / "after-good1",
@@ -132,7 +139,7 @@ def main() -> None:
             right = "" if runs[month]["right"] else f"  <- a good gate: {should}"
             print(f"seed {seed} {month}: {runs[month]['outcome']} by {runs[month]['decided_by']} "
                   f"({runs[month]['seconds']} s){right}; {why}", flush=True)
-            save(name, {"suite": args.suite, "model": args.model, "seeds": args.seeds,
+            save(name, {"suite": args.suite, "model": args.model, "seeds": seeds,
                         "train": settings.training.overrides, "replay_fraction": settings.loop.replay_fraction,
                         "expected": expected}, results)
 
