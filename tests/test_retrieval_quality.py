@@ -260,6 +260,10 @@ def own_guidelines(settings, embedder, tmp_path):
               "Check inhaler technique at every visit.")
     guideline(folder, "cll-zh", "zh", "## 一线治疗\n慢性淋巴细胞白血病初治患者首选泽布替尼（zanubrutinib）单药治疗，"
               "每日两次，每次160 mg。\n\n## 随访\n治疗期间每3个月复查血常规。")
+    guideline(folder, "hp-zh", "zh", "## 根除指征\n幽门螺杆菌感染者均应接受根除治疗，疗程14天。\n\n## 复查\n"
+              "根除治疗结束至少4周后复查。")
+    guideline(folder, "cardioversion-en", "en", "## Before cardioversion\nIn atrial fibrillation, oral "
+              "anticoagulation should be given for at least 3 weeks before elective cardioversion.")
     return sample_index(settings, embedder, [GUIDELINES, folder])
 
 
@@ -283,6 +287,30 @@ def test_the_terms_a_guideline_gives_in_both_languages_bridge_a_drug_no_dictiona
     assert Bridge(dictionary(), own_guidelines.store.bilingual_terms()).words(("zanubrutinib",)) == ("泽布替尼",)
     [top, *_] = own_guidelines.search("Is zanubrutinib a first-line treatment?", 3)
     assert top.chunk.doc_id == "cll-zh" and "泽布替尼" in top.chunk.text and top.relevant
+
+
+def test_the_dictionary_reads_a_word_it_lacks_by_what_it_is_made_of():
+    """CC-CEDICT has "antibody", "eradicate", "thyroxine", "抗凝血剂", "helicobacter pylori", not the forms
+    a clinician writes: a plural in -ies, another derivation of the same stem, a prefixed word, a Chinese term
+    shortened by its beginning, a genus by its initial."""
+    from medloop.retrieval.dictionary import Bridge, dictionary, words_of
+
+    d = dictionary()
+    assert "抗体" in d.words(("antibodies",))
+    assert "根除" in d.words(("eradication",))
+    assert d.words(("levothyroxine",)) == d.words(("thyroxine",)) != ()
+    assert "临床" in d.words(("subclinical",))
+    assert d.words(("anticoagulation",)) == ("抗凝血剂",) and d.words(("antibiotic",)) != d.words(("biotic",))
+    assert ("anticoagul",) in Bridge(d).senses_within("抗凝")
+    assert d.binomial("h", "pylori") == "helicobacter pylori" and d.binomial("x", "pylori") is None
+    assert words_of("urea (NH2)2CO") == ("urea",)
+
+
+def test_questions_in_a_clinicians_words_reach_the_other_language(own_guidelines):
+    [top, *_] = own_guidelines.search("Who should receive eradication therapy for H. pylori?", 3)
+    assert top.chunk.doc_id == "hp-zh" and top.relevant
+    [top, *_] = own_guidelines.search("房颤复律前要口服抗凝多久？", 3)
+    assert top.chunk.doc_id == "cardioversion-en" and top.relevant
 
 
 def test_an_off_topic_question_cites_nothing_in_either_language(own_guidelines):

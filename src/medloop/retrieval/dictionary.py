@@ -26,12 +26,13 @@ from medloop.retrieval.tokenize import CJK_RUN
 
 MAX_SENSES = 3  # a word's first senses: later ones drift ("运动": to move, to exercise, sports, ..., campaign)
 MAX_SENSE_TOKENS = 3  # "course of treatment" is a name; a longer sense is an explanation
-MAX_WORDS = 3  # Chinese words for one English word or phrase
+MAX_WORDS = 6  # Chinese words for one English word or phrase
 LONG_WORD, MAX_WORD_CHARS = 3, 8  # a Chinese word of 3 to 8 characters the dictionary knows is kept whole
 # Senses that point elsewhere or describe usage rather than translate.
 NOT_A_SENSE = re.compile(r"^(?:CL:|variant of|old variant|see |surname |abbr\. |also written|used in|pr\. |"
                          r"Japanese variant|\(?[a-z]+\.\)? )", re.IGNORECASE)
-ASIDE = re.compile(r"\([^)]*\)|\[[^\]]*\]|\|")
+# An aside, whole with what it is written into: "urea (NH2)2CO" is urea, not "urea 2co".
+ASIDE = re.compile(r"\S*\([^)]*\)\S*|\[[^\]]*\]|\|")
 LEADING = re.compile(r"^(?:to |a |an |the )", re.IGNORECASE)
 
 
@@ -59,7 +60,7 @@ class Dictionary:
     seconds) in the user's cache folder: a `medloop search` opens it in a millisecond instead of parsing 122k
     entries. Each look-up does its own stemming and ordering, so only the words asked cost."""
 
-    FORMAT = 1  # bump when the tables change: another format is another file
+    FORMAT = 3  # bump when the tables change: another format is another file
 
     def __init__(self, path: Path):
         self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
@@ -73,14 +74,18 @@ class Dictionary:
         db = sqlite3.connect(tmp)
         db.execute("CREATE TABLE senses (word TEXT NOT NULL, sense TEXT NOT NULL)")
         db.execute("CREATE TABLE chinese (phrase TEXT NOT NULL, word TEXT NOT NULL)")
+        db.execute("CREATE TABLE stemmed (stems TEXT NOT NULL, word TEXT NOT NULL)")
         for word, senses in entries:
             if len(word) < 2 or not CJK.search(word):
                 continue  # a lone character has too many senses to stand for any
             db.executemany("INSERT INTO senses VALUES (?, ?)", [(word, sense) for sense in senses])
             phrases = {" ".join(w) for sense in senses if 0 < len(w := words_of(sense)) <= MAX_SENSE_TOKENS}
             db.executemany("INSERT INTO chinese VALUES (?, ?)", [(p, word) for p in phrases])
+            stems = {" ".join(form) for p in phrases if (form := form_of(p))}
+            db.executemany("INSERT INTO stemmed VALUES (?, ?)", [(k, word) for k in stems])
         db.execute("CREATE INDEX senses_word ON senses(word)")
         db.execute("CREATE INDEX chinese_phrase ON chinese(phrase)")
+        db.execute("CREATE INDEX stemmed_stems ON stemmed(stems)")
         db.commit()
         db.close()
         os.replace(tmp, path)
@@ -103,12 +108,36 @@ class Dictionary:
         return tuple(forms)
 
     @lru_cache(maxsize=4096)  # noqa: B019
+    def senses_of_longer(self, word: str) -> tuple[Form, ...]:
+        """The senses of the shortest dictionary word that begins with `word`: Chinese shortens a term by its
+        beginning ("抗凝" for "抗凝血", anticoagulant)."""
+        sql = "SELECT word FROM senses WHERE word > ? AND word < ? ORDER BY length(word), rowid LIMIT 1"
+        with self._lock:
+            longer = [row[0] for row in self.db.execute(sql, (word, word + "\uffff"))]
+        return self.senses(longer[0]) if longer else ()
+
+    @lru_cache(maxsize=1024)  # noqa: B019
+    def binomial(self, initial: str, species: str) -> str | None:
+        """An organism's name in full from its abbreviation ("h", "pylori": "helicobacter pylori")."""
+        sql = "SELECT phrase FROM chinese WHERE phrase LIKE ? AND phrase NOT LIKE '% % %' ORDER BY rowid LIMIT 1"
+        with self._lock:
+            found = [row[0] for row in self.db.execute(sql, (f"{initial}% {species}",))]
+        return found[0] if found else None
+
+    @lru_cache(maxsize=4096)  # noqa: B019
     def words(self, phrase: tuple[str, ...]) -> tuple[str, ...]:
         """The Chinese words one of whose senses is exactly `phrase` (lower-case words; a plural is tried as its
-        singular too), the commonest first."""
+        singular too), else whose sense has its stems ("eradication": "eradicate", "flare": "flare up"), the
+        commonest first."""
         sql = "SELECT word FROM chinese WHERE phrase=?"
-        found = {w for spelling in spellings(phrase) for w in self._rows(sql, " ".join(spelling))}
-        return tuple(sorted(found, key=lambda w: (-zipf_frequency(w, "zh"), w))[:MAX_WORDS])
+        exact = {w for spelling in spellings(phrase) for w in self._rows(sql, " ".join(spelling))}
+        stems = form_of(" ".join(phrase))
+        stemmed = set(self._rows("SELECT word FROM stemmed WHERE stems=?", " ".join(stems))) if stems else set()
+        commonest = sorted(exact, key=lambda w: (-zipf_frequency(w, "zh"), w))
+        commonest += sorted(stemmed - exact, key=lambda w: (-zipf_frequency(w, "zh"), w))
+        if not commonest and len(phrase) == 1 and (head := head_of(phrase[0])):
+            return self.words((head,))
+        return tuple(commonest[:MAX_WORDS])
 
 
 class Bridge:
@@ -136,11 +165,11 @@ class Bridge:
     def senses_within(self, word: str) -> tuple[Form, ...]:
         """The senses of the word, else of its longest ending that has some: a Chinese compound ends in its head
         ("慢性荨麻疹" is a kind of "荨麻疹"); its beginning is a modifier, often a word of its own ("血尿酸", blood
-        uric acid, begins with "血尿", haematuria)."""
+        uric acid, begins with "血尿", haematuria). Else the senses of the word it shortens ("抗凝": "抗凝血剂")."""
         for begin in range(len(word) - 1):
             if found := self.senses(word[begin:]):
                 return found
-        return ()
+        return self.dictionary.senses_of_longer(word)
 
     def words(self, phrase: tuple[str, ...]) -> tuple[str, ...]:
         mine = [w for p in spellings(phrase) for w in self._words.get(p, ())]
@@ -156,13 +185,28 @@ class Bridge:
         return None
 
 
+# A medical word is often a prefix on a word of its own ("levothyroxine", "subclinical", "polyarthritis"): one the
+# dictionary lacks is read by what follows the prefix, as a Chinese compound is by its head. Prefixes that turn
+# the meaning around ("anti-", "non-") are not taken off.
+PREFIXES = ("levo", "dextro", "sub", "hypo", "hyper", "pre", "post", "peri", "intra", "inter", "trans", "mono",
+            "poly", "pseudo", "neo", "multi", "semi", "micro", "macro")
+
+
+def head_of(word: str) -> str | None:
+    """`word` without its prefix, when what is left is a word of at least 5 letters ("thyroxine", "clinical")."""
+    return next((word[len(p):] for p in PREFIXES if word.startswith(p) and len(word) - len(p) >= 5), None)
+
+
 MAX_PHRASE = 5  # English words in a term a guideline gives ("urate-lowering therapy")
 
 
 def spellings(phrase: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """A phrase as asked, and singular when it ends in a plural ("inhalers": "inhaler")."""
-    if phrase and phrase[-1].endswith("s") and len(phrase[-1]) > 3:
-        return [phrase, (*phrase[:-1], phrase[-1][:-1])]
+    """A phrase as asked, and singular when it ends in a plural ("inhalers": "inhaler", "antibodies": "antibody")."""
+    last = phrase[-1] if phrase else ""
+    if last.endswith("ies") and len(last) > 4:
+        return [phrase, (*phrase[:-1], last[:-3] + "y")]
+    if last.endswith("s") and len(last) > 3:
+        return [phrase, (*phrase[:-1], last[:-1])]
     return [phrase]
 
 

@@ -11,6 +11,7 @@ passage covers. With the embedder's cosine it makes a hit's evidence (`retriever
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,9 +90,13 @@ def _words(run: str, bridge: Bridge) -> list[tuple[str, str]]:
     return out + (jieba.posseg.lcut(rest) if rest else [])
 
 
+BINOMIAL = re.compile(r"\b([a-z])\.\s*([a-z]{3,})\b")  # "h. pylori", "e. coli": the genus by its initial
+
+
 def _english(text: str, bridge: Bridge) -> list[Concept]:
     """The question's English words outside the lexicon, a phrase the dictionary knows ("atrial fibrillation")
     as one concept, each with its Chinese names as further forms."""
+    text = BINOMIAL.sub(lambda m: bridge.dictionary.binomial(m[1], m[2]) or m[0], text)
     words = [m.group() for m in ENGLISH_WORD.finditer(text) if not m.group().isdigit()]  # numbers: the answer's
     concepts, i = [], 0
     while i < len(words):
