@@ -47,7 +47,8 @@ UNSEEN_RUNS = {"unseen-a-frozen": "unseen-a (dev) before", "unseen-a-current": "
                "unseen-a-english-embedder": "unseen-a (dev) now, English embedder",
                "unseen-b-before": "unseen-b (never tuned on) before",
                "unseen-b-first-run": "unseen-b at its first run on the change",
-               "unseen-b-current": "unseen-b now (after the fix it showed)"}
+               "unseen-b-current": "unseen-b now (after the fix it showed)",
+               "unseen-c-first-run": "unseen-c (never tuned on) at its first run"}
 
 
 def retrieval_unseen() -> str:
@@ -72,9 +73,10 @@ def retrieval_unseen() -> str:
                  else cell(r["figures"], name) for r in runs.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     calibration = load("calibration")["figures"]
+    committed = ("a-frozen", "b-current", "c-first-run")  # a run of each set whose settings name its commit
     lines += ["", "Each set as committed before its first run: " + ", ".join(
         f"{name.split('-')[0]}-{name.split('-')[1]} `{run['settings']['frozen_at'][:12]}`"
-        for name, run in runs.items() if name.endswith(("a-frozen", "b-current"))) + ". \"Before\" is main before "
+        for name, run in runs.items() if name.endswith(committed)) + ". \"Before\" is main before "
         "the change (the English embedder, the lexicon alone, `min_relevance` 0.53 or `min_cosine` 0.75). "
         "`retrieval.min_evidence` as calibrated "
         "(bench/calibrate.py on the sample dev set and unseen-a): " + ", ".join(
