@@ -48,7 +48,8 @@ UNSEEN_RUNS = {"unseen-a-frozen": "unseen-a (dev) before", "unseen-a-current": "
                "unseen-b-before": "unseen-b (never tuned on) before",
                "unseen-b-first-run": "unseen-b at its first run on the change",
                "unseen-b-current": "unseen-b now (after the fix it showed)",
-               "unseen-c-first-run": "unseen-c (never tuned on) at its first run"}
+               "unseen-c-first-run": "unseen-c (never tuned on) at its first run",
+               "unseen-c-current": "unseen-c now (after the fix it showed)"}
 
 
 def retrieval_unseen() -> str:

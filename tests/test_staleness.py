@@ -97,6 +97,12 @@ def test_ceilings_in_english_words_and_a_systolic_part_far_back_are_read():
         [("140/90", "mmHg", "above"), ("6", "mo", "below")]
 
 
+def test_years_in_chinese_are_a_duration_and_a_year_of_the_calendar_is_not():
+    """What unseen-c found read wrong: "巩固治疗至少3年" was no value at all."""
+    assert [key(v) for v in values("再巩固治疗至少3年；巩固治疗三年")] == [("3", "y", "above"), ("3", "y", "")]
+    assert values("慢性乙型肝炎防治指南（2019年版），2022年12月发布") == []
+
+
 def test_a_value_that_holds_for_a_group_too_is_everyones(store):
     """"elderly patients included" widens the claim; it does not make it the elderly's (stale_fresh6)."""
     for answer in ("Get it below 140/90 and you've reached the goal, elderly patients included.",

@@ -28,14 +28,14 @@ UNITS = {
     "miu/l": "mIU/L", "mg": "mg", "μg": "ug", "ug": "ug", "mcg": "ug", "ml": "mL", "iu": "IU",
     "小时": "h", "h": "h", "hour": "h", "hours": "h", "周": "wk", "week": "wk", "weeks": "wk",
     "个月": "mo", "month": "mo", "months": "mo", "天": "d", "day": "d", "days": "d", "分钟": "min",
-    "minute": "min", "minutes": "min", "min": "min", "岁": "y", "years": "y", "year": "y",
+    "minute": "min", "minutes": "min", "min": "min", "岁": "y", "年": "y", "years": "y", "year": "y",
 }
 # A blood pressure said aloud: "140 over 90" (two- or three-digit numbers only: "3 over 4 weeks" is no pair).
 SPOKEN_PAIR = r"(?<![\d.])\d{2,3}\s+over\s+\d{2,3}(?![\d.])"
 PAIR = re.compile(rf"\d+(?:\.\d+)?\s*/\s*\d+(?:\.\d+)?|{SPOKEN_PAIR}", re.IGNORECASE)
 NUMBER = re.compile(
     rf"(?P<num>{SPOKEN_PAIR}|\d+(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?)\s*"
-    r"(?P<unit>mm\s?Hg|毫米汞柱|%|mmol/L|[μu]mol/L|mg/dL|mIU/L|(?:mg|[μu]g|mcg|mL|IU|h)(?![A-Za-z])|小时|周|个月|天|分钟|岁|"
+    r"(?P<unit>mm\s?Hg|毫米汞柱|%|mmol/L|[μu]mol/L|mg/dL|mIU/L|(?:mg|[μu]g|mcg|mL|IU|h)(?![A-Za-z])|小时|周|个月|天|分钟|岁|年|"
     r"hours?|weeks?|months?|days?|minutes?|min|years?)?",
     re.IGNORECASE,
 )
@@ -91,7 +91,7 @@ class Value:
 # Chinese numerals that are a value: before a unit or either side of a pair's slash ("六个月", "一百四十/九十"), or
 # a percentage ("百分之七"); "一般", "一线" and "单一" stay words.
 CN_NUMERAL = "[零一二两三四五六七八九十百千点]+"
-CN_VALUE = re.compile(rf"{CN_NUMERAL}(?=\s*(?:/|毫米汞柱|mmHg|个月|周|天|小时|分钟|岁|毫克|mg))|(?<=/){CN_NUMERAL}")
+CN_VALUE = re.compile(rf"{CN_NUMERAL}(?=\s*(?:/|毫米汞柱|mmHg|个月|周|天|小时|分钟|岁|年|毫克|mg))|(?<=/){CN_NUMERAL}")
 CN_PERCENT = re.compile(rf"百分之({CN_NUMERAL})")
 
 
@@ -125,8 +125,8 @@ def values(text: str) -> list[Value]:
             "systolic" if SYSTOLIC.search(reading) or SYSTOLIC_AFTER.search(named_after) else ""
         if ("/" in number and all(len(p) >= 2 for p in parts)) or part:
             unit = "mmHg"  # a systolic/diastolic pair ("1/3" is none), or one of its parts
-        if not unit:
-            continue  # a bare number ("2型", "12-lead") is not a claim
+        if not unit or (unit == "y" and len(number) == 4):
+            continue  # a bare number ("2型", "12-lead") is not a claim, nor a year ("2019年版")
         below, above = BELOW_BEFORE.search(before), ABOVE_BEFORE.search(before)
         direction = "below" if below or BELOW_AFTER.search(after) else \
             "above" if above or ABOVE_AFTER.search(after) else "below" if _a_target(text, m) else ""
