@@ -48,6 +48,11 @@ def rarity(word: str) -> float:
     return min(1.0, max(0.0, (COMMON_ZIPF - zipf) / (COMMON_ZIPF - RARE_ZIPF)))
 
 
+def commonest(word: str) -> tuple[float, str]:
+    """Sort key: a Chinese word the more common in everyday text first."""
+    return -zipf_frequency(word, "zh"), word
+
+
 def words_of(sense: str) -> tuple[str, ...]:
     """A sense as plain lower-case words ("(medicine) to inhale" -> ("inhale",)); () when it is no translation."""
     if NOT_A_SENSE.match(sense.strip()):
@@ -127,17 +132,16 @@ class Dictionary:
     @lru_cache(maxsize=4096)  # noqa: B019
     def words(self, phrase: tuple[str, ...]) -> tuple[str, ...]:
         """The Chinese words one of whose senses is exactly `phrase` (lower-case words; a plural is tried as its
-        singular too), else whose sense has its stems ("eradication": "eradicate", "flare": "flare up"), the
-        commonest first."""
+        singular too), then those whose sense has its stems ("preventive": "to prevent"), each the commonest first;
+        for a word with none, those of what follows its prefix."""
         sql = "SELECT word FROM chinese WHERE phrase=?"
         exact = {w for spelling in spellings(phrase) for w in self._rows(sql, " ".join(spelling))}
         stems = form_of(" ".join(phrase))
         stemmed = set(self._rows("SELECT word FROM stemmed WHERE stems=?", " ".join(stems))) if stems else set()
-        commonest = sorted(exact, key=lambda w: (-zipf_frequency(w, "zh"), w))
-        commonest += sorted(stemmed - exact, key=lambda w: (-zipf_frequency(w, "zh"), w))
-        if not commonest and len(phrase) == 1 and (head := head_of(phrase[0])):
+        found = [*sorted(exact, key=commonest), *sorted(stemmed - exact, key=commonest)]
+        if not found and len(phrase) == 1 and (head := head_of(phrase[0])):
             return self.words((head,))
-        return tuple(commonest[:MAX_WORDS])
+        return tuple(found[:MAX_WORDS])
 
 
 class Bridge:
