@@ -164,6 +164,22 @@ def test_audit_log_records_ids_not_text_and_logs_carry_no_text(settings, engine,
     assert "张三" not in caplog.text
 
 
+def test_on_a_fresh_machine_the_server_builds_the_dictionary_before_its_first_question(settings, engine, embedder,
+                                                                                        monkeypatch, tmp_path):
+    """Its tables take seconds to build once per machine: a first question that paid for them timed out."""
+    from medloop.retrieval import dictionary as module
+
+    sample_index(settings, embedder)
+    cache = tmp_path / "fresh-cache"
+    monkeypatch.setenv("MEDLOOP_CACHE_DIR", str(cache))
+    module._dictionary.cache_clear()
+    try:
+        with LiveServer(build_app(settings, engine, Retriever(settings, embedder=embedder))):
+            assert list(cache.glob("cc-cedict-*.sqlite"))  # before any request
+    finally:
+        module._dictionary.cache_clear()  # the next test opens its own cache's tables
+
+
 @pytest.mark.slow
 def test_fuzz_the_api_from_its_openapi_schema_valid_and_invalid_bodies(settings, engine):
     """Requests generated from the server's own OpenAPI schema, schema-valid and schema-violating, sent over

@@ -233,10 +233,18 @@ def _starts(names: list[str]) -> list[str]:
     return [n for n in rare if len(n) > 2] or rare
 
 
-@lru_cache(maxsize=1)
+_BUILDING = threading.Lock()  # the server's threads ask for the dictionary at once: one of them builds it
+
+
 def dictionary() -> Dictionary:
     """The machine's dictionary tables, built on first use (`MEDLOOP_CACHE_DIR` moves them; default: the user's
-    cache folder)."""
+    cache folder): `medloop ingest` and the server's start build them, so no question waits the ten seconds."""
+    with _BUILDING:
+        return _dictionary()
+
+
+@lru_cache(maxsize=1)
+def _dictionary() -> Dictionary:
     from importlib.metadata import version
 
     folder = Path(os.environ.get("MEDLOOP_CACHE_DIR") or platformdirs.user_cache_dir("medloop"))

@@ -8,6 +8,7 @@ from medloop.config import Settings
 from medloop.errors import UserError
 from medloop.knowledge import KnowledgeStore, ingest_paths
 from medloop.locks import exclusive
+from medloop.retrieval.dictionary import dictionary
 from medloop.retrieval.index import sync_index
 
 
@@ -26,4 +27,6 @@ def ingest_and_index(settings: Settings, paths: list[Path], *, recursive: bool =
         with KnowledgeStore(settings.knowledge_db) as store:
             report = ingest_paths(store, paths, recursive=recursive, chunker=settings.chunks,
                                   limits=settings.files, on_start=on_start, on_file=on_file)
-            return report, sync_index(settings, store, embedder=embedder, on_progress=on_progress)
+            synced = sync_index(settings, store, embedder=embedder, on_progress=on_progress)
+    dictionary()  # built once per machine: here rather than in the first question's time
+    return report, synced

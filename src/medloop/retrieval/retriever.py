@@ -96,6 +96,13 @@ class Retriever:
                 self._bridge = (revision, Bridge(dictionary(), self.store.bilingual_terms()))
             return self._bridge[1]
 
+    def warm(self) -> None:
+        """Load what the first question would otherwise wait for: the dictionary (its tables are built on a
+        machine's first use), the index, the embedder."""
+        self.bridge()
+        self.index()
+        self.embedder  # noqa: B018 - loaded for its side effect
+
     def index(self) -> LoadedIndex | None:
         live = current_version(self.settings.index_dir)
         with self._lock:

@@ -4,6 +4,7 @@ body is read: `guard`), errors in OpenAI's shape."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -79,6 +80,8 @@ def build_app(settings: Settings, engine: Engine, retriever=None, *, adapters: d
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         try:
+            if retriever is not None:
+                await asyncio.to_thread(retriever.warm)
             await engine.start(adapters or {})
             for name, version in (versions or {}).items():  # start-up adapters the registry serves: their version
                 if name in engine.adapters:
