@@ -95,9 +95,9 @@ class Dictionary:
         db.close()
         os.replace(tmp, path)
 
-    def _rows(self, sql: str, key: str) -> list[str]:
+    def _rows(self, sql: str, *params: str) -> list[str]:
         with self._lock:
-            return [row[0] for row in self.db.execute(sql, (key,))]
+            return [row[0] for row in self.db.execute(sql, params)]
 
     @lru_cache(maxsize=65536)  # noqa: B019 - one dictionary per process, kept for its lifetime
     def senses(self, word: str) -> tuple[Form, ...]:
@@ -117,16 +117,14 @@ class Dictionary:
         """The senses of the shortest dictionary word that begins with `word`: Chinese shortens a term by its
         beginning ("抗凝" for "抗凝血", anticoagulant)."""
         sql = "SELECT word FROM senses WHERE word > ? AND word < ? ORDER BY length(word), rowid LIMIT 1"
-        with self._lock:
-            longer = [row[0] for row in self.db.execute(sql, (word, word + "\uffff"))]
+        longer = self._rows(sql, word, word + "\uffff")
         return self.senses(longer[0]) if longer else ()
 
     @lru_cache(maxsize=1024)  # noqa: B019
     def binomial(self, initial: str, species: str) -> str | None:
         """An organism's name in full from its abbreviation ("h", "pylori": "helicobacter pylori")."""
         sql = "SELECT phrase FROM chinese WHERE phrase LIKE ? AND phrase NOT LIKE '% % %' ORDER BY rowid LIMIT 1"
-        with self._lock:
-            found = [row[0] for row in self.db.execute(sql, (f"{initial}% {species}",))]
+        found = self._rows(sql, f"{initial}% {species}")
         return found[0] if found else None
 
     @lru_cache(maxsize=4096)  # noqa: B019
