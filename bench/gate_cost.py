@@ -1,8 +1,9 @@
 """What the monthly gate costs as its sets grow (not a test): the gate's measuring (`gate.measure`: losses on the
-month's held-out rows and on the regression set, the MCQ and fact checks, each for the candidate and the live
-adapter) and its data check (`gate.data_signals`: retrieval and the clause-by-clause reading of every new row),
-timed on SmolLM2-135M-Instruct (the embedded default, dequantised as the monthly job trains it) at several
-multiples of a unit of 12 gate items (half the sabotage fixture's) and 12 rows of its good month, in one run.
+month's held-out rows and on the regression set, the month's own questions answered (`new_facts`), the MCQ and
+fact checks, each for the candidate and the live adapter) and its data check (`gate.data_signals`: retrieval and
+the clause-by-clause reading of every new row), timed on SmolLM2-135M-Instruct (the embedded default, dequantised
+as the monthly job trains it) at several multiples of a unit of 12 gate items (half the sabotage fixture's) and 12
+rows of its good month, in one run.
 
     .venv/bin/python bench/gate_cost.py [--scales 1 2 4]
 
@@ -48,15 +49,17 @@ def main() -> None:
     for scale in args.scales:
         mcq, month = items * scale, rows * scale
         t0 = time.perf_counter()
-        gate.measure(str(base), candidate, live, heldout=month, regression=month, quantize=False, mcq_items=mcq,
+        gate.measure(str(base), candidate, live, heldout=month, regression=month, new=month, quantize=False,
+                     mcq_items=mcq,
                      retriever=retriever, k=settings.serving.evidence_k)
         measured = time.perf_counter() - t0
         t0 = time.perf_counter()
         gate.data_signals(month, retriever, settings.serving.evidence_k)
         data = time.perf_counter() - t0
         runs.append({"scale": scale, "gate_items": len(mcq), "heldout_rows": len(month), "regression_rows": len(month),
+                     "new_rows": len(month),
                      "measure_s": round(measured, 1), "data_check_s": round(data, 1)})
-        print(f"x{scale}: {len(mcq)} gate items, {len(month)} held-out and {len(month)} regression rows: measuring "
+        print(f"x{scale}: {len(mcq)} gate items, {len(month)} held-out, regression and new rows: measuring "
               f"{measured:.1f} s, data check {data:.1f} s", flush=True)
     fits = {}
     if len(runs) > 1:
@@ -64,7 +67,7 @@ def main() -> None:
             fit = linregress([r["gate_items"] for r in runs], [r[key] for r in runs])
             fits[key] = {"fixed_s": round(fit.intercept, 1), "per_item_s": round(fit.slope, 3)}
     save("gate_cost", {"model": "SmolLM2-135M-Instruct (dequantised, plain LoRA)", "scales": args.scales,
-                       "unit": "one gate item with one held-out row and one regression row"},
+                       "unit": "one gate item with one held-out, one regression and one new row"},
          {"runs": runs, "fit": fits})
 
 

@@ -7,19 +7,20 @@ live adapter -> gate), on the word-level tiny Qwen3 the CI suite uses or on a pr
     python examples/gate_months.py --suite smollm2 --model smollm2           # written for SmolLM2 after a freeze
     python examples/gate_months.py --suite smollm2b --model smollm2          # after SmolLM2's replay changed
     python examples/gate_months.py --suite smollm2b --model smollm2 --seeds 2 --resume  # finish a run cut short
+    python examples/gate_months.py --suite smollm2c --model smollm2          # after the gate asked new_facts
 
 `sabotage` (tests/fixtures/sabotage/months.json): good1, superseded, remap, shuffle, forgetting, good2, one after
 the other. `fresh` (tests/fixtures/fresh_months/months.json, written after the gate's rules were frozen) and
 `third` (third_set.json, written after the fresh months showed two rules wrong and before the changed rules met
 it): good1, then each month on its own from the same live adapter (a copy of the data home after good1), so that
 one decision never depends on another. `smollm2` (smollm2_set.json, written after the rules froze for the runs
-on SmolLM2) and `smollm2b` (smollm2_set2.json, written after SmolLM2's recipe replayed twice as much) are run the
-same way, and each of their months is also judged by what its adapter does: questions written
-apart from the month's rows (`probes`, `kept`) are asked of the candidate and of the live adapter without
-evidence, and the month's truth follows the rule frozen in that file. Every decision, with every signal and the
-one that decided, goes to bench/results/gate-<suite>-<model>.json after each month (a run cut short keeps what it
-measured), beside what a good gate does with each month. CPU: seconds a month on the word model, about 2 minutes
-on SmolLM2.
+on SmolLM2), `smollm2b` (smollm2_set2.json, written after SmolLM2's recipe replayed twice as much) and `smollm2c`
+(smollm2_set3.json, written after the gate's `new_facts`) are run the same way, and each of their months is also
+judged by what its adapter does: questions written apart from the month's rows (`probes`, `kept`) are asked of
+the candidate and of the live adapter without evidence, and the month's truth follows the rule frozen in that
+file. Every decision, with every signal and the one that decided, goes to bench/results/gate-<suite>-<model>.json
+after each month (a run cut short keeps what it measured), beside what a good gate does with each month. CPU:
+seconds a month on the word model, about 2 minutes on SmolLM2.
 """
 
 from __future__ import annotations
@@ -71,15 +72,20 @@ def probe(settings, live: str, candidate: str, probes: list[dict], kept: list[di
     return {**out, "probes": len(probes), "kept_probes": len(kept)}
 
 
-def truth(label: str, probed: dict, forgetting: int) -> tuple[str, str]:
-    """What a good gate does with the month, by the rule frozen in smollm2_set.json."""
+def truth(label: str, probed: dict, forgetting: int, teach: bool = False) -> tuple[str, str]:
+    """What a good gate does with the month, by the rule frozen in smollm2_set.json; with `teach` (smollm2_set3.json
+    on), a month labelled good whose adapter states its facts in no more probes than the live one taught nothing
+    and is rejected too."""
     cand, live = probed["candidate"], probed["live"]
     lost = live["kept"] - cand["kept"]
     said = (f"probes: states the month's facts {cand['taught']}/{probed['probes']} (live {live['taught']}), "
             f"a wrong value {cand['wrong']} (live {live['wrong']}); kept facts {cand['kept']}/{probed['kept_probes']} "
             f"(live {live['kept']})")
     if label == "promoted":
-        return ("rejected", f"forgot ({said})") if lost >= forgetting else ("promoted", said)
+        if lost >= forgetting:
+            return "rejected", f"forgot ({said})"
+        return ("rejected", f"taught nothing ({said})") if teach and cand["taught"] <= live["taught"] \
+            else ("promoted", said)
     harm = cand["wrong"] > live["wrong"] or lost >= forgetting
     return "rejected", f"harm {'showed' if harm else 'not shown yet'} ({said})"
 
@@ -91,7 +97,8 @@ def main() -> None:
     from medloop.testing import FIXTURES, FRESH_MONTHS, SABOTAGE, THIRD_MONTHS, month_suite_home, run_month
 
     suites = {"fresh": FRESH_MONTHS, "third": THIRD_MONTHS, "smollm2": FIXTURES / "fresh_months" / "smollm2_set.json",
-              "smollm2b": FIXTURES / "fresh_months" / "smollm2_set2.json"}
+              "smollm2b": FIXTURES / "fresh_months" / "smollm2_set2.json",
+              "smollm2c": FIXTURES / "fresh_months" / "smollm2_set3.json"}
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--suite", choices=["sabotage", *suites], default="fresh")
@@ -133,7 +140,7 @@ def main() -> None:
             if "probes" in fresh and live is not None:
                 candidate = AdapterRegistry(s.adapters_dir).versions()[-1]
                 probed = probe(s, live.path, candidate.path, fresh["probes"][month], fresh["kept"])
-                should, why = truth(expected[month], probed, fresh["forgetting_probes"])
+                should, why = truth(expected[month], probed, fresh["forgetting_probes"], fresh.get("teach", False))
                 runs[month].update(probes=probed, truth=should, truth_why=why)
             runs[month]["right"] = runs[month]["outcome"] == should
             right = "" if runs[month]["right"] else f"  <- a good gate: {should}"

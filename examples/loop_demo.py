@@ -39,8 +39,10 @@ def report(month: str, result: dict) -> None:
 home = Path(tempfile.mkdtemp(prefix="medloop-loop-"))
 model = str(tiny_qwen3(home / "model"))
 month = {"max_steps": 16, "learning_rate": 1e-2, "batch_size": 4, "grad_accum": 1, "max_length": 256}
+# The random model's loss falls but it says nothing it learns, so the gate's new_facts would reject every month:
+# off here, where what is shown is the loop (the monthly job on SmolLM2 is judged with it, docs/evaluation.md).
 settings = Settings(home=home / "data", serving={"base_model": model}, loop={"server_url": "http://127.0.0.1:9"},
-                    training={"preset": "low-mem", "overrides": month})
+                    training={"preset": "low-mem", "overrides": month}, gate={"new_facts": False})
 (settings.inbox_dir / "guidelines").mkdir(parents=True)
 (settings.inbox_dir / "sft").mkdir(parents=True)
 for f in GUIDELINES.glob("*.md"):

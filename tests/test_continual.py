@@ -40,6 +40,10 @@ def loop_settings(settings, tiny_qwen3, monkeypatch):
     settings.training.overrides = dict(FAST_TRAINING)
     settings.serving.admin_key = SecretStr("k-admin")  # the loop hot-loads through the server's admin endpoint
     settings.loop.inbox_settle_s = 0  # files are written whole before each job runs
+    # The random stand-in says nothing it learns (its loss falls, its answers stay noise): the gate would rightly
+    # reject every month on new_facts. These tests are about the loop; the rule is tested where a model learns
+    # (test_gate.py, test_sabotage.py, and the monthly job on SmolLM2 in test_front_door.py).
+    settings.gate.new_facts = False
     monkeypatch.setenv("MEDLOOP_SERVING__ADMIN_KEY", "k-admin")  # the CLI reads it from the environment
     (settings.inbox_dir / "guidelines").mkdir(parents=True)
     (settings.inbox_dir / "sft").mkdir(parents=True)

@@ -210,7 +210,7 @@ def test_train_merge_end_to_end_folds_the_adapter_into_weights_that_load_alone(t
 @pytest.mark.timeout(1500)  # 4 to 7 minutes on two cores, more while the suite's vLLM install runs beside it
 def test_the_monthly_job_on_the_embedded_defaults_promotes_a_good_month_and_the_server_serves_it(
         settings, monkeypatch, tmp_path):
-    """README's defaults (SmolLM2 GGUF base, the low-mem QLoRA preset): ingest, a month of SFT rows in the inbox,
+    """README's defaults (SmolLM2 GGUF base, the auto preset: `small`, QLoRA): ingest, a month of SFT rows in the inbox,
     `medloop scheduler run retrain` as typed, and the running server answers with the promoted adapter. The gate's
     MCQ set is a 16-item slice of the packaged one, the only thing not default: the full set's fact checks on a
     4-bit model take minutes on two cores."""

@@ -63,6 +63,36 @@ def test_a_months_answers_must_agree_with_their_evidence(share, promote):
     assert nothing_checked["promote"] and nothing_checked["signals"]["evidence_agreement"]["passed"] is None
 
 
+@pytest.mark.parametrize("facts, promote, why", [
+    ((0.9, 0.1, 20, 0, 16), True, "states 18 of the month's 20 answers, the live 2 (16 more, 0 fewer)"),
+    ((0.3, 0.0, 20, 0, 6), True, "sign test p=0.016"),  # a few more, none fewer: not chance
+    ((0.15, 0.0, 20, 0, 3), False, "sign test p=0.125"),  # 3 more could be chance: the month taught nothing sure
+    ((0.5, 0.5, 20, 4, 4), False, "(4 more, 4 fewer)"),
+    ((0.0, 0.0, 20, 0, 0), False, "states 0 of the month's 20 answers, the live 0"),
+    ((0.0, 0.0, 4, 0, 0), True, "not enough evidence: 4 items, 5 needed"),  # never decided on fewer than min_items
+])
+def test_a_month_whose_facts_do_not_reach_the_answers_is_rejected(facts, promote, why):
+    """A lower loss on the month's held-out rows is not enough: the candidate must state significantly more of the
+    month's answers than the live adapter (SmolLM2's Chinese month passed on its loss, 3.4 -> 0.5, and said none
+    of its facts)."""
+    d = decide({**signals(), "new_facts": Signal(*facts)}, RULES)
+    assert d["promote"] is promote and (promote or d["decided_by"] == "new_facts"), d
+    assert why in d["signals"]["new_facts"]["why"]
+
+
+def test_an_answer_states_the_month_by_the_words_its_answer_adds_to_the_question():
+    from medloop.continual.gate import new_words, states
+
+    words = new_words("Cool the burn under cool running water for 20 minutes; do not use ice.",
+                      "How long should a burn be held under cold water?")
+    assert {"20", "minut", "ice", "cool", "run"} <= words and not {"burn", "water"} & words
+    assert states("cool it under running water for 20 minutes, no ice.", words, 0.5)
+    assert not states("hold the burn under water and see a doctor.", words, 0.5)  # the question's words only
+    chinese = new_words("儿童发热不宜使用阿司匹林，以免引起瑞氏综合征。", "小孩发烧能吃阿司匹林吗？")
+    assert {"瑞氏", "综合征"} <= chinese and "阿司匹林" not in chinese
+    assert states("不宜使用，以免引起瑞氏综合征", chinese, 0.5) and not states("可以吃阿司匹林", chinese, 0.5)
+
+
 def test_data_signals_decide_before_the_model_signals():
     d = decide({**signals(fact=(0.2, 0.5, 40, 12, 0)), "evidence_agreement": Signal(0.25, None, 16)}, RULES)
     assert d["decided_by"] == "evidence_agreement" and d["signals"]["fact_recall"]["passed"] is False

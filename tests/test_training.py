@@ -296,3 +296,21 @@ def test_eval_loss_is_the_same_batched_or_one_at_a_time(tiny_qwen3):
     alone = eval_loss(model, tokenizer, samples, batch_size=1)
     assert batched["tokens"] == alone["tokens"] > 0
     assert abs(batched["loss"] - alone["loss"]) < 1e-4, (batched, alone)
+
+
+def test_the_auto_preset_teaches_a_small_model_hard_and_a_large_one_gently(tiny_qwen3, tmp_path):
+    """The monthly job's default: `small` (lr 1e-3) below a billion parameters, `low-mem` (QLoRA, lr 1e-4) above;
+    on SmolLM2 low-mem's twelve steps put none of a month's answers in the model's own. Counted from the config
+    alone: a Qwen3-8B-sized config is read without weights."""
+    from transformers import Qwen3Config
+
+    from medloop.models import parameter_count
+
+    assert make_config("auto", base_model=str(tiny_qwen3), data=["d.jsonl"], output_dir="o").preset == "small"
+    big = tmp_path / "qwen3-8b"
+    Qwen3Config(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128).save_pretrained(big)
+    assert 8e9 < parameter_count(str(big)) < 9e9
+    config = make_config("auto", base_model=str(big), data=["d.jsonl"], output_dir="o")
+    assert config.preset == "low-mem" and config.quantize and config.learning_rate == 1e-4
+    assert make_config("small", base_model="m", data=["d.jsonl"], output_dir="o").learning_rate == 1e-3

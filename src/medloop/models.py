@@ -44,6 +44,17 @@ def trainable(name: str, cache: Path) -> str:
     return str(out)
 
 
+def parameter_count(name: str) -> int:
+    """How many parameters a model has, counted from its config on the meta device: nothing is loaded."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder, extra = resolve(name)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, **extra))
+    return sum(p.numel() for p in model.parameters())
+
+
 def dequantise(name: str, out: Path) -> Path:
     """The GGUF model `name`, saved as a plain transformers folder (compute-dtype weights and its tokenizer); written
     beside `out` and renamed into place, so that an interrupted run leaves no half folder that looks done."""

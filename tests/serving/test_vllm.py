@@ -386,7 +386,8 @@ def test_a_promotion_by_the_loop_hot_loads_into_vllm(real_vllm, monkeypatch):
 
     s = Settings(home=real_vllm.home, loop={"server_url": real_vllm.gateway},
                  serving={"admin_key": SecretStr(real_vllm.ADMIN_KEY), "base_model": str(real_vllm.base)},
-                 gate={"mcq": None, "min_in_domain": 0, "min_agreement": 0},  # no guideline index here: data checks off
+                 # no guideline index here: data checks off; the random model says nothing it learns: new_facts off
+                 gate={"mcq": None, "min_in_domain": 0, "min_agreement": 0, "new_facts": False},
                  training={"base_model": str(real_vllm.base), "swanlab_mode": "disabled", "preset": "low-mem",
                            "overrides": {"max_steps": 12, "learning_rate": 1e-2, "batch_size": 4, "grad_accum": 1,
                                          "max_length": 128, "save_steps": 100, "logging_steps": 4, "quantize": False}})

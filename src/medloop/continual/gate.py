@@ -2,6 +2,15 @@
 
 Signals (candidate vs the live adapter, or the base model the first time):
 - `new_data_loss`: eval loss on this month's held-out new samples must improve by `margin` (relative);
+- `new_facts`: asked each of the month's new questions (training and held-out, without evidence: what the adapter
+  itself knows), the candidate must state the month's answer in significantly more of them than the live adapter
+  (a one-sided sign test on the questions the two answer differently, p < `significance`). An answer is stated
+  when the greedy answer has at least `stated_share` of the words the month's answer adds to its question. The
+  loss alone is not enough: on SmolLM2 a Chinese month's held-out loss fell from 3.4 to 0.5 while its adapter
+  answered none of its facts (it reads no Chinese) and lost two of eight facts it knew; a month that teaches
+  nothing the model can say brings only the risk of what it takes away. Measured on the training rows too, since
+  the held-out share of a month is a handful of rows, and what it asks is whether the facts reached the answers
+  at all (other wordings of them are the benches' probes, examples/gate_months.py);
 - `regression_loss`: eval loss on the regression set (earlier months' held-out data) may rise by the larger of
   `tolerance` of the live loss and `forgetting` of what the live adapter gained over the base model
   there. A relative tolerance alone fails every month after the first: a regression set the live adapter has
@@ -49,8 +58,12 @@ from pathlib import Path
 from medloop.config import Gate
 from medloop.knowledge.language import CJK
 from medloop.resources import DATA
+from medloop.retrieval.tokenize import tokenize
 
 MEDICAL_WORDS = DATA / "medical_words.txt"
+# The longest answer `new_facts` asks for, in tokens: as long as the month's longest answer, up to this, so that one
+# essay-length row does not make every question of the month decode that long.
+MAX_ANSWER_TOKENS = 128
 
 
 @dataclass
@@ -81,6 +94,14 @@ def _finite(x: float | None) -> bool:
 def _new_data_loss(s: Signal, rules: Gate) -> tuple[bool, str]:
     need = s.live * (1 - rules.margin)
     return s.candidate <= need, f"{s.candidate:.4f} vs {s.live:.4f} (must be <= {need:.4f}, margin {rules.margin})"
+
+
+def _new_facts(s: Signal, rules: Gate) -> tuple[bool, str]:
+    p = sign_test(s.better, s.worse)  # the chance of at least this many more stated answers, were it a coin
+    stated, live = round(s.candidate * s.n), round(s.live * s.n)
+    return p < rules.significance, (f"the candidate states {stated} of the month's {s.n} answers, the live "
+                                    f"{live} ({s.better} more, {s.worse} fewer): sign test p={p:.3f} (must be "
+                                    f"below {rules.significance}: the month's facts reached the model's answers)")
 
 
 def _in_domain(s: Signal, rules: Gate) -> tuple[bool, str]:
@@ -139,12 +160,14 @@ JUDGES = {
     "new_data_loss": _new_data_loss,
     "in_domain": _in_domain,
     "evidence_agreement": _evidence_agreement,
+    "new_facts": _new_facts,
     "regression_loss": _regression_loss,
     "mcq_accuracy": lambda s, rules: _accuracy(rules.mcq_tolerance, s, rules),
     "fact_recall": lambda s, rules: _accuracy(rules.fact_tolerance, s, rules),
 }
 ORDER = tuple(JUDGES)  # the order signals are reported in; the first that fails decides
-RELATIVE = {"new_data_loss", "regression_loss", "mcq_accuracy", "fact_recall"}  # judged against the live adapter
+# judged against the live adapter
+RELATIVE = {"new_data_loss", "new_facts", "regression_loss", "mcq_accuracy", "fact_recall"}
 
 
 SHARES = {"in_domain": "min_in_domain", "evidence_agreement": "min_agreement"}  # signal -> its threshold
@@ -224,6 +247,16 @@ def fact_hits(model, tokenizer, items, prompts: list[list[int]], max_tokens: int
             for item, answer in zip(items, answers, strict=True)]
 
 
+def new_words(answer: str, question: str) -> set[str]:
+    """What a month's answer teaches: its words (retrieval tokens) that its question does not already have."""
+    return set(tokenize(answer)) - set(tokenize(question))
+
+
+def states(answer: str, words: set[str], share: float) -> bool:
+    """Does an answer say at least `share` of `words`?"""
+    return len(words & set(tokenize(answer))) >= share * len(words)
+
+
 def data_signals(rows: list[list[dict]], retriever, k: int) -> dict[str, Signal]:
     """`in_domain` and `evidence_agreement` of the month's new rows (training and held-out): properties of the
     data, with no live value to compare with."""
@@ -256,13 +289,16 @@ def data_signals(rows: list[list[dict]], retriever, k: int) -> dict[str, Signal]
 
 
 def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: list, regression: list,
-            quantize: bool, mcq_items: list | None = None, retriever=None, k: int = 3,
+            quantize: bool, new: list | None = None, stated_share: float = Gate().stated_share,
+            mcq_items: list | None = None, retriever=None, k: int = 3,
             fact_tokens: int = 32) -> tuple[dict[str, Signal], dict]:
-    """Every signal for the candidate and the live adapter (or the base model), on one loaded base."""
+    """Every signal for the candidate and the live adapter (or the base model), on one loaded base. `new`: the
+    month's new rows (training and held-out), for `new_facts` (None: not measured, not reported)."""
     from peft import PeftModel
 
-    from medloop.continual.mcq import item_prompt, score_items
+    from medloop.continual.mcq import chat_prompt, item_prompt, score_items
     from medloop.models import load
+    from medloop.retrieval.grounding import latest_question
     from medloop.training.evaluate import eval_loss
 
     started = time.perf_counter()
@@ -282,14 +318,24 @@ def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: lis
     prompts = [item_prompt(tokenizer, item, retriever, k) for item in mcq_items or []] if retriever else []
     questions = [item_prompt(tokenizer, item, retriever, k, options=False) for item in mcq_items or []] \
         if retriever else []
+    taught = [(chat_prompt(tokenizer, row[:-1]), words) for row in new or []
+              if (words := new_words(row[-1]["content"], latest_question(row[:-1])))]
+    answer_tokens = min(MAX_ANSWER_TOKENS, max((len(tokenizer(row[-1]["content"], add_special_tokens=False)
+                                                    ["input_ids"]) for row in new or []), default=1))
     losses: dict[str, dict[str, float | None]] = {"new_data_loss": {}, "regression_loss": {}}
     if regression and live is not None:  # the first time, "live" is the base model already
         with model.disable_adapter():
             losses["regression_loss"]["base"] = eval_loss(model, tokenizer, regression)["loss"]
     correct: dict[str, dict[str, list[bool]]] = {"mcq_accuracy": {}, "fact_recall": {}}
+    if new is not None:
+        correct["new_facts"] = {}
     for which in ("candidate", "live"):
         with on(which):
             losses["new_data_loss"][which] = eval_loss(model, tokenizer, heldout)["loss"] if heldout else None
+            if taught:
+                answers = greedy_answers(model, tokenizer, [prompt for prompt, _ in taught], answer_tokens)
+                correct["new_facts"][which] = [states(answer, words, stated_share)
+                                               for answer, (_, words) in zip(answers, taught, strict=True)]
             losses["regression_loss"][which] = eval_loss(model, tokenizer, regression)["loss"] if regression else None
             if mcq_items and retriever is not None:
                 details = score_items(model, tokenizer, mcq_items, prompts=prompts)["details"]

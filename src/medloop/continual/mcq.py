@@ -154,6 +154,11 @@ def item_prompt(tokenizer, item: MCQItem, retriever=None, k: int = 3, *, options
     if retriever is not None:
         grounded = grounding.ground(retriever, [{"role": "user", "content": item.question}], k)[0]
         messages = [*grounded[:-1], {"role": "user", "content": question}]
+    return chat_prompt(tokenizer, messages)
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """The token ids the model answers `messages` from (its chat template, no thinking)."""
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                            enable_thinking=False)
     return tokenizer(prompt, add_special_tokens=False)["input_ids"]

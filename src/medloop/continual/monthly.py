@@ -88,7 +88,9 @@ def _train_gate_promote(settings, registry, record, live, data, retriever, mcq_i
     shutil.rmtree(Path(record.path) / "checkpoints", ignore_errors=True)
     signals, measured = gate.measure(base_model, Path(record.path), Path(live.path) if live else None,
                                      heldout=data.heldout, regression=data.regression, quantize=config.quantize,
-                                     mcq_items=mcq_items, retriever=retriever, k=settings.serving.evidence_k,
+                                     new=data.new if settings.gate.new_facts else None,
+                                     stated_share=settings.gate.stated_share, mcq_items=mcq_items,
+                                     retriever=retriever, k=settings.serving.evidence_k,
                                      fact_tokens=settings.gate.fact_tokens)
     signals.update(gate.data_signals(data.new, retriever, settings.serving.evidence_k))
     decision = {**gate.decide(signals, settings.gate), **measured}

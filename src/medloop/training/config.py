@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 PRESETS_DIR = Path(__file__).parent / "presets"
 TERMS_FILE = Path(__file__).parent / "medical_terms.txt"
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SMALL_MODEL = 1_000_000_000  # parameters: preset "auto" is `small` below, `low-mem` from here on
 
 
 class TrainConfig(BaseModel):
@@ -22,7 +23,7 @@ class TrainConfig(BaseModel):
     base_model: str = Field(description="base model: path or hub id")
     data: list[Path] = Field(description="SFT JSONL/JSON files")
     output_dir: Path = Field(description="adapter output folder")
-    preset: str = Field("v1", description="v1 | v2 | v3 | low-mem (presets/*.toml)")
+    preset: str = Field("v1", description="v1 | v2 | v3 | low-mem | small (presets/*.toml)")
     quantize: bool = Field(True, description="QLoRA: 4-bit NF4 + double quantisation; off = plain LoRA")
     init_adapter: Path | None = Field(None, description="continue training this adapter instead of a fresh one")
     # LoRA
@@ -75,8 +76,13 @@ def load_preset(name: str) -> dict:
 
 
 def make_config(preset: str = "v1", **overrides) -> TrainConfig:
-    """Preset values, then explicit overrides (None means 'not given')."""
+    """Preset values, then explicit overrides (None means 'not given'). Preset "auto": `small` for a base model
+    under a billion parameters, `low-mem` (QLoRA for small GPUs) otherwise."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    if preset == "auto":
+        from medloop.models import parameter_count  # loads torch: only when asked
+
+        preset = "small" if parameter_count(given["base_model"]) < SMALL_MODEL else "low-mem"
     return TrainConfig(preset=preset, **{**load_preset(preset), **given})
 
 
