@@ -124,7 +124,7 @@ def months(name: str) -> str:
     lines = [f"`{run['settings']['suite']}` months on the {run['settings']['model']} model, "
              f"{len(seeds)} seeds ({run['time'][:10]}):", "",
              "| month | a good gate | " + " | ".join(seeds) + " |", "|---|---|" + "---|" * len(seeds)]
-    right = total = split = 0
+    right = total = split = own_right = own_total = 0
     seconds = []
     for month, want in expected.items():
         cells, outcomes = [], set()
@@ -136,6 +136,9 @@ def months(name: str) -> str:
             truth = r.get("truth", want)
             total += 1
             right += r["outcome"] == truth
+            if month != "good1" or run["settings"]["suite"] == "sabotage":  # good1 opens every later set
+                own_total += 1
+                own_right += r["outcome"] == truth
             outcomes.add(r["outcome"])
             seconds += [r["seconds"]] if month != "good1" else []
             why = "" if r["outcome"] == "promoted" else f" by {r['decided_by']}"
@@ -144,8 +147,9 @@ def months(name: str) -> str:
         split += len(outcomes) > 1
         lines.append(f"| {month} | {want} | " + " | ".join(cells) + " |")
     cost = f" A month took {sum(seconds) / len(seconds):.0f} s on average (training and gate)." if seconds else ""
-    return "\n".join(lines + ["", f"{right} of {total} decisions as a good gate makes them; {split} month(s) decided "
-                                  f"differently by different seeds.{cost}"])
+    own = f" ({own_right} of {own_total} on the set's own months, good1 aside)" if own_total < total else ""
+    return "\n".join(lines + ["", f"{right} of {total} decisions as a good gate makes them{own}; {split} month(s) "
+                                  f"decided differently by different seeds.{cost}"])
 
 
 def month_probes(name: str) -> str:
@@ -174,15 +178,15 @@ def gate_cost() -> str:
     run = load("gate_cost")
     f = run["figures"]
     lines = [f"{run['settings']['model']}, 2 CPU cores ({run['time'][:10]}):", "",
-             "| scale | gate items | held-out rows | regression rows | measuring (both adapters) | data check |",
-             "|---|---|---|---|---|---|"]
+             "| scale | gate items | held-out rows | regression rows | new rows asked (`new_facts`) | measuring (both "
+             "adapters) | data check |", "|---|---|---|---|---|---|---|"]
     lines += [f"| x{r['scale']} | {r['gate_items']} | {r['heldout_rows']} | {r['regression_rows']} | "
-              f"{r['measure_s']} s | {r['data_check_s']} s |" for r in f["runs"]]
+              f"{r.get('new_rows', 0)} | {r['measure_s']} s | {r['data_check_s']} s |" for r in f["runs"]]
     if f["fit"]:
         m, d = f["fit"]["measure_s"], f["fit"]["data_check_s"]
+        rows = "held-out, regression and new row" if f["runs"][0].get("new_rows") else "held-out and one regression row"
         lines += ["", f"Straight-line fit: measuring {m['fixed_s']} s + {m['per_item_s']} s per gate item (with one "
-                      f"held-out and one regression row each); the data check {d['fixed_s']} s + {d['per_item_s']} s "
-                      "per new row."]
+                      f"{rows} each); the data check {d['fixed_s']} s + {d['per_item_s']} s per new row."]
     return "\n".join(lines)
 
 
@@ -390,7 +394,8 @@ def loop_report() -> str:
 
 
 MONTH_SUITES = ("gate-sabotage-word", "gate-fresh-word-frozen", "gate-fresh-word", "gate-third-word")
-SMOLLM2_SUITES = {"gate-smollm2-smollm2": "gate-smollm2-probes", "gate-smollm2b-smollm2": "gate-smollm2b-probes"}
+SMOLLM2_SUITES = {"gate-smollm2-smollm2": "gate-smollm2-probes", "gate-smollm2b-smollm2": "gate-smollm2b-probes",
+                  "gate-smollm2c-smollm2": "gate-smollm2c-probes"}
 def embedders() -> str:
     """The embedders a hospital can switch between, each with the threshold bench/calibrate.py chose for it."""
     c = load("calibration")["figures"]

@@ -75,9 +75,11 @@ def test_a_month_whose_facts_do_not_reach_the_answers_is_rejected(facts, promote
     """A lower loss on the month's held-out rows is not enough: the candidate must state significantly more of the
     month's answers than the live adapter (SmolLM2's Chinese month passed on its loss, 3.4 -> 0.5, and said none
     of its facts)."""
-    d = decide({**signals(), "new_facts": Signal(*facts)}, RULES)
+    d = decide({**signals(), "new_facts": Signal(*facts, examples=["Which β blocker in COPD?"])}, RULES)
     assert d["promote"] is promote and (promote or d["decided_by"] == "new_facts"), d
     assert why in d["signals"]["new_facts"]["why"]
+    named = "not stated: 'Which β blocker in COPD?'" in d["signals"]["new_facts"]["why"]
+    assert named is (d["decided_by"] == "new_facts")  # a rejection names questions the candidate did not answer
 
 
 def test_an_answer_states_the_month_by_the_words_its_answer_adds_to_the_question():

@@ -101,7 +101,9 @@ def _new_facts(s: Signal, rules: Gate) -> tuple[bool, str]:
     stated, live = round(s.candidate * s.n), round(s.live * s.n)
     return p < rules.significance, (f"the candidate states {stated} of the month's {s.n} answers, the live "
                                     f"{live} ({s.better} more, {s.worse} fewer): sign test p={p:.3f} (must be "
-                                    f"below {rules.significance}: the month's facts reached the model's answers)")
+                                    f"below {rules.significance}: the month's facts reached the model's answers)"
+                                    + (f"; not stated: {'; '.join(repr(q) for q in s.examples[:3])}"
+                                       if s.examples and p >= rules.significance else ""))
 
 
 def _in_domain(s: Signal, rules: Gate) -> tuple[bool, str]:
@@ -318,7 +320,7 @@ def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: lis
     prompts = [item_prompt(tokenizer, item, retriever, k) for item in mcq_items or []] if retriever else []
     questions = [item_prompt(tokenizer, item, retriever, k, options=False) for item in mcq_items or []] \
         if retriever else []
-    taught = [(chat_prompt(tokenizer, row[:-1]), words) for row in new or []
+    taught = [(chat_prompt(tokenizer, row[:-1]), words, latest_question(row[:-1])) for row in new or []
               if (words := new_words(row[-1]["content"], latest_question(row[:-1])))]
     answer_tokens = min(MAX_ANSWER_TOKENS, max((len(tokenizer(row[-1]["content"], add_special_tokens=False)
                                                     ["input_ids"]) for row in new or []), default=1))
@@ -333,9 +335,9 @@ def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: lis
         with on(which):
             losses["new_data_loss"][which] = eval_loss(model, tokenizer, heldout)["loss"] if heldout else None
             if taught:
-                answers = greedy_answers(model, tokenizer, [prompt for prompt, _ in taught], answer_tokens)
+                answers = greedy_answers(model, tokenizer, [prompt for prompt, _, _ in taught], answer_tokens)
                 correct["new_facts"][which] = [states(answer, words, stated_share)
-                                               for answer, (_, words) in zip(answers, taught, strict=True)]
+                                               for answer, (_, words, _) in zip(answers, taught, strict=True)]
             losses["regression_loss"][which] = eval_loss(model, tokenizer, regression)["loss"] if regression else None
             if mcq_items and retriever is not None:
                 details = score_items(model, tokenizer, mcq_items, prompts=prompts)["details"]
@@ -352,5 +354,9 @@ def measure(base_model: str, candidate: Path, live: Path | None, *, heldout: lis
         signals[name] = Signal(sum(cand) / n if n else None, sum(base_) / n if n else None, n,
                                worse=sum(b and not c for c, b in zip(cand, base_, strict=True)),
                                better=sum(c and not b for c, b in zip(cand, base_, strict=True)))
+    if taught:  # for the run report: questions whose answer the candidate does not state
+        signals["new_facts"].examples = [question[:60] for (_, _, question), stated
+                                         in zip(taught, correct["new_facts"]["candidate"], strict=True)
+                                         if not stated][:5]
     return signals, {"seconds": round(time.perf_counter() - started, 2), "quantized": quantize,
                      "compared_with": str(live) if live else "base model"}
